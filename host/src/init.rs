@@ -1,0 +1,91 @@
+//! `idem init`: a commented starter plan and a sample workflow, written only where nothing
+//! is (the tool follows its own rules: check before acting, atomic writes, run twice safely).
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::report::exit;
+
+const STARTER_PLAN: &str = r#"# yaml-language-server: $schema=https://raw.githubusercontent.com/idem-dev/idem/main/schema/plan.schema.json
+# idem plan: every step checks before it acts, so running it twice is safe.
+#   idem plan    # dry run: what would change
+#   idem apply   # make it so (again and again)
+#   idem check   # CI drift check: exit 2 when something would change
+version: 1
+steps:
+  # Ensure a directory exists (like mkdir -p).
+  - dir: build/out
+
+  # Ensure a file's content; written atomically, only when it differs.
+  - file: build/out/hello.txt
+    content: |
+      hello from idem
+    mode: "0644"
+
+  # Write a default config once; never touch it again.
+  - file: config/local.yml
+    content: "debug: false\n"
+    if-missing: true
+
+  # Delete old logs; a second run deletes nothing.
+  # - cleanup: logs
+  #   older-than: 30d
+  #   include: ["*.log"]
+
+  # Load records into SQLite without duplicates (INSERT ... ON CONFLICT DO UPDATE).
+  # - upsert: data/app.db
+  #   table: users
+  #   key: id
+  #   from: data/users.csv
+"#;
+
+const SAMPLE_WORKFLOW: &str = r#"# Runs the idem plan on every push; re-running a failed job resumes from its checkpoints.
+name: idem
+on:
+  push:
+  workflow_dispatch:
+permissions: {}
+jobs:
+  converge:
+    runs-on: ubuntu-latest
+    permissions:
+      contents: read
+    steps:
+      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2
+        with:
+          persist-credentials: false
+      - uses: idem-dev/idem@v1
+        with:
+          plan: idem.yml
+          mode: apply
+          verify: "true"
+"#;
+
+/// Write `content` to `root/rel` unless something is there; say what happened.
+fn write_new(root: &Path, rel: &str, content: &str) -> Result<&'static str> {
+    let path = root.join(rel);
+    if path.symlink_metadata().is_ok() {
+        return Ok("unchanged");
+    }
+    let dir = path.parent().expect("a relative file path has a parent");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing into {}", dir.display()))?;
+    tmp.write_all(content.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    // No clobbering: if something appeared meanwhile, it wins.
+    match tmp.persist_noclobber(&path) {
+        Ok(_) => Ok("created"),
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok("unchanged"),
+        Err(e) => Err(e.error).with_context(|| format!("writing {}", path.display())),
+    }
+}
+
+pub fn init(root: &Path) -> Result<u8> {
+    for (rel, content) in [("idem.yml", STARTER_PLAN), (".github/workflows/idem.yml", SAMPLE_WORKFLOW)] {
+        let outcome = write_new(root, rel, content)?;
+        println!("{outcome:<10} {rel}");
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,142 @@
+//! The run lock: two idem runs on the same root never interleave.
+//!
+//! An apply takes an exclusive `flock(2)` on a file beside the state store and writes its
+//! holder (pid, host, start time) into it. The kernel releases the lock when the holder's
+//! process dies, however it dies, so a lock left by a killed run is simply free; the stale
+//! holder text is overwritten by the next holder. A dry run takes a shared lock when the lock
+//! file exists (it creates nothing), so it never reads a half-applied tree.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// A held lock; released when dropped.
+pub struct RunLock {
+    _file: Option<File>,
+}
+
+/// This machine's host name, for lock holders and the state store.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or
+    // truncates, and we stop at the first NUL.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// The lock file for a state store at `state`.
+pub fn lock_path(state: &Path) -> PathBuf {
+    let mut p = state.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+impl RunLock {
+    /// Take the exclusive lock, waiting up to `timeout`.
+    pub fn exclusive(path: &Path, timeout: Duration, root: &Path) -> Result<RunLock> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the state directory {}", dir.display()))?;
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("opening the lock file {}", path.display()))?;
+        wait_for(&file, timeout, false, path, root)?;
+        let holder = format!(
+            "pid {} on {} since {}",
+            std::process::id(),
+            hostname(),
+            crate::state::timestamp()
+        );
+        file.set_len(0)?;
+        file.rewind()?;
+        file.write_all(holder.as_bytes())?;
+        Ok(RunLock { _file: Some(file) })
+    }
+
+    /// Take a shared lock if the lock file exists (a dry run creates nothing).
+    pub fn shared(path: &Path, timeout: Duration, root: &Path) -> Result<RunLock> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(_) => return Ok(RunLock { _file: None }),
+        };
+        wait_for(&file, timeout, true, path, root)?;
+        Ok(RunLock { _file: Some(file) })
+    }
+}
+
+fn wait_for(file: &File, timeout: Duration, shared: bool, path: &Path, root: &Path) -> Result<()> {
+    let start = Instant::now();
+    let mut announced = false;
+    loop {
+        let r = if shared { file.try_lock_shared() } else { file.try_lock() };
+        match r {
+            Ok(()) => return Ok(()),
+            Err(TryLockError::WouldBlock) => {}
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        let holder = read_holder(path);
+        if start.elapsed() >= timeout {
+            bail!(
+                "another idem run holds the lock on root {} ({holder}); waited {} s. \
+                 Let it finish, or raise --lock-timeout",
+                root.display(),
+                timeout.as_secs()
+            );
+        }
+        if !announced {
+            tracing::warn!("waiting for another idem run on this root ({holder})");
+            eprintln!("idem: waiting for another run on this root ({holder})");
+            announced = true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn read_holder(path: &Path) -> String {
+    let mut s = String::new();
+    match File::open(path).and_then(|mut f| f.read_to_string(&mut s)) {
+        Ok(_) if !s.trim().is_empty() => s.trim().to_string(),
+        _ => "holder unknown".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_exclusive_lock_times_out_naming_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db.lock");
+        let _held = RunLock::exclusive(&path, Duration::ZERO, dir.path()).unwrap();
+        let err = RunLock::exclusive(&path, Duration::from_millis(200), dir.path())
+            .err()
+            .expect("the second lock must fail");
+        let msg = format!("{err:#}");
+        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(msg.contains("--lock-timeout"), "{msg}");
+    }
+
+    #[test]
+    fn a_dropped_lock_is_free_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l");
+        drop(RunLock::exclusive(&path, Duration::ZERO, dir.path()).unwrap());
+        RunLock::exclusive(&path, Duration::ZERO, dir.path()).unwrap();
+        RunLock::shared(&path, Duration::ZERO, dir.path()).unwrap();
+    }
+}

@@ -1,0 +1,326 @@
+//! The run's policy: what a guest may touch and whether anything may change.
+//!
+//! Policy is data, built once from the command line and the plan, and asked through pure
+//! methods. Every capability calls [`Policy::resolve`] before touching a path and
+//! [`Policy::allows_database`] before opening a database; the dry-run decision lives in
+//! [`Mode`], which the capabilities consult at the single point where they would write.
+
+use std::fmt;
+
+/// What kind of run this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Make the changes.
+    Apply,
+    /// Dry run that reports (`idem plan`).
+    Plan,
+    /// Dry run whose exit code reports drift (`idem check`).
+    Check,
+}
+
+impl Mode {
+    /// True when nothing on disk or in a database may change.
+    pub fn dry_run(self) -> bool {
+        !matches!(self, Mode::Apply)
+    }
+
+    /// The stable name used in reports and the state store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Apply => "apply",
+            Mode::Plan => "plan",
+            Mode::Check => "check",
+        }
+    }
+}
+
+/// The name of idem's own state directory under the root, which no step may touch.
+pub const STATE_DIR: &str = ".idem";
+
+/// A path inside the root, normalised: no `.` or `..`, no leading or trailing `/`, components
+/// joined by `/`. The empty path is the root itself.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RelPath(String);
+
+impl RelPath {
+    /// The root itself.
+    pub fn root() -> Self {
+        RelPath(String::new())
+    }
+
+    /// The path as `/`-joined components (`""` for the root).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The path to hand to `cap_std::fs::Dir` methods (`.` for the root).
+    pub fn as_fs(&self) -> &str {
+        if self.0.is_empty() { "." } else { &self.0 }
+    }
+
+    /// True for the root itself.
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The parent directory, or `None` for the root.
+    pub fn parent(&self) -> Option<RelPath> {
+        if self.0.is_empty() {
+            return None;
+        }
+        Some(match self.0.rfind('/') {
+            Some(i) => RelPath(self.0[..i].to_string()),
+            None => RelPath::root(),
+        })
+    }
+
+    /// The last component (`""` for the root).
+    pub fn file_name(&self) -> &str {
+        match self.0.rfind('/') {
+            Some(i) => &self.0[i + 1..],
+            None => &self.0,
+        }
+    }
+
+    /// `self/name`, for a single component `name`.
+    pub fn join(&self, name: &str) -> RelPath {
+        if self.0.is_empty() {
+            RelPath(name.to_string())
+        } else {
+            RelPath(format!("{}/{}", self.0, name))
+        }
+    }
+
+    /// Every ancestor from the top down, excluding the root and `self`.
+    pub fn ancestors(&self) -> impl Iterator<Item = RelPath> + '_ {
+        self.0
+            .match_indices('/')
+            .map(|(i, _)| RelPath(self.0[..i].to_string()))
+    }
+
+    /// True when `self` is `other` or lies under it.
+    pub fn starts_with(&self, other: &RelPath) -> bool {
+        other.0.is_empty()
+            || self.0 == other.0
+            || (self.0.starts_with(&other.0) && self.0.as_bytes().get(other.0.len()) == Some(&b'/'))
+    }
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "." } else { &self.0 })
+    }
+}
+
+/// Why the policy refused a path. The message names the path as the guest gave it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathDenied {
+    #[error("{0:?} is an absolute path; paths are relative to the root")]
+    Absolute(String),
+    #[error("{0:?} climbs above the root with `..`")]
+    Escapes(String),
+    #[error("{0:?} is inside idem's own state directory `.idem`, which steps may not touch")]
+    StateDir(String),
+    #[error("{0:?} is outside the paths this step may touch ({1})")]
+    NotAllowed(String, String),
+    #[error("{0:?} is not a valid path (empty component or NUL byte)")]
+    Invalid(String),
+}
+
+/// What the guest may touch in this run.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub mode: Mode,
+    /// Paths a plugin step may touch; `None` means the whole root.
+    allowed_paths: Option<Vec<RelPath>>,
+    /// Databases a plugin step may open; `None` means any database under the allowed paths.
+    allowed_databases: Option<Vec<RelPath>>,
+    /// The user's words for the allowed paths, for messages.
+    allowed_text: String,
+}
+
+impl Policy {
+    /// The policy of the standard operations: the whole root.
+    pub fn new(mode: Mode) -> Self {
+        Policy {
+            mode,
+            allowed_paths: None,
+            allowed_databases: None,
+            allowed_text: String::new(),
+        }
+    }
+
+    /// A narrower policy for a plugin step: `paths` (empty: the whole root) and exactly the
+    /// `databases` named. Each entry is itself resolved against the root.
+    pub fn for_plugin(mode: Mode, paths: &[String], databases: &[String]) -> Result<Self, PathDenied> {
+        let base = Policy::new(mode);
+        let allowed_paths = if paths.is_empty() {
+            None
+        } else {
+            Some(paths.iter().map(|p| base.resolve(p)).collect::<Result<Vec<_>, _>>()?)
+        };
+        let allowed_databases = Some(
+            databases
+                .iter()
+                .map(|p| base.resolve(p))
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+        Ok(Policy {
+            mode,
+            allowed_text: if paths.is_empty() {
+                "the whole root".into()
+            } else {
+                paths.join(", ")
+            },
+            allowed_paths,
+            allowed_databases,
+        })
+    }
+
+    /// Turn a guest's path into a normalised path inside the root, or say why not. Purely
+    /// lexical: symbolic links are checked by the file capability when it opens the path.
+    pub fn resolve(&self, path: &str) -> Result<RelPath, PathDenied> {
+        if path.contains('\0') {
+            return Err(PathDenied::Invalid(path.into()));
+        }
+        if path.starts_with('/') {
+            return Err(PathDenied::Absolute(path.into()));
+        }
+        let mut parts: Vec<&str> = Vec::new();
+        for part in path.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    if parts.pop().is_none() {
+                        return Err(PathDenied::Escapes(path.into()));
+                    }
+                }
+                p => parts.push(p),
+            }
+        }
+        if parts.first() == Some(&STATE_DIR) {
+            return Err(PathDenied::StateDir(path.into()));
+        }
+        let rel = RelPath(parts.join("/"));
+        if let Some(allowed) = &self.allowed_paths
+            && !allowed.iter().any(|a| rel.starts_with(a))
+        {
+            return Err(PathDenied::NotAllowed(path.into(), self.allowed_text.clone()));
+        }
+        Ok(rel)
+    }
+
+    /// Resolve a database path: inside the root (not only the step's paths) and named in the
+    /// step's databases, when the step is a plugin.
+    pub fn resolve_database(&self, path: &str) -> Result<RelPath, PathDenied> {
+        let rel = Policy::new(self.mode).resolve(path)?;
+        if self.allows_database(&rel) {
+            Ok(rel)
+        } else {
+            Err(PathDenied::NotAllowed(
+                path.into(),
+                format!(
+                    "databases named by the step: {}",
+                    self.allowed_databases
+                        .iter()
+                        .flatten()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ))
+        }
+    }
+
+    /// Whether a database at `path` (already resolved) may be opened.
+    pub fn allows_database(&self, path: &RelPath) -> bool {
+        match &self.allowed_databases {
+            None => true,
+            Some(list) => list.contains(path),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_lexically_inside_the_root() {
+        let p = Policy::new(Mode::Apply);
+        let table: &[(&str, Result<&str, &str>)] = &[
+            ("a/b", Ok("a/b")),
+            ("./a//b/", Ok("a/b")),
+            ("a/../b", Ok("b")),
+            ("", Ok("")),
+            (".", Ok("")),
+            ("a/..", Ok("")),
+            ("..", Err("climbs")),
+            ("a/../../etc", Err("climbs")),
+            ("/etc/passwd", Err("absolute")),
+            (".idem/state.db", Err("state directory")),
+            ("x/../.idem", Err("state directory")),
+            (".idemx/ok", Ok(".idemx/ok")),
+            ("a\0b", Err("not a valid path")),
+        ];
+        for (input, want) in table {
+            let got = p.resolve(input);
+            match (want, &got) {
+                (Ok(w), Ok(g)) => assert_eq!(g.as_str(), *w, "input {input:?}"),
+                (Err(w), Err(e)) => assert!(e.to_string().contains(w), "input {input:?}: {e}"),
+                _ => panic!("input {input:?}: want {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn plugin_policy_narrows_paths_and_databases() {
+        let p = Policy::for_plugin(Mode::Plan, &["logs".into()], &["data/app.db".into()]).unwrap();
+        assert!(p.resolve("logs/a.log").is_ok());
+        assert!(p.resolve("logs").is_ok());
+        assert!(p.resolve("logsx/a").is_err());
+        assert!(p.resolve("etc/x").is_err());
+        assert!(p.allows_database(&p.base_resolve("data/app.db")));
+        assert!(!p.allows_database(&p.base_resolve("data/other.db")));
+        assert!(p.mode.dry_run());
+    }
+
+    #[test]
+    fn relpath_helpers() {
+        let p = Policy::new(Mode::Apply).resolve("a/b/c").unwrap();
+        assert_eq!(p.parent().unwrap().as_str(), "a/b");
+        assert_eq!(p.file_name(), "c");
+        let anc: Vec<_> = p.ancestors().map(|a| a.as_str().to_string()).collect();
+        assert_eq!(anc, ["a", "a/b"]);
+        assert!(p.starts_with(&RelPath::root()));
+        assert_eq!(RelPath::root().as_fs(), ".");
+        assert_eq!(RelPath::root().parent(), None);
+    }
+
+    impl Policy {
+        fn base_resolve(&self, p: &str) -> RelPath {
+            Policy::new(self.mode).resolve(p).unwrap()
+        }
+    }
+}
+
+// The WIT interface: the guest may ask what kind of run this is.
+mod host {
+    use super::Mode;
+    use crate::bindings::policy::{Host, RunMode};
+    use crate::engine::Ctx;
+
+    impl Host for Ctx {
+        fn mode(&mut self) -> wasmtime::Result<RunMode> {
+            Ok(match self.policy.mode {
+                Mode::Apply => RunMode::Apply,
+                Mode::Plan => RunMode::Plan,
+                Mode::Check => RunMode::Check,
+            })
+        }
+
+        fn dry_run(&mut self) -> wasmtime::Result<bool> {
+            Ok(self.policy.mode.dry_run())
+        }
+    }
+}

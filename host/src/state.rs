@@ -1,0 +1,407 @@
+//! The state store: one SQLite database per root (default `.idem/state.db`), in WAL mode,
+//! holding the runs, a journal of every change applied, and checkpoints.
+//!
+//! It is idem's own bookkeeping, never reachable by a step (the policy denies `.idem/`). Under
+//! a dry run it is opened read-only, if it exists at all, and checkpoint marks are kept in
+//! memory, so a dry run writes nothing anywhere.
+//!
+//! Checkpoint marks are buffered and written in one transaction per batch (and at the end of
+//! every step): a crash loses at most the marks of the last batch, whose records are then
+//! processed again (at least once).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use serde::Serialize;
+
+use crate::change::Change;
+
+/// Marks buffered before they are written in one transaction.
+const MARK_BATCH: usize = 4096;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    started TEXT NOT NULL,
+    ended TEXT,
+    mode TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    plan_hash TEXT NOT NULL,
+    outcome TEXT,
+    changes INTEGER,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    ci_run_id TEXT,
+    ci_run_attempt TEXT
+);
+CREATE TABLE IF NOT EXISTS journal (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    step INTEGER NOT NULL,
+    step_name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    rows INTEGER,
+    hash_before TEXT,
+    hash_after TEXT,
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS journal_run ON journal(run_id);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (scope, key)
+) WITHOUT ROWID;
+";
+
+/// One run, as `idem history` shows it.
+#[derive(Debug, Serialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub started: String,
+    pub ended: Option<String>,
+    pub mode: String,
+    pub plan: String,
+    pub outcome: Option<String>,
+    pub changes: Option<i64>,
+    pub ci_run_id: Option<String>,
+    pub ci_run_attempt: Option<String>,
+    pub journal: Vec<JournalEntry>,
+}
+
+/// One journal line.
+#[derive(Debug, Serialize)]
+pub struct JournalEntry {
+    pub step: i64,
+    pub step_name: String,
+    pub kind: String,
+    pub target: String,
+    pub rows: Option<i64>,
+    pub hash_before: Option<String>,
+    pub hash_after: Option<String>,
+    pub at: String,
+}
+
+/// The state store for one run.
+pub struct StateStore {
+    conn: Option<Connection>,
+    path: PathBuf,
+    dry_run: bool,
+    pending: Vec<(String, String)>,
+    pending_set: HashSet<(String, String)>,
+    /// Under a dry run: scopes cleared during this run.
+    cleared: HashSet<String>,
+    pub run_id: Option<i64>,
+}
+
+/// An RFC 3339 UTC timestamp of now, for the store.
+pub fn timestamp() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format_time(now.as_secs() as i64, now.subsec_millis())
+}
+
+/// Format Unix seconds as RFC 3339 UTC (civil-from-days, no time zone database needed).
+pub fn format_time(secs: i64, millis: u32) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+impl StateStore {
+    /// Open the store at `path`: created (with its directory) under apply; read-only, or
+    /// absent, under a dry run.
+    pub fn open(path: &Path, dry_run: bool) -> Result<Self> {
+        let conn = if dry_run {
+            if path.exists() {
+                let c = Connection::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .with_context(|| format!("opening the state store {} read-only", path.display()))?;
+                Some(c)
+            } else {
+                None
+            }
+        } else {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating the state directory {}", dir.display()))?;
+            }
+            let c = Connection::open(path)
+                .with_context(|| format!("opening the state store {}", path.display()))?;
+            c.busy_timeout(std::time::Duration::from_secs(30))?;
+            c.pragma_update(None, "journal_mode", "WAL")
+                .with_context(|| format!("setting WAL mode on {}", path.display()))?;
+            c.pragma_update(None, "synchronous", "NORMAL")?;
+            c.execute_batch(SCHEMA)
+                .with_context(|| format!("creating the state store's tables in {}", path.display()))?;
+            Some(c)
+        };
+        Ok(StateStore {
+            conn,
+            path: path.to_path_buf(),
+            dry_run,
+            pending: Vec::new(),
+            pending_set: HashSet::new(),
+            cleared: HashSet::new(),
+            run_id: None,
+        })
+    }
+
+    /// Record the start of a run; returns whether an earlier run was interrupted (it never
+    /// recorded its end), in which case those runs are marked `interrupted`.
+    pub fn begin_run(&mut self, mode: &str, plan: &str, plan_hash: &str) -> Result<bool> {
+        let Some(c) = &self.conn else { return Ok(false) };
+        if self.dry_run {
+            return Ok(false);
+        }
+        let interrupted = c.execute(
+            "UPDATE runs SET outcome = 'interrupted' WHERE ended IS NULL AND outcome IS NULL",
+            [],
+        )?;
+        c.execute(
+            "INSERT INTO runs (started, mode, plan, plan_hash, pid, host, ci_run_id, ci_run_attempt)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            rusqlite::params![
+                timestamp(),
+                mode,
+                plan,
+                plan_hash,
+                std::process::id(),
+                crate::lock::hostname(),
+                std::env::var("GITHUB_RUN_ID").ok(),
+                std::env::var("GITHUB_RUN_ATTEMPT").ok(),
+            ],
+        )?;
+        self.run_id = Some(c.last_insert_rowid());
+        Ok(interrupted > 0)
+    }
+
+    /// Record the end of the run.
+    pub fn finish_run(&mut self, outcome: &str, changes: usize) -> Result<()> {
+        self.flush()?;
+        if let (Some(c), Some(id), false) = (&self.conn, self.run_id, self.dry_run) {
+            c.execute(
+                "UPDATE runs SET ended = ?1, outcome = ?2, changes = ?3 WHERE id = ?4",
+                rusqlite::params![timestamp(), outcome, changes as i64, id],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Append a step's changes to the journal, in one transaction.
+    pub fn journal(&mut self, step: usize, step_name: &str, changes: &[Change]) -> Result<()> {
+        let (Some(c), Some(run), false) = (&mut self.conn, self.run_id, self.dry_run) else {
+            return Ok(());
+        };
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let tx = c.transaction()?;
+        {
+            let at = timestamp();
+            let mut s = tx.prepare_cached(
+                "INSERT INTO journal (run_id, step, step_name, kind, target, rows, hash_before, hash_after, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for ch in changes {
+                s.execute(rusqlite::params![
+                    run,
+                    step as i64,
+                    step_name,
+                    ch.kind.as_str(),
+                    ch.path,
+                    ch.rows.map(|r| r as i64),
+                    ch.before,
+                    ch.after,
+                    at
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Which keys of `scope` are done.
+    pub fn done(&self, scope: &str, keys: &[String]) -> Result<Vec<bool>> {
+        let cleared = self.cleared.contains(scope);
+        let mut stmt = match (&self.conn, cleared) {
+            (Some(c), false) => Some(c.prepare_cached("SELECT 1 FROM checkpoints WHERE scope = ?1 AND key = ?2")?),
+            _ => None,
+        };
+        keys.iter()
+            .map(|k| {
+                if self.pending_set.contains(&(scope.to_string(), k.clone())) {
+                    return Ok(true);
+                }
+                match &mut stmt {
+                    Some(s) => Ok(s.exists((scope, k))?),
+                    None => Ok(false),
+                }
+            })
+            .collect()
+    }
+
+    /// Mark keys of `scope` done (buffered; see the module comment).
+    pub fn mark(&mut self, scope: &str, keys: &[String]) -> Result<()> {
+        for k in keys {
+            let entry = (scope.to_string(), k.clone());
+            if self.pending_set.insert(entry.clone()) && !self.dry_run {
+                self.pending.push(entry);
+            }
+        }
+        if self.pending.len() >= MARK_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Forget every mark of `scope`.
+    pub fn clear(&mut self, scope: &str) -> Result<()> {
+        self.flush()?;
+        self.pending_set.retain(|(s, _)| s != scope);
+        if self.dry_run {
+            self.cleared.insert(scope.to_string());
+        } else if let Some(c) = &self.conn {
+            c.execute("DELETE FROM checkpoints WHERE scope = ?1", [scope])?;
+        }
+        Ok(())
+    }
+
+    /// Write buffered marks in one transaction.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.dry_run || self.pending.is_empty() {
+            return Ok(());
+        }
+        let Some(c) = &mut self.conn else { return Ok(()) };
+        let tx = c.transaction()?;
+        {
+            let mut s = tx.prepare_cached("INSERT OR IGNORE INTO checkpoints (scope, key) VALUES (?1, ?2)")?;
+            for (scope, key) in &self.pending {
+                s.execute((scope, key))?;
+            }
+        }
+        tx.commit()
+            .with_context(|| format!("writing checkpoints to {}", self.path.display()))?;
+        self.pending.clear();
+        // Written marks are found in the table from now on.
+        self.pending_set.clear();
+        Ok(())
+    }
+
+    /// Recent runs, newest first, with their journals.
+    pub fn history(&self, limit: usize) -> Result<Vec<RunRecord>> {
+        let Some(c) = &self.conn else { return Ok(Vec::new()) };
+        let mut s = c.prepare(
+            "SELECT id, started, ended, mode, plan, outcome, changes, ci_run_id, ci_run_attempt
+             FROM runs ORDER BY id DESC LIMIT ?1",
+        )?;
+        let mut runs = s
+            .query_map([limit as i64], |r| {
+                Ok(RunRecord {
+                    id: r.get(0)?,
+                    started: r.get(1)?,
+                    ended: r.get(2)?,
+                    mode: r.get(3)?,
+                    plan: r.get(4)?,
+                    outcome: r.get(5)?,
+                    changes: r.get(6)?,
+                    ci_run_id: r.get(7)?,
+                    ci_run_attempt: r.get(8)?,
+                    journal: Vec::new(),
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut j = c.prepare(
+            "SELECT step, step_name, kind, target, rows, hash_before, hash_after, at
+             FROM journal WHERE run_id = ?1 ORDER BY id",
+        )?;
+        for run in &mut runs {
+            run.journal = j
+                .query_map([run.id], |r| {
+                    Ok(JournalEntry {
+                        step: r.get(0)?,
+                        step_name: r.get(1)?,
+                        kind: r.get(2)?,
+                        target: r.get(3)?,
+                        rows: r.get(4)?,
+                        hash_before: r.get(5)?,
+                        hash_after: r.get(6)?,
+                        at: r.get(7)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+        }
+        Ok(runs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_unix_time_as_rfc3339() {
+        assert_eq!(format_time(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_time(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(format_time(1_764_198_000, 0), "2025-11-26T23:00:00.000Z");
+    }
+
+    #[test]
+    fn checkpoints_survive_reopening_and_dry_runs_write_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".idem/state.db");
+        let keys = vec!["a".to_string(), "b".to_string()];
+        {
+            let mut s = StateStore::open(&path, false).unwrap();
+            s.begin_run("apply", "idem.yml", "h").unwrap();
+            s.mark("scope", &keys[..1]).unwrap();
+            assert_eq!(s.done("scope", &keys).unwrap(), [true, false]);
+            s.finish_run("ok", 0).unwrap();
+        }
+        let before = std::fs::read(&path).unwrap();
+        {
+            let mut s = StateStore::open(&path, true).unwrap();
+            assert_eq!(s.done("scope", &keys).unwrap(), [true, false]);
+            s.mark("scope", &keys[1..]).unwrap();
+            assert_eq!(s.done("scope", &keys).unwrap(), [true, true]);
+            s.clear("scope").unwrap();
+            assert_eq!(s.done("scope", &keys).unwrap(), [false, false]);
+            s.finish_run("ok", 0).unwrap();
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        let s = StateStore::open(&path, false).unwrap();
+        assert_eq!(s.done("scope", &keys).unwrap(), [true, false]);
+    }
+
+    #[test]
+    fn an_unfinished_run_is_reported_as_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut s = StateStore::open(&path, false).unwrap();
+        assert!(!s.begin_run("apply", "p", "h").unwrap());
+        drop(s);
+        let mut s = StateStore::open(&path, false).unwrap();
+        assert!(s.begin_run("apply", "p", "h").unwrap());
+        let h = s.history(10).unwrap();
+        assert_eq!(h[1].outcome.as_deref(), Some("interrupted"));
+    }
+}
