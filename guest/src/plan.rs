@@ -1,0 +1,1451 @@
+//! The plan format: its types (which also generate the JSON Schema, so the schema cannot
+//! drift from what is accepted) and the validation that turns a YAML tree into them.
+//!
+//! Validation is by hand over `yaml::Node` rather than through serde's derive, because every
+//! error should carry the line and column of the offending key or value, name the operation,
+//! and suggest the field that was probably meant. The test `schema_lists_the_parsed_fields`
+//! checks that the fields read here are exactly the fields of the types.
+
+use std::borrow::Cow;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::Serialize;
+
+use crate::glob::Glob;
+use crate::template;
+use crate::yaml::{self, Kind, Loc, Node, Scalar};
+
+/// A whole plan.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "idem plan", description = "Steps that idem applies in order; see docs/plan.md.")]
+pub struct Plan {
+    /// The plan format's version; the only one is 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// The steps, run in order.
+    pub steps: Vec<Step>,
+}
+
+/// One step: a mapping with exactly one operation key.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Step {
+    Dir(DirStep),
+    File(FileStep),
+    Remove(RemoveStep),
+    Cleanup(CleanupStep),
+    Upsert(UpsertStep),
+    Each(EachStep),
+    Plugin(PluginStep),
+}
+
+/// A sub-step of `each`: the operations that make sense per record.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum SubStep {
+    Dir(DirStep),
+    File(FileStep),
+    Remove(RemoveStep),
+    Cleanup(CleanupStep),
+    Upsert(UpsertStep),
+}
+
+/// Ensure a directory exists, like `mkdir -p`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirStep {
+    /// Shown in reports instead of the generated name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The directory, relative to the root.
+    pub dir: String,
+    /// Permission bits the directory converges to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+}
+
+/// Ensure a file's content.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileStep {
+    /// Shown in reports instead of the generated name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The file, relative to the root.
+    pub file: String,
+    /// The exact content (exactly one of `content` and `source`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// A file under the root whose content is copied (exactly one of `content` and `source`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Permission bits the file converges to; an existing file keeps its own otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// Write only when nothing is there; never touch an existing file.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub if_missing: bool,
+}
+
+/// Ensure a path is absent.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveStep {
+    /// Shown in reports instead of the generated name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The path, relative to the root.
+    pub remove: String,
+    /// Remove a non-empty directory with everything in it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub recursive: bool,
+}
+
+/// Delete files older than an age under a directory.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CleanupStep {
+    /// Shown in reports instead of the generated name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The directory to clean, relative to the root.
+    pub cleanup: String,
+    /// Files modified longer ago than this are deleted.
+    pub older_than: Age,
+    /// Globs of files to consider, relative to the cleanup directory (default: every file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
+    pub include: Vec<String>,
+    /// Globs of files never to delete.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
+    pub exclude: Vec<String>,
+    /// Remove directories left empty (never the cleanup directory itself).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub remove_empty_dirs: bool,
+}
+
+/// Load records into a SQLite table.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpsertStep {
+    /// Shown in reports instead of the generated name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The database file, relative to the root; created when missing.
+    pub upsert: String,
+    /// The table; created when missing.
+    pub table: String,
+    /// The column(s) identifying a row.
+    #[schemars(with = "OneOrMany")]
+    pub key: Vec<String>,
+    /// The records: CSV with a header row, a JSON array of objects, or NDJSON.
+    pub from: String,
+    /// The records' format; default from the file's extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
+    /// The columns to load; default every field of the first record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
+}
+
+/// Run sub-steps once per record, remembering done records in a checkpoint.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EachStep {
+    /// Shown in reports instead of the generated name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The records: CSV with a header row, a JSON array of objects, or NDJSON.
+    pub each: String,
+    /// The field(s) naming a record in the checkpoint.
+    #[schemars(with = "OneOrMany")]
+    pub key: Vec<String>,
+    /// The checkpoint scope; default derived from the step's definition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The records' format; default from the file's extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
+    /// Run for each record, with `{field}` replaced by the record's values.
+    pub steps: Vec<SubStep>,
+}
+
+/// A step of your own, as a WebAssembly component that the host runs.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PluginStep {
+    /// Shown in reports instead of the generated name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The component file, relative to the root.
+    pub plugin: String,
+    /// Handed to the plugin as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Value>,
+    /// Paths the plugin may touch; default the whole root.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Databases the plugin may open.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<String>,
+}
+
+/// A format of records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Comma-separated values with a header row.
+    Csv,
+    /// One JSON array of objects.
+    Json,
+    /// One JSON object per line.
+    Ndjson,
+}
+
+impl Format {
+    /// The format a file name's extension implies.
+    pub fn from_path(path: &str) -> Option<Format> {
+        let ext = path.rsplit_once('.')?.1.to_ascii_lowercase();
+        match ext.as_str() {
+            "csv" => Some(Format::Csv),
+            "json" => Some(Format::Json),
+            "ndjson" | "jsonl" => Some(Format::Ndjson),
+            _ => None,
+        }
+    }
+}
+
+/// Permission bits, written in the plan as an octal string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode(pub u32);
+
+impl Serialize for Mode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{:04o}", self.0))
+    }
+}
+
+impl JsonSchema for Mode {
+    fn schema_name() -> Cow<'static, str> {
+        "Mode".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "Permission bits as an octal string, e.g. \"0755\".",
+            "type": "string",
+            "pattern": "^(0o)?[0-7]{3,4}$"
+        })
+    }
+}
+
+/// A duration like `30d` or `1d12h`, kept with the user's text for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Age {
+    /// As written in the plan.
+    pub text: String,
+    /// In seconds.
+    pub seconds: u64,
+}
+
+impl Serialize for Age {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl JsonSchema for Age {
+    fn schema_name() -> Cow<'static, str> {
+        "Age".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A duration: numbers with units s, m, h, d, w, e.g. 30d or 1d12h.",
+            "type": "string",
+            "pattern": "^([0-9]+[smhdw])+$"
+        })
+    }
+}
+
+/// A string or a list of strings (schema only; parsed into `Vec<String>`).
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Why a plan cannot be run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanError {
+    /// What is wrong.
+    pub message: String,
+    /// Where.
+    pub loc: Option<Loc>,
+    /// A likely fix.
+    pub hint: Option<String>,
+}
+
+impl PlanError {
+    fn at(loc: Loc, message: impl Into<String>) -> PlanError {
+        PlanError {
+            message: message.into(),
+            loc: Some(loc),
+            hint: None,
+        }
+    }
+
+    fn hint(mut self, hint: impl Into<String>) -> PlanError {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+/// The operations a step may name, in the order they are documented.
+pub const OPS: &[&str] = &[
+    "dir", "file", "remove", "cleanup", "upsert", "each", "plugin",
+];
+const SUB_OPS: &[&str] = &["dir", "file", "remove", "cleanup", "upsert"];
+
+/// Every field of every operation, to tell "belongs elsewhere" from "misspelt".
+const ALL_FIELDS: &[&str] = &[
+    "name",
+    "mode",
+    "content",
+    "source",
+    "if-missing",
+    "recursive",
+    "older-than",
+    "include",
+    "exclude",
+    "remove-empty-dirs",
+    "table",
+    "key",
+    "from",
+    "format",
+    "columns",
+    "id",
+    "steps",
+    "config",
+    "paths",
+    "databases",
+];
+
+thread_local! {
+    /// The fields of the plan and of each operation, read from the generated schema so that
+    /// what is accepted is what the schema says.
+    static FIELDS: Vec<(&'static str, Vec<&'static str>)> = fields_from_schema();
+}
+
+fn fields_from_schema() -> Vec<(&'static str, Vec<&'static str>)> {
+    let schema = schemars::schema_for!(Plan);
+    let value = schema.as_value();
+    let names = |props: &serde_json::Value| -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if let Some(props) = props.as_object() {
+            for key in props.keys() {
+                // Interned: the set of names is small and fixed, and lives for the run.
+                let known = ALL_FIELDS.iter().chain(OPS).chain(&["version", "steps"]);
+                if let Some(k) = known.into_iter().find(|k| *k == key) {
+                    out.push(*k);
+                }
+            }
+        }
+        out
+    };
+    let mut fields = vec![("plan", names(&value["properties"]))];
+    for (op, def) in [
+        ("dir", "DirStep"),
+        ("file", "FileStep"),
+        ("remove", "RemoveStep"),
+        ("cleanup", "CleanupStep"),
+        ("upsert", "UpsertStep"),
+        ("each", "EachStep"),
+        ("plugin", "PluginStep"),
+    ] {
+        fields.push((op, names(&value["$defs"][def]["properties"])));
+    }
+    fields
+}
+
+fn with_fields<T>(op: &str, f: impl FnOnce(&[&'static str]) -> T) -> T {
+    FIELDS.with(|all| {
+        let fields = all.iter().find(|(o, _)| *o == op).map_or(&[][..], |(_, f)| f);
+        f(fields)
+    })
+}
+
+/// A validated plan with the location of each step.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The plan.
+    pub plan: Plan,
+    /// Where each step starts, one per step.
+    pub locations: Vec<Loc>,
+}
+
+/// Parse and validate a plan's source.
+pub fn parse(source: &str) -> Result<Loaded, PlanError> {
+    let root = yaml::parse(source)
+        .map_err(|e| PlanError {
+            message: format!("not valid YAML: {}", e.message),
+            loc: e.loc,
+            hint: None,
+        })?
+        .ok_or_else(|| PlanError {
+            message: "the plan is empty".into(),
+            loc: None,
+            hint: Some("start with `steps:` and a list of steps".into()),
+        })?;
+    if let Kind::Seq(_) = root.kind {
+        return Err(PlanError::at(root.loc, "a plan is a mapping, not a list")
+            .hint("put the steps under `steps:`"));
+    }
+    let mut obj = Obj::new(&root, "plan", false)?;
+    let version = match obj.take("version") {
+        None => None,
+        Some(node) => match node.scalar() {
+            Some(Scalar::Int(1)) => Some(1),
+            _ => {
+                return Err(PlanError::at(
+                    node.loc,
+                    format!("unsupported plan version {}", text_of(node)),
+                )
+                .hint("the only version is 1"));
+            }
+        },
+    };
+    let steps_node = obj.take("steps");
+    let Some(steps_node) = steps_node else {
+        return Err(PlanError::at(root.loc, "the plan has no `steps`")
+            .hint("add `steps:` with a list of steps"));
+    };
+    let items = match &steps_node.kind {
+        Kind::Seq(items) => items.as_slice(),
+        _ if steps_node.scalar() == Some(Scalar::Null) => &[],
+        _ => {
+            return Err(PlanError::at(
+                steps_node.loc,
+                format!("`steps` must be a list, found {}", steps_node.describe()),
+            ));
+        }
+    };
+    let mut steps = Vec::with_capacity(items.len());
+    let mut locations = Vec::with_capacity(items.len());
+    for item in items {
+        steps.push(parse_step(item)?);
+        locations.push(item.loc);
+    }
+    Ok(Loaded {
+        plan: Plan { version, steps },
+        locations,
+    })
+}
+
+fn text_of(node: &Node) -> String {
+    match &node.kind {
+        Kind::Scalar { text, .. } => format!("`{text}`"),
+        _ => node.describe().to_string(),
+    }
+}
+
+/// Find which operation a step names, checking there is exactly one and that it is allowed.
+fn step_op(node: &Node, allowed: &[&str]) -> Result<&'static str, PlanError> {
+    let Kind::Map(entries) = &node.kind else {
+        return Err(PlanError::at(
+            node.loc,
+            format!("a step must be a mapping, found {}", node.describe()),
+        )
+        .hint("write a step like `- dir: build/out`"));
+    };
+    let keys = entries
+        .iter()
+        .filter_map(|(k, _)| match &k.kind {
+            Kind::Scalar { text, .. } => Some((text.as_str(), k.loc)),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    let ops: Vec<(&'static str, Loc)> = keys
+        .iter()
+        .filter_map(|(k, loc)| OPS.iter().find(|op| *op == k).map(|op| (*op, *loc)))
+        .collect();
+    match ops.as_slice() {
+        [] => {
+            let guess = keys
+                .iter()
+                .filter(|(k, _)| !ALL_FIELDS.contains(k))
+                .find_map(|(k, loc)| closest(k, OPS).map(|op| (*k, op, *loc)));
+            Err(match guess {
+                Some((key, op, loc)) => {
+                    PlanError::at(loc, format!("unknown operation `{key}`"))
+                        .hint(format!("did you mean `{op}`?"))
+                }
+                None => PlanError::at(node.loc, "the step names no operation")
+                    .hint(format!("start the step with one of: {}", allowed.join(", "))),
+            })
+        }
+        [(op, loc)] if !allowed.contains(op) => Err(PlanError::at(
+            *loc,
+            format!("`{op}` cannot be a sub-step of `each`"),
+        )
+        .hint(format!("sub-steps may be {}", allowed.join(", ")))),
+        [(op, _)] => Ok(op),
+        [(first, _), (second, loc), ..] if first == second => {
+            Err(PlanError::at(*loc, format!("`{first}` is given twice")))
+        }
+        [(first, _), (second, loc), ..] => Err(PlanError::at(
+            *loc,
+            format!("a step has exactly one operation, this one has `{first}` and `{second}`"),
+        )
+        .hint("split it into two steps")),
+    }
+}
+
+fn parse_step(node: &Node) -> Result<Step, PlanError> {
+    let op = step_op(node, OPS)?;
+    let mut obj = Obj::new(node, op, false)?;
+    let step = match op {
+        "each" => Step::Each(parse_each(&mut obj)?),
+        "plugin" => Step::Plugin(parse_plugin(&mut obj)?),
+        _ => match parse_common(&mut obj, op)? {
+            SubStep::Dir(s) => Step::Dir(s),
+            SubStep::File(s) => Step::File(s),
+            SubStep::Remove(s) => Step::Remove(s),
+            SubStep::Cleanup(s) => Step::Cleanup(s),
+            SubStep::Upsert(s) => Step::Upsert(s),
+        },
+    };
+    Ok(step)
+}
+
+fn parse_sub_step(node: &Node) -> Result<SubStep, PlanError> {
+    let op = step_op(node, SUB_OPS)?;
+    let mut obj = Obj::new(node, op, true)?;
+    let step = parse_common(&mut obj, op)?;
+    Ok(step)
+}
+
+fn parse_common(obj: &mut Obj<'_>, op: &str) -> Result<SubStep, PlanError> {
+    let name = obj.string("name")?;
+    Ok(match op {
+        "dir" => SubStep::Dir(DirStep {
+            name,
+            dir: obj.path("dir")?,
+            mode: obj.mode("mode")?,
+        }),
+        "file" => {
+            let step = FileStep {
+                name,
+                file: obj.path("file")?,
+                content: obj.template("content")?,
+                source: obj.template("source")?,
+                mode: obj.mode("mode")?,
+                if_missing: obj.boolean("if-missing")?.unwrap_or(false),
+            };
+            if step.content.is_some() == step.source.is_some() {
+                let what = if step.content.is_some() {
+                    "both `content` and `source`"
+                } else {
+                    "neither `content` nor `source`"
+                };
+                return Err(PlanError::at(obj.loc, format!("the `file` step has {what}"))
+                    .hint("give exactly one: `content` for inline text, `source` to copy a file"));
+            }
+            SubStep::File(step)
+        }
+        "remove" => SubStep::Remove(RemoveStep {
+            name,
+            remove: obj.path("remove")?,
+            recursive: obj.boolean("recursive")?.unwrap_or(false),
+        }),
+        "cleanup" => SubStep::Cleanup(CleanupStep {
+            name,
+            cleanup: obj.path("cleanup")?,
+            older_than: obj.age("older-than")?,
+            include: obj.globs("include")?,
+            exclude: obj.globs("exclude")?,
+            remove_empty_dirs: obj.boolean("remove-empty-dirs")?.unwrap_or(false),
+        }),
+        _ => {
+            let step = UpsertStep {
+                name,
+                upsert: obj.path("upsert")?,
+                table: obj.required("table", Obj::template)?,
+                key: obj.required("key", Obj::names)?,
+                from: obj.path("from")?,
+                format: obj.format("format")?,
+                columns: obj.names("columns")?,
+            };
+            if let Some(columns) = &step.columns
+                && let Some(missing) = step.key.iter().find(|k| !columns.contains(k))
+            {
+                let loc = obj.loc_of("columns");
+                return Err(PlanError::at(
+                    loc,
+                    format!("the key column `{missing}` is not in `columns`"),
+                )
+                .hint(format!("add `{missing}` to `columns`")));
+            }
+            check_format(obj, step.format, &step.from, "from")?;
+            SubStep::Upsert(step)
+        }
+    })
+}
+
+fn parse_each(obj: &mut Obj<'_>) -> Result<EachStep, PlanError> {
+    let name = obj.string("name")?;
+    let each = obj.path("each")?;
+    let key = obj.required("key", Obj::names)?;
+    let id = obj.string("id")?;
+    let format = obj.format("format")?;
+    check_format(obj, format, &each, "each")?;
+    let steps_node = obj.take("steps").ok_or_else(|| {
+        PlanError::at(obj.loc, "the `each` step has no `steps`")
+            .hint("add `steps:` with the sub-steps to run for each record")
+    })?;
+    let Kind::Seq(items) = &steps_node.kind else {
+        return Err(PlanError::at(
+            steps_node.loc,
+            format!("`steps` must be a list, found {}", steps_node.describe()),
+        ));
+    };
+    let steps = items
+        .iter()
+        .map(parse_sub_step)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(EachStep {
+        name,
+        each,
+        key,
+        id,
+        format,
+        steps,
+    })
+}
+
+fn check_format(
+    obj: &Obj<'_>,
+    format: Option<Format>,
+    path: &str,
+    field: &str,
+) -> Result<(), PlanError> {
+    // A templated path's extension is only known per record; it is checked when it runs.
+    if format.is_none() && !path.contains('{') && Format::from_path(path).is_none() {
+        return Err(PlanError::at(
+            obj.loc_of(field),
+            format!("cannot tell the format of `{path}` from its extension"),
+        )
+        .hint("add `format: csv`, `format: json` or `format: ndjson`"));
+    }
+    Ok(())
+}
+
+fn parse_plugin(obj: &mut Obj<'_>) -> Result<PluginStep, PlanError> {
+    Ok(PluginStep {
+        name: obj.string("name")?,
+        plugin: obj.path("plugin")?,
+        config: obj.take("config").map(to_json).transpose()?,
+        paths: obj.names("paths")?.unwrap_or_default(),
+        databases: obj.names("databases")?.unwrap_or_default(),
+    })
+}
+
+/// A YAML node as JSON, for a plugin's `config`.
+fn to_json(node: &Node) -> Result<serde_json::Value, PlanError> {
+    use serde_json::Value;
+    Ok(match &node.kind {
+        Kind::Seq(items) => Value::Array(items.iter().map(to_json).collect::<Result<_, _>>()?),
+        Kind::Map(entries) => {
+            let mut map = serde_json::Map::new();
+            for (k, v) in entries {
+                let Kind::Scalar { text, .. } = &k.kind else {
+                    return Err(PlanError::at(k.loc, "a `config` key must be a string"));
+                };
+                map.insert(text.clone(), to_json(v)?);
+            }
+            Value::Object(map)
+        }
+        Kind::Scalar { .. } => match node.scalar() {
+            Some(Scalar::Null) => Value::Null,
+            Some(Scalar::Bool(b)) => Value::Bool(b),
+            Some(Scalar::Int(i)) => Value::from(i),
+            Some(Scalar::Float(f)) => serde_json::Number::from_f64(f)
+                .map(Value::Number)
+                .ok_or_else(|| PlanError::at(node.loc, "JSON has no infinity or NaN"))?,
+            Some(Scalar::Str(s)) => Value::String(s.to_owned()),
+            None => Value::Null,
+        },
+    })
+}
+
+/// Parse `0755`, `755` or `0o755`.
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    if (3..=4).contains(&digits.len()) && digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        u32::from_str_radix(digits, 8).map_err(|e| e.to_string())
+    } else {
+        Err(format!(
+            "`{text}` is not an octal mode; write 3 or 4 octal digits like \"0755\""
+        ))
+    }
+}
+
+/// Parse an age like `30d`, `12h` or `1d12h`: numbers each followed by a unit s, m, h, d or w.
+pub fn parse_age(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err("an age needs a number and a unit, like 30d".into());
+    }
+    let mut total: u64 = 0;
+    let mut number = String::new();
+    for c in t.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit: u64 = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 604_800,
+            _ => {
+                return Err(format!(
+                    "unknown unit `{c}` in age `{text}`; use s, m, h, d or w (e.g. 30d, 1d12h)"
+                ));
+            }
+        };
+        if number.is_empty() {
+            return Err(format!(
+                "age `{text}` has a unit `{c}` without a number before it"
+            ));
+        }
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("age `{text}` is too large"))?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|s| total.checked_add(s))
+            .ok_or_else(|| format!("age `{text}` is too large"))?;
+        number.clear();
+    }
+    if !number.is_empty() {
+        return Err(format!(
+            "age `{text}` ends without a unit; add one of s, m, h, d, w (e.g. {number}d)"
+        ));
+    }
+    Ok(total)
+}
+
+/// The fields of one mapping, checked against the operation's type and then taken one by one.
+struct Obj<'a> {
+    op: &'static str,
+    loc: Loc,
+    entries: Vec<(&'a str, &'a Node, &'a Node)>,
+    /// The fields the parser read, to check them against the schema in tests.
+    #[cfg(test)]
+    asked: Vec<&'static str>,
+    /// In a sub-step of `each`: string fields are templates, checked here.
+    templates: bool,
+}
+
+impl<'a> Obj<'a> {
+    fn new(node: &'a Node, op: &'static str, templates: bool) -> Result<Obj<'a>, PlanError> {
+        let Kind::Map(map) = &node.kind else {
+            return Err(PlanError::at(
+                node.loc,
+                format!("{op} must be a mapping, found {}", node.describe()),
+            ));
+        };
+        let mut entries: Vec<(&str, &Node, &Node)> = Vec::with_capacity(map.len());
+        for (k, v) in map {
+            let Kind::Scalar { text, .. } = &k.kind else {
+                return Err(PlanError::at(k.loc, "a field name must be a plain string"));
+            };
+            if entries.iter().any(|(name, ..)| name == text) {
+                return Err(PlanError::at(k.loc, format!("`{text}` is given twice")));
+            }
+            entries.push((text, k, v));
+        }
+        let obj = Obj {
+            op,
+            loc: node.loc,
+            entries,
+            #[cfg(test)]
+            asked: Vec::new(),
+            templates,
+        };
+        obj.check_fields()?;
+        Ok(obj)
+    }
+
+    /// Refuse the first field the operation's type does not have. Done before any value is
+    /// looked at, so a misspelt field is reported as such rather than as a missing one.
+    fn check_fields(&self) -> Result<(), PlanError> {
+        let op = self.op;
+        with_fields(op, |fields| {
+            let Some((key, key_node, _)) =
+                self.entries.iter().find(|(k, ..)| !fields.contains(k))
+            else {
+                return Ok(());
+            };
+            let what = if op == "plan" {
+                "the plan".to_string()
+            } else {
+                format!("a `{op}` step")
+            };
+            let known_elsewhere = ALL_FIELDS.contains(key) || OPS.contains(key);
+            let err = if known_elsewhere {
+                PlanError::at(key_node.loc, format!("`{key}` is not a field of {what}"))
+            } else {
+                PlanError::at(key_node.loc, format!("unknown field `{key}` in {what}"))
+            };
+            Err(match closest(key, fields) {
+                Some(near) if !known_elsewhere => err.hint(format!("did you mean `{near}`?")),
+                _ => err.hint(format!("{what} takes: {}", fields.join(", "))),
+            })
+        })
+    }
+
+    fn take(&mut self, name: &'static str) -> Option<&'a Node> {
+        #[cfg(test)]
+        self.asked.push(name);
+        self.entries
+            .iter()
+            .find(|(k, ..)| *k == name)
+            .map(|(_, _, v)| *v)
+    }
+
+    fn loc_of(&self, name: &str) -> Loc {
+        self.entries
+            .iter()
+            .find(|(k, ..)| *k == name)
+            .map_or(self.loc, |(_, _, v)| v.loc)
+    }
+
+    /// A required field: missing is an error, unless a misspelling of it is there, which is
+    /// the more useful thing to report.
+    fn required<T>(
+        &mut self,
+        name: &'static str,
+        get: impl FnOnce(&mut Self, &'static str) -> Result<Option<T>, PlanError>,
+    ) -> Result<T, PlanError> {
+        if let Some(value) = get(self, name)? {
+            return Ok(value);
+        }
+        Err(PlanError::at(
+            self.loc,
+            format!("the `{}` step needs `{name}`", self.op),
+        ))
+    }
+
+    /// A plain string; explicit null is an error rather than "absent".
+    fn string(&mut self, name: &'static str) -> Result<Option<String>, PlanError> {
+        let Some(node) = self.take(name) else {
+            return Ok(None);
+        };
+        match (&node.kind, node.scalar()) {
+            (_, Some(Scalar::Null)) => Err(PlanError::at(
+                node.loc,
+                format!("`{name}` has no value"),
+            )
+            .hint(format!("write {name}: \"\" for an empty string"))),
+            (Kind::Scalar { text, .. }, _) => Ok(Some(text.clone())),
+            _ => Err(PlanError::at(
+                node.loc,
+                format!("`{name}` must be a string, found {}", node.describe()),
+            )),
+        }
+    }
+
+    /// A string that is a template inside `each`.
+    fn template(&mut self, name: &'static str) -> Result<Option<String>, PlanError> {
+        let value = self.string(name)?;
+        if self.templates
+            && let Some(text) = &value
+            && let Err(e) = template::parse(text)
+        {
+            return Err(PlanError::at(self.loc_of(name), format!("`{name}`: {e}")));
+        }
+        Ok(value)
+    }
+
+    /// The required path-valued field named like the operation, or another path.
+    fn path(&mut self, name: &'static str) -> Result<String, PlanError> {
+        let path = self.required(name, Obj::template)?;
+        if path.is_empty() {
+            return Err(PlanError::at(
+                self.loc_of(name),
+                format!("`{name}` is an empty path"),
+            )
+            .hint("use `.` for the root"));
+        }
+        Ok(path)
+    }
+
+    fn boolean(&mut self, name: &'static str) -> Result<Option<bool>, PlanError> {
+        let Some(node) = self.take(name) else {
+            return Ok(None);
+        };
+        match node.scalar() {
+            Some(Scalar::Bool(b)) => Ok(Some(b)),
+            _ => Err(PlanError::at(
+                node.loc,
+                format!("`{name}` must be true or false, found {}", text_of(node)),
+            )),
+        }
+    }
+
+    fn mode(&mut self, name: &'static str) -> Result<Option<Mode>, PlanError> {
+        let Some(node) = self.take(name) else {
+            return Ok(None);
+        };
+        match node.scalar() {
+            Some(Scalar::Str(text)) => parse_mode(text)
+                .map(|m| Some(Mode(m)))
+                .map_err(|e| PlanError::at(node.loc, format!("`{name}`: {e}"))),
+            Some(Scalar::Int(_) | Scalar::Float(_)) => {
+                let text = match &node.kind {
+                    Kind::Scalar { text, .. } => text.as_str(),
+                    _ => "0755",
+                };
+                Err(PlanError::at(
+                    node.loc,
+                    format!("`{name}` must be an octal string, found the number {text}"),
+                )
+                .hint(format!("write it as a string: {name}: \"{text}\"")))
+            }
+            _ => Err(PlanError::at(
+                node.loc,
+                format!("`{name}` must be an octal string, found {}", node.describe()),
+            )
+            .hint(format!("write it as a string: {name}: \"0755\""))),
+        }
+    }
+
+    fn age(&mut self, name: &'static str) -> Result<Age, PlanError> {
+        let text = self.required(name, Obj::string)?;
+        let loc = self.loc_of(name);
+        let seconds = parse_age(&text).map_err(|e| PlanError::at(loc, e))?;
+        Ok(Age { text, seconds })
+    }
+
+    fn format(&mut self, name: &'static str) -> Result<Option<Format>, PlanError> {
+        let Some(text) = self.string(name)? else {
+            return Ok(None);
+        };
+        match text.as_str() {
+            "csv" => Ok(Some(Format::Csv)),
+            "json" => Ok(Some(Format::Json)),
+            "ndjson" | "jsonl" => Ok(Some(Format::Ndjson)),
+            other => Err(PlanError::at(
+                self.loc_of(name),
+                format!("unknown format `{other}`"),
+            )
+            .hint("use csv, json or ndjson")),
+        }
+    }
+
+    /// A string or a list of strings.
+    fn names(&mut self, name: &'static str) -> Result<Option<Vec<String>>, PlanError> {
+        let Some(node) = self.take(name) else {
+            return Ok(None);
+        };
+        let one = |n: &Node| match (&n.kind, n.scalar()) {
+            (Kind::Scalar { text, .. }, Some(s)) if s != Scalar::Null && !text.is_empty() => {
+                Ok(text.clone())
+            }
+            _ => Err(PlanError::at(
+                n.loc,
+                format!(
+                    "`{name}` must be a string or a list of strings, found {}",
+                    n.describe()
+                ),
+            )),
+        };
+        let list = match &node.kind {
+            Kind::Seq(items) => items.iter().map(one).collect::<Result<Vec<_>, _>>()?,
+            _ => vec![one(node)?],
+        };
+        if list.is_empty() {
+            return Err(PlanError::at(node.loc, format!("`{name}` is an empty list")));
+        }
+        Ok(Some(list))
+    }
+
+    fn globs(&mut self, name: &'static str) -> Result<Vec<String>, PlanError> {
+        let list = self.names(name)?.unwrap_or_default();
+        for pattern in &list {
+            if let Err(e) = Glob::new(pattern) {
+                return Err(PlanError::at(self.loc_of(name), format!("`{name}`: {e}")));
+            }
+        }
+        Ok(list)
+    }
+}
+
+/// The candidate nearest to `word` by edit distance, if near enough to be a likely typo.
+pub fn closest<'c>(word: &str, candidates: &[&'c str]) -> Option<&'c str> {
+    candidates
+        .iter()
+        .filter(|c| close(word, c))
+        .min_by_key(|c| distance(word, c))
+        .copied()
+}
+
+fn close(word: &str, candidate: &str) -> bool {
+    let limit = if candidate.len() >= 5 { 2 } else { 1 };
+    distance(&word.to_ascii_lowercase(), candidate) <= limit
+}
+
+/// Optimal string alignment distance: Levenshtein plus adjacent transpositions, the
+/// commonest typo.
+fn distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// The JSON Schema of the plan format.
+pub fn schema() -> String {
+    let schema = schemars::schema_for!(Plan);
+    serde_json::to_string_pretty(&schema).unwrap_or_else(|_| "{}".into())
+}
+
+impl Step {
+    /// The operation's name.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Step::Dir(_) => "dir",
+            Step::File(_) => "file",
+            Step::Remove(_) => "remove",
+            Step::Cleanup(_) => "cleanup",
+            Step::Upsert(_) => "upsert",
+            Step::Each(_) => "each",
+            Step::Plugin(_) => "plugin",
+        }
+    }
+
+    /// The main path the step is about.
+    pub fn target(&self) -> &str {
+        match self {
+            Step::Dir(s) => &s.dir,
+            Step::File(s) => &s.file,
+            Step::Remove(s) => &s.remove,
+            Step::Cleanup(s) => &s.cleanup,
+            Step::Upsert(s) => &s.upsert,
+            Step::Each(s) => &s.each,
+            Step::Plugin(s) => &s.plugin,
+        }
+    }
+
+    /// The user's `name`, or one built from the operation and its target.
+    pub fn display_name(&self) -> String {
+        let given = match self {
+            Step::Dir(s) => &s.name,
+            Step::File(s) => &s.name,
+            Step::Remove(s) => &s.name,
+            Step::Cleanup(s) => &s.name,
+            Step::Upsert(s) => &s.name,
+            Step::Each(s) => &s.name,
+            Step::Plugin(s) => &s.name,
+        };
+        match (given, self) {
+            (Some(name), _) => name.clone(),
+            (None, Step::Upsert(s)) => format!("upsert {} into {}:{}", s.from, s.upsert, s.table),
+            (None, _) => format!("{} {}", self.op(), self.target()),
+        }
+    }
+}
+
+impl SubStep {
+    /// Apply `f` to every templated string of the sub-step (paths, content, table, globs).
+    pub fn map_templates(
+        &mut self,
+        f: &mut dyn FnMut(&mut String) -> Result<(), String>,
+    ) -> Result<(), String> {
+        match self {
+            SubStep::Dir(s) => f(&mut s.dir),
+            SubStep::File(s) => {
+                f(&mut s.file)?;
+                if let Some(c) = &mut s.content {
+                    f(c)?;
+                }
+                if let Some(c) = &mut s.source {
+                    f(c)?;
+                }
+                Ok(())
+            }
+            SubStep::Remove(s) => f(&mut s.remove),
+            SubStep::Cleanup(s) => {
+                f(&mut s.cleanup)?;
+                s.include.iter_mut().try_for_each(&mut *f)?;
+                s.exclude.iter_mut().try_for_each(&mut *f)
+            }
+            SubStep::Upsert(s) => {
+                f(&mut s.upsert)?;
+                f(&mut s.table)?;
+                f(&mut s.from)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(src: &str) -> PlanError {
+        parse(src).expect_err("the plan should be refused")
+    }
+
+    fn one(src: &str) -> Step {
+        let mut loaded = parse(src).expect("the plan should load");
+        assert_eq!(loaded.plan.steps.len(), 1);
+        loaded.plan.steps.remove(0)
+    }
+
+    #[test]
+    fn every_operation_parses() {
+        let src = r#"
+version: 1
+steps:
+  - dir: build/out
+    mode: "0755"
+  - file: etc/app.conf
+    content: "port = 8080\n"
+    mode: "644"
+  - file: public/index.html
+    source: templates/index.html
+    if-missing: true
+  - remove: tmp/cache
+    recursive: true
+  - cleanup: logs
+    older-than: 1d12h
+    include: ["*.log", "archive/**/*.gz"]
+    exclude: keep/**
+    remove-empty-dirs: true
+  - upsert: data/app.db
+    table: users
+    key: [org, login]
+    from: data/users.csv
+    columns: [org, login, name]
+  - each: data/users.ndjson
+    key: id
+    id: user-homes
+    steps:
+      - dir: "home/{id}"
+      - file: "home/{id}/greeting.txt"
+        content: "Hello {name} {{literal}}\n"
+  - plugin: plugins/rotate.wasm
+    config: { keep: 7, names: [a, b], ratio: 0.5, on: true, none: ~ }
+    paths: [logs]
+    databases: data/app.db
+    name: rotate logs
+"#;
+        let loaded = parse(src).unwrap();
+        let steps = &loaded.plan.steps;
+        assert_eq!(steps.len(), 8);
+        let ops: Vec<_> = steps.iter().map(Step::op).collect();
+        assert_eq!(
+            ops,
+            [
+                "dir", "file", "file", "remove", "cleanup", "upsert", "each", "plugin"
+            ]
+        );
+        let Step::Dir(d) = &steps[0] else { panic!() };
+        assert_eq!(d.mode, Some(Mode(0o755)));
+        let Step::File(f) = &steps[1] else { panic!() };
+        assert_eq!(f.mode, Some(Mode(0o644)));
+        let Step::File(f) = &steps[2] else { panic!() };
+        assert!(f.if_missing);
+        let Step::Cleanup(c) = &steps[4] else {
+            panic!()
+        };
+        assert_eq!(c.older_than.seconds, 86_400 + 12 * 3600);
+        assert_eq!(c.exclude, ["keep/**"]);
+        let Step::Upsert(u) = &steps[5] else { panic!() };
+        assert_eq!(u.key, ["org", "login"]);
+        let Step::Each(e) = &steps[6] else { panic!() };
+        assert_eq!(e.steps.len(), 2);
+        let Step::Plugin(p) = &steps[7] else { panic!() };
+        assert_eq!(
+            p.config.as_ref().unwrap().to_string(),
+            r#"{"keep":7,"names":["a","b"],"ratio":0.5,"on":true,"none":null}"#
+        );
+        assert_eq!(p.databases, ["data/app.db"]);
+        assert_eq!(steps[7].display_name(), "rotate logs");
+        assert_eq!(steps[0].display_name(), "dir build/out");
+        assert_eq!(
+            loaded.locations.iter().map(|l| l.line).collect::<Vec<_>>(),
+            [4, 6, 9, 12, 14, 19, 24, 31]
+        );
+    }
+
+    #[test]
+    fn unknown_field_gets_a_hint() {
+        let e = err("steps:\n  - file: a\n    contnet: x\n");
+        assert_eq!(e.message, "unknown field `contnet` in a `file` step");
+        assert_eq!(e.hint.as_deref(), Some("did you mean `content`?"));
+        assert_eq!(e.loc, Some(Loc { line: 3, column: 5 }));
+    }
+
+    #[test]
+    fn misspelt_required_field_is_reported_as_a_typo() {
+        let e = err("steps:\n  - upsert: a.db\n    tabel: t\n    key: id\n    from: x.csv\n");
+        assert_eq!(e.message, "unknown field `tabel` in a `upsert` step");
+        assert_eq!(e.hint.as_deref(), Some("did you mean `table`?"));
+        assert_eq!(e.loc.unwrap().line, 3);
+    }
+
+    #[test]
+    fn field_of_another_operation_is_named() {
+        let e = err("steps:\n  - dir: a\n    content: x\n");
+        assert_eq!(e.message, "`content` is not a field of a `dir` step");
+        assert_eq!(e.hint.as_deref(), Some("a `dir` step takes: name, dir, mode"));
+    }
+
+    #[test]
+    fn unknown_operation_gets_a_hint() {
+        let e = err("steps:\n  - fiel: a\n    content: x\n");
+        assert_eq!(e.message, "unknown operation `fiel`");
+        assert_eq!(e.hint.as_deref(), Some("did you mean `file`?"));
+        let e = err("steps:\n  - copy: a\n");
+        assert_eq!(e.message, "the step names no operation");
+        assert_eq!(e.loc, Some(Loc { line: 2, column: 5 }));
+    }
+
+    #[test]
+    fn two_operations_in_one_step_are_refused() {
+        let e = err("steps:\n  - dir: a\n    file: b\n    content: x\n");
+        assert!(e.message.contains("exactly one operation"), "{e:?}");
+        assert!(e.message.contains("`dir` and `file`"));
+        assert_eq!(e.loc.unwrap().line, 3);
+    }
+
+    #[test]
+    fn integer_mode_is_refused_with_a_hint() {
+        let e = err("steps:\n  - dir: a\n    mode: 0755\n");
+        assert_eq!(e.hint.as_deref(), Some("write it as a string: mode: \"0755\""));
+        assert_eq!(e.loc, Some(Loc { line: 3, column: 11 }));
+        let e = err("steps:\n  - dir: a\n    mode: \"0855\"\n");
+        assert!(e.message.contains("not an octal mode"));
+        assert!(err("{\"steps\": [{\"dir\": \"a\", \"mode\": 755}]}").hint.is_some());
+    }
+
+    #[test]
+    fn modes_parse() {
+        assert_eq!(parse_mode("0755"), Ok(0o755));
+        assert_eq!(parse_mode("755"), Ok(0o755));
+        assert_eq!(parse_mode("1777"), Ok(0o1777));
+        assert_eq!(parse_mode("0o600"), Ok(0o600));
+        assert!(parse_mode("75").is_err());
+        assert!(parse_mode("07555").is_err());
+        assert!(parse_mode("rwx").is_err());
+    }
+
+    #[test]
+    fn ages_parse() {
+        assert_eq!(parse_age("30d"), Ok(30 * 86_400));
+        assert_eq!(parse_age("12h"), Ok(12 * 3600));
+        assert_eq!(parse_age("1d12h"), Ok(86_400 + 12 * 3600));
+        assert_eq!(parse_age("2w"), Ok(2 * 604_800));
+        assert_eq!(parse_age("90s"), Ok(90));
+        assert_eq!(parse_age("5m"), Ok(300));
+        assert!(parse_age("30").unwrap_err().contains("without a unit"));
+        assert!(parse_age("30y").unwrap_err().contains("unknown unit `y`"));
+        assert!(parse_age("d").unwrap_err().contains("without a number"));
+        assert!(parse_age("").is_err());
+        assert!(parse_age("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn bad_age_is_a_plan_error_at_the_value() {
+        let e = err("steps:\n  - cleanup: logs\n    older-than: 3 months\n");
+        assert!(e.message.contains("unknown unit"), "{e:?}");
+        assert_eq!(e.loc, Some(Loc { line: 3, column: 17 }));
+    }
+
+    #[test]
+    fn missing_required_fields_are_named() {
+        let e = err("steps:\n  - cleanup: logs\n");
+        assert_eq!(e.message, "the `cleanup` step needs `older-than`");
+        let e = err("steps:\n  - file: a\n");
+        assert!(e.message.contains("neither `content` nor `source`"));
+        let e = err("steps:\n  - file: a\n    content: x\n    source: y\n");
+        assert!(e.message.contains("both"));
+        let e = err("steps:\n  - each: a.csv\n    key: id\n");
+        assert!(e.message.contains("no `steps`"));
+        assert!(err("version: 1\n").message.contains("no `steps`"));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(err("steps:\n  - remove: a\n    recursive: yes\n").message.contains("true or false"));
+        assert!(err("version: 2\nsteps: []\n").message.contains("version"));
+        assert!(err("steps:\n  - dir: ''\n").message.contains("empty path"));
+        assert!(err("steps:\n  - dir: a\n    dir: b\n").message.contains("twice"));
+        assert!(err("steps:\n  - dir: a\n    name: ~\n").message.contains("no value"));
+        assert!(err("steps:\n  - upsert: a.db\n    table: t\n    key: id\n    from: x.txt\n")
+            .message
+            .contains("format"));
+        assert!(err("steps:\n  - cleanup: l\n    older-than: 1d\n    include: ['a[']\n")
+            .message
+            .contains("unclosed"));
+        let e = err("steps:\n  - upsert: a.db\n    table: t\n    key: id\n    from: x.csv\n    columns: [name]\n");
+        assert!(e.message.contains("key column `id`"));
+        assert!(err("- dir: a\n").message.contains("not a list"));
+        assert!(err("").message.contains("empty"));
+        assert!(err("steps:\n  - dir: [a\n").message.contains("YAML"));
+    }
+
+    #[test]
+    fn unknown_top_level_field_gets_a_hint() {
+        let e = err("step:\n  - dir: a\n");
+        assert_eq!(e.message, "unknown field `step` in the plan");
+        assert_eq!(e.hint.as_deref(), Some("did you mean `steps`?"));
+    }
+
+    #[test]
+    fn each_refuses_each_and_plugin_sub_steps() {
+        let e = err("steps:\n  - each: a.csv\n    key: id\n    steps:\n      - plugin: p.wasm\n");
+        assert_eq!(e.message, "`plugin` cannot be a sub-step of `each`");
+        assert_eq!(e.loc.unwrap().line, 5);
+        let e = err("steps:\n  - each: a.csv\n    key: id\n    steps:\n      - each: b.csv\n        key: id\n        steps: []\n");
+        assert!(e.message.contains("`each` cannot be a sub-step"));
+    }
+
+    #[test]
+    fn bad_templates_in_each_are_plan_errors() {
+        let e = err("steps:\n  - each: a.csv\n    key: id\n    steps:\n      - dir: \"home/{id\"\n");
+        assert!(e.message.contains("unclosed"), "{e:?}");
+        assert_eq!(e.loc.unwrap().line, 5);
+        // Outside `each`, braces are just text.
+        assert!(parse("steps:\n  - file: a\n    content: \"{not a template\"\n").is_ok());
+    }
+
+    #[test]
+    fn json_plans_have_locations() {
+        let src = "{\n  \"steps\": [\n    {\"dir\": \"a\"},\n    {\"file\": \"b\", \"content\": \"x\"}\n  ]\n}\n";
+        let loaded = parse(src).unwrap();
+        assert_eq!(loaded.locations[0], Loc { line: 3, column: 5 });
+        assert_eq!(loaded.locations[1], Loc { line: 4, column: 5 });
+        let e = err("{\"steps\": [\n {\"dir\": \"a\",\n  \"contnt\": \"x\"}]}");
+        assert_eq!(e.loc, Some(Loc { line: 3, column: 3 }));
+    }
+
+    #[test]
+    fn flow_style_plans_have_locations() {
+        let src = "steps: [ {dir: a}, {remove: b,\n  recursive: true}, {file: c, content: x} ]\n";
+        let loaded = parse(src).unwrap();
+        assert_eq!(loaded.plan.steps.len(), 3);
+        assert_eq!(loaded.locations[0], Loc { line: 1, column: 10 });
+        assert_eq!(loaded.locations[2].line, 2);
+        let e = err("steps: [ {dir: a, mode: 700} ]\n");
+        assert_eq!(e.loc, Some(Loc { line: 1, column: 25 }));
+    }
+
+    #[test]
+    fn each_scope_input_serialises_stably() {
+        let Step::Each(e) = one("steps:\n  - each: a.csv\n    key: id\n    steps:\n      - dir: \"d/{id}\"\n        mode: \"700\"\n")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"each":"a.csv","key":["id"],"steps":[{"dir":"d/{id}","mode":"0700"}]}"#
+        );
+    }
+
+    #[test]
+    fn sub_step_templates_are_mapped() {
+        let Step::Each(mut e) = one("steps:\n  - each: a.csv\n    key: id\n    steps:\n      - file: \"h/{id}\"\n        content: \"hi {id}\"\n")
+        else {
+            panic!()
+        };
+        e.steps[0]
+            .map_templates(&mut |s| {
+                *s = template::render(s, |_| Some("7".into()))?;
+                Ok(())
+            })
+            .unwrap();
+        let SubStep::File(f) = &e.steps[0] else {
+            panic!()
+        };
+        assert_eq!((f.file.as_str(), f.content.as_deref()), ("h/7", Some("hi 7")));
+    }
+
+    /// The fields `parse` reads must be exactly the fields of the types, which generate the
+    /// schema; this is the check that the two cannot drift apart.
+    #[test]
+    fn schema_lists_the_parsed_fields() {
+        let schema: serde_json::Value = serde_json::from_str(&schema()).unwrap();
+        let defs = schema["$defs"].as_object().unwrap();
+        let mut all: Vec<String> = Vec::new();
+        for (def, op, minimal) in [
+            ("DirStep", "dir", "dir: x"),
+            ("FileStep", "file", "file: x\ncontent: y"),
+            ("RemoveStep", "remove", "remove: x"),
+            ("CleanupStep", "cleanup", "cleanup: x\nolder-than: 1d"),
+            ("UpsertStep", "upsert", "upsert: a.db\ntable: t\nkey: id\nfrom: a.csv"),
+            ("EachStep", "each", "each: a.csv\nkey: id\nsteps: []"),
+            ("PluginStep", "plugin", "plugin: p.wasm"),
+        ] {
+            let mut props: Vec<String> = defs[def]["properties"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
+            assert_eq!(defs[def]["additionalProperties"], false, "{def}");
+            let node = yaml::parse(minimal).unwrap().unwrap();
+            let mut obj = Obj::new(&node, op, false).unwrap();
+            match op {
+                "each" => parse_each(&mut obj).map(|_| ()),
+                "plugin" => parse_plugin(&mut obj).map(|_| ()),
+                _ => parse_common(&mut obj, op).map(|_| ()),
+            }
+            .unwrap();
+            let mut asked: Vec<String> = obj.asked.iter().map(|s| s.to_string()).collect();
+            props.sort();
+            asked.sort();
+            asked.dedup();
+            assert_eq!(asked, props, "{def}");
+            all.extend(props.into_iter().filter(|p| p != op));
+        }
+        all.sort();
+        all.dedup();
+        let mut known: Vec<String> = ALL_FIELDS.iter().map(|s| s.to_string()).collect();
+        known.sort();
+        assert_eq!(all, known);
+        assert_eq!(
+            schema["properties"]["steps"]["items"]["$ref"],
+            "#/$defs/Step"
+        );
+    }
+}

@@ -1,0 +1,737 @@
+//! Records from CSV (with a header row), a JSON array of objects, or NDJSON, read through a
+//! source of chunks so that memory stays flat however large the file is: CSV through the
+//! `csv` crate's own buffer, JSON arrays through a small splitter that finds each element's
+//! bytes and parses one element at a time, NDJSON line by line.
+//!
+//! The source is a trait so that the readers are tested on in-memory chunks without a host.
+
+use std::borrow::Cow;
+use std::io;
+use std::rc::Rc;
+
+use csv::StringRecord;
+use serde_json::{Map, Value};
+
+use crate::plan::Format;
+
+/// How many bytes to ask the host for at a time.
+pub const CHUNK: u32 = 64 * 1024;
+
+/// Where bytes come from: the host's `fs.reader` in the component, a slice in tests.
+pub trait ChunkSource {
+    /// The source's error (the host's `types.error`).
+    type Error;
+    /// The next bytes of the file; empty at the end.
+    fn next_chunk(&mut self) -> Result<Vec<u8>, Self::Error>;
+}
+
+/// A record that cannot be read, with the message naming the file and the record.
+#[derive(Debug)]
+pub struct ReadError<E> {
+    /// `data/users.csv: row 17 has 4 fields, expected 3`.
+    pub message: String,
+    /// The host's error, when reading failed there.
+    pub cause: Option<E>,
+}
+
+/// One field's value.
+#[derive(Debug, Clone, Copy)]
+pub enum Field<'a> {
+    /// A CSV field: always text.
+    Text(&'a str),
+    /// A JSON value, with its type.
+    Json(&'a Value),
+}
+
+impl Field<'_> {
+    /// The value as text, for templates and checkpoint keys: strings as they are, numbers and
+    /// booleans as JSON writes them, null as nothing, arrays and objects as JSON.
+    pub fn to_text(&self) -> Cow<'_, str> {
+        match self {
+            Field::Text(s) => Cow::Borrowed(s),
+            Field::Json(Value::String(s)) => Cow::Borrowed(s),
+            Field::Json(Value::Null) => Cow::Borrowed(""),
+            Field::Json(v) => Cow::Owned(v.to_string()),
+        }
+    }
+
+    /// Whether the field holds nothing (an empty CSV field or JSON null).
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Field::Text("") | Field::Json(Value::Null))
+    }
+}
+
+/// A record, borrowed from the reader until the next one is read.
+#[derive(Debug, Clone, Copy)]
+pub enum Record<'a> {
+    /// A CSV row and the file's header.
+    Csv(&'a Rc<[String]>, &'a StringRecord),
+    /// A JSON object.
+    Json(&'a Map<String, Value>),
+}
+
+impl<'a> Record<'a> {
+    /// The field called `name`.
+    pub fn get(&self, name: &str) -> Option<Field<'a>> {
+        match self {
+            Record::Csv(header, values) => header
+                .iter()
+                .position(|h| h == name)
+                .and_then(|i| values.get(i))
+                .map(Field::Text),
+            Record::Json(map) => map.get(name).map(Field::Json),
+        }
+    }
+
+    /// The record's field names, in order.
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            Record::Csv(header, _) => header.to_vec(),
+            Record::Json(map) => map.keys().cloned().collect(),
+        }
+    }
+
+    /// A copy that outlives the reader's next step.
+    pub fn to_owned(&self) -> OwnedRecord {
+        match self {
+            Record::Csv(header, values) => OwnedRecord::Csv(Rc::clone(header), (*values).clone()),
+            Record::Json(map) => OwnedRecord::Json((*map).clone()),
+        }
+    }
+}
+
+/// A record kept for later (by `each`, which looks a batch up in the checkpoint first).
+#[derive(Debug, Clone)]
+pub enum OwnedRecord {
+    /// A CSV row and the file's header.
+    Csv(Rc<[String]>, StringRecord),
+    /// A JSON object.
+    Json(Map<String, Value>),
+}
+
+impl OwnedRecord {
+    /// Borrow it as a `Record`.
+    pub fn as_record(&self) -> Record<'_> {
+        match self {
+            OwnedRecord::Csv(h, v) => Record::Csv(h, v),
+            OwnedRecord::Json(m) => Record::Json(m),
+        }
+    }
+}
+
+/// Buffered bytes over a chunk source; also an `io::Read` for the `csv` crate, keeping the
+/// source's own error aside since `io::Error` cannot carry it.
+struct Bytes<S: ChunkSource> {
+    source: S,
+    chunk: Vec<u8>,
+    pos: usize,
+    eof: bool,
+    error: Option<S::Error>,
+}
+
+impl<S: ChunkSource> Bytes<S> {
+    fn new(source: S) -> Self {
+        Bytes {
+            source,
+            chunk: Vec::new(),
+            pos: 0,
+            eof: false,
+            error: None,
+        }
+    }
+
+    /// Make bytes available; false at the end of the file.
+    fn fill(&mut self) -> Result<bool, S::Error> {
+        while self.pos >= self.chunk.len() {
+            if self.eof {
+                return Ok(false);
+            }
+            self.chunk = self.source.next_chunk()?;
+            self.pos = 0;
+            self.eof = self.chunk.is_empty();
+        }
+        Ok(true)
+    }
+
+    fn buffered(&self) -> &[u8] {
+        &self.chunk[self.pos..]
+    }
+}
+
+impl<S: ChunkSource> io::Read for Bytes<S> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        match self.fill() {
+            Ok(false) => Ok(0),
+            Ok(true) => {
+                let data = self.buffered();
+                let n = data.len().min(out.len());
+                out[..n].copy_from_slice(&data[..n]);
+                self.pos += n;
+                Ok(n)
+            }
+            Err(e) => {
+                self.error = Some(e);
+                Err(io::Error::other("the host could not read the file"))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JsonState {
+    /// Before the opening `[`.
+    Start,
+    /// After `[` or `,`: an element or `]` comes next.
+    Before,
+    /// Inside an element.
+    InValue,
+    /// After an element: `,` or `]` comes next.
+    After,
+    /// After the closing `]`.
+    Done,
+}
+
+enum Inner<S: ChunkSource> {
+    Csv {
+        reader: csv::Reader<Bytes<S>>,
+        header: Rc<[String]>,
+        record: StringRecord,
+    },
+    Json {
+        bytes: Bytes<S>,
+        state: JsonState,
+        depth: u32,
+        in_string: bool,
+        escaped: bool,
+        element: Vec<u8>,
+        object: Map<String, Value>,
+    },
+    Ndjson {
+        bytes: Bytes<S>,
+        line: Vec<u8>,
+        line_no: u64,
+        object: Map<String, Value>,
+    },
+}
+
+/// A reader of records, one at a time.
+pub struct Records<S: ChunkSource> {
+    file: String,
+    count: u64,
+    inner: Inner<S>,
+}
+
+impl<S: ChunkSource> Records<S> {
+    /// Start reading `file` (used in messages) in `format`. For CSV this reads the header.
+    pub fn new(file: &str, format: Format, source: S) -> Result<Self, ReadError<S::Error>> {
+        let bytes = Bytes::new(source);
+        let inner = match format {
+            Format::Csv => {
+                let mut reader = csv::ReaderBuilder::new()
+                    .flexible(true)
+                    .buffer_capacity(CHUNK as usize)
+                    .from_reader(bytes);
+                let header = match reader.headers() {
+                    Ok(h) => h.iter().map(str::to_owned).collect::<Vec<_>>(),
+                    Err(e) => {
+                        let cause = reader.get_mut().error.take();
+                        return Err(csv_error(file, "the header row", e, cause));
+                    }
+                };
+                if header.is_empty() || header.iter().all(String::is_empty) {
+                    return Err(ReadError {
+                        message: format!("{file}: the file is empty; expected a header row"),
+                        cause: None,
+                    });
+                }
+                for (i, h) in header.iter().enumerate() {
+                    if header[..i].contains(h) {
+                        return Err(ReadError {
+                            message: format!("{file}: the header names `{h}` twice"),
+                            cause: None,
+                        });
+                    }
+                }
+                Inner::Csv {
+                    reader,
+                    header: header.into(),
+                    record: StringRecord::new(),
+                }
+            }
+            Format::Json => Inner::Json {
+                bytes,
+                state: JsonState::Start,
+                depth: 0,
+                in_string: false,
+                escaped: false,
+                element: Vec::new(),
+                object: Map::new(),
+            },
+            Format::Ndjson => Inner::Ndjson {
+                bytes,
+                line: Vec::new(),
+                line_no: 0,
+                object: Map::new(),
+            },
+        };
+        Ok(Records {
+            file: file.to_owned(),
+            count: 0,
+            inner,
+        })
+    }
+
+    /// The CSV header, when the format has one.
+    pub fn header(&self) -> Option<&Rc<[String]>> {
+        match &self.inner {
+            Inner::Csv { header, .. } => Some(header),
+            _ => None,
+        }
+    }
+
+    /// The last record read, in the user's words: `row 17`, `record 17`, `line 17`.
+    pub fn item(&self) -> String {
+        match &self.inner {
+            Inner::Csv { .. } => format!("row {}", self.count),
+            Inner::Json { .. } => format!("record {}", self.count),
+            Inner::Ndjson { line_no, .. } => format!("line {line_no}"),
+        }
+    }
+
+    /// The file's name, as given.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// The next record, or `None` at the end.
+    pub fn next(&mut self) -> Result<Option<Record<'_>>, ReadError<S::Error>> {
+        let file = &self.file;
+        match &mut self.inner {
+            Inner::Csv {
+                reader,
+                header,
+                record,
+            } => match reader.read_record(record) {
+                Ok(false) => Ok(None),
+                Ok(true) => {
+                    self.count += 1;
+                    if record.len() != header.len() {
+                        let line = record.position().map_or(0, csv::Position::line);
+                        return Err(ReadError {
+                            message: format!(
+                                "{file}: row {} (line {line}) has {} fields, expected {}",
+                                self.count,
+                                record.len(),
+                                header.len()
+                            ),
+                            cause: None,
+                        });
+                    }
+                    Ok(Some(Record::Csv(header, record)))
+                }
+                Err(e) => {
+                    let cause = reader.get_mut().error.take();
+                    let row = format!("row {}", self.count + 1);
+                    Err(csv_error(file, &row, e, cause))
+                }
+            },
+            Inner::Json {
+                bytes,
+                state,
+                depth,
+                in_string,
+                escaped,
+                element,
+                object,
+            } => {
+                let mut scan = JsonScan {
+                    state,
+                    depth,
+                    in_string,
+                    escaped,
+                };
+                element.clear();
+                let complete = loop {
+                    match bytes.fill() {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            if *scan.state == JsonState::Done {
+                                return Ok(None);
+                            }
+                            let what = if *scan.state == JsonState::Start {
+                                "the file is empty; expected a JSON array of objects"
+                            } else {
+                                "the JSON array is not closed with `]`"
+                            };
+                            return Err(ReadError {
+                                message: format!("{file}: {what}"),
+                                cause: None,
+                            });
+                        }
+                        Err(e) => {
+                            return Err(ReadError {
+                                message: format!("{file}: cannot read"),
+                                cause: Some(e),
+                            });
+                        }
+                    }
+                    let data = bytes.buffered();
+                    let (used, outcome) = scan.feed(data, element);
+                    bytes.pos += used;
+                    match outcome {
+                        Feed::More => {}
+                        Feed::Element => break true,
+                        Feed::End => break false,
+                        Feed::Error(what) => {
+                            return Err(ReadError {
+                                message: format!(
+                                    "{file}: after record {}: {what}",
+                                    self.count
+                                ),
+                                cause: None,
+                            });
+                        }
+                    }
+                };
+                if !complete {
+                    return Ok(None);
+                }
+                self.count += 1;
+                *object = parse_object(element).map_err(|e| ReadError {
+                    message: format!("{file}: record {}: {e}", self.count),
+                    cause: None,
+                })?;
+                Ok(Some(Record::Json(object)))
+            }
+            Inner::Ndjson {
+                bytes,
+                line,
+                line_no,
+                object,
+            } => loop {
+                line.clear();
+                let mut ended = false;
+                loop {
+                    match bytes.fill() {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            ended = true;
+                            break;
+                        }
+                        Err(e) => {
+                            return Err(ReadError {
+                                message: format!("{file}: cannot read"),
+                                cause: Some(e),
+                            });
+                        }
+                    }
+                    let data = bytes.buffered();
+                    match data.iter().position(|&b| b == b'\n') {
+                        Some(i) => {
+                            line.extend_from_slice(&data[..i]);
+                            bytes.pos += i + 1;
+                            break;
+                        }
+                        None => {
+                            line.extend_from_slice(data);
+                            bytes.pos += data.len();
+                        }
+                    }
+                }
+                if ended && line.is_empty() {
+                    return Ok(None);
+                }
+                *line_no += 1;
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                self.count += 1;
+                *object = parse_object(line).map_err(|e| ReadError {
+                    message: format!("{file}: line {line_no}: {e}"),
+                    cause: None,
+                })?;
+                return Ok(Some(Record::Json(object)));
+            },
+        }
+    }
+}
+
+fn csv_error<E>(file: &str, what: &str, e: csv::Error, cause: Option<E>) -> ReadError<E> {
+    let message = match (e.kind(), &cause) {
+        (_, Some(_)) => format!("{file}: cannot read {what}"),
+        (csv::ErrorKind::Utf8 { pos, .. }, _) => format!(
+            "{file}: {what} (line {}) is not valid UTF-8",
+            pos.as_ref().map_or(0, csv::Position::line)
+        ),
+        _ => format!("{file}: {what}: {e}"),
+    };
+    ReadError { message, cause }
+}
+
+fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, String> {
+    let start = bytes.iter().position(|b| !b.is_ascii_whitespace());
+    if start.is_some_and(|i| bytes[i] != b'{') {
+        return Err("is not a JSON object".into());
+    }
+    serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))
+}
+
+enum Feed {
+    /// Every byte given was used; give more.
+    More,
+    /// An element's bytes are complete.
+    Element,
+    /// The array ended.
+    End,
+    /// Not a JSON array.
+    Error(String),
+}
+
+/// The splitter's state, borrowed from the reader so it persists across chunks.
+struct JsonScan<'a> {
+    state: &'a mut JsonState,
+    depth: &'a mut u32,
+    in_string: &'a mut bool,
+    escaped: &'a mut bool,
+}
+
+impl JsonScan<'_> {
+    /// Scan `data`, appending the current element's bytes to `element`; returns how many
+    /// bytes were used and why it stopped.
+    fn feed(&mut self, data: &[u8], element: &mut Vec<u8>) -> (usize, Feed) {
+        let mut i = 0;
+        while i < data.len() {
+            let b = data[i];
+            match *self.state {
+                JsonState::Start => {
+                    if b == b'[' {
+                        *self.state = JsonState::Before;
+                    } else if !is_space_or_bom(b) {
+                        return (i, Feed::Error("expected a JSON array starting with `[`".into()));
+                    }
+                }
+                JsonState::Before => {
+                    if b == b']' {
+                        *self.state = JsonState::Done;
+                        return (i + 1, Feed::End);
+                    } else if !b.is_ascii_whitespace() {
+                        *self.state = JsonState::InValue;
+                        continue;
+                    }
+                }
+                JsonState::InValue => {
+                    if *self.in_string {
+                        if *self.escaped {
+                            *self.escaped = false;
+                        } else if b == b'\\' {
+                            *self.escaped = true;
+                        } else if b == b'"' {
+                            *self.in_string = false;
+                        }
+                    } else {
+                        match b {
+                            b'"' => *self.in_string = true,
+                            b'{' | b'[' => *self.depth += 1,
+                            b'}' | b']' if *self.depth > 0 => {
+                                *self.depth -= 1;
+                                if *self.depth == 0 {
+                                    element.push(b);
+                                    *self.state = JsonState::After;
+                                    return (i + 1, Feed::Element);
+                                }
+                            }
+                            // A scalar element ends at the separator.
+                            b',' | b']' if *self.depth == 0 => {
+                                *self.state = JsonState::After;
+                                return (i, Feed::Element);
+                            }
+                            _ => {}
+                        }
+                    }
+                    element.push(b);
+                }
+                JsonState::After => match b {
+                    b',' => *self.state = JsonState::Before,
+                    b']' => *self.state = JsonState::Done,
+                    _ if b.is_ascii_whitespace() => {}
+                    _ => {
+                        return (i, Feed::Error(format!(
+                            "expected `,` or `]`, found `{}`",
+                            char::from(b).escape_default()
+                        )));
+                    }
+                },
+                JsonState::Done => {
+                    if !b.is_ascii_whitespace() {
+                        return (i, Feed::Error("content after the closing `]`".into()));
+                    }
+                }
+            }
+            i += 1;
+        }
+        (data.len(), Feed::More)
+    }
+}
+
+fn is_space_or_bom(b: u8) -> bool {
+    b.is_ascii_whitespace() || matches!(b, 0xEF | 0xBB | 0xBF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes of a file, handed out `size` at a time.
+    struct Chunks<'a> {
+        data: &'a [u8],
+        size: usize,
+    }
+
+    impl ChunkSource for Chunks<'_> {
+        type Error = String;
+        fn next_chunk(&mut self) -> Result<Vec<u8>, String> {
+            let n = self.size.min(self.data.len());
+            let (head, tail) = self.data.split_at(n);
+            self.data = tail;
+            Ok(head.to_vec())
+        }
+    }
+
+    struct Failing;
+    impl ChunkSource for Failing {
+        type Error = String;
+        fn next_chunk(&mut self) -> Result<Vec<u8>, String> {
+            Err("disk on fire".into())
+        }
+    }
+
+    /// Read every record as (field, text) pairs, at several chunk sizes that must agree.
+    fn read_all(format: Format, data: &str) -> Result<Vec<Vec<(String, String)>>, String> {
+        let mut results = Vec::new();
+        for size in [1, 2, 3, 7, 64 * 1024] {
+            let source = Chunks {
+                data: data.as_bytes(),
+                size,
+            };
+            let result = (|| {
+                let mut records = Records::new("in", format, source).map_err(|e| e.message)?;
+                let mut out = Vec::new();
+                while let Some(r) = records.next().map_err(|e| e.message)? {
+                    out.push(
+                        r.names()
+                            .into_iter()
+                            .map(|n| {
+                                let v = r.get(&n).unwrap().to_text().into_owned();
+                                (n, v)
+                            })
+                            .collect(),
+                    );
+                }
+                Ok(out)
+            })();
+            results.push(result);
+        }
+        for r in &results[1..] {
+            assert_eq!(r, &results[0]);
+        }
+        results.remove(0)
+    }
+
+    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn csv_rows_are_read_with_the_header() {
+        let rows = read_all(Format::Csv, "id,name\n1,Ada\n2,\"Grace, H\"\n").unwrap();
+        assert_eq!(
+            rows,
+            [
+                pairs(&[("id", "1"), ("name", "Ada")]),
+                pairs(&[("id", "2"), ("name", "Grace, H")])
+            ]
+        );
+    }
+
+    #[test]
+    fn csv_row_with_wrong_field_count_is_named() {
+        let e = read_all(Format::Csv, "a,b,c\n1,2,3\n1,2,3,4\n").unwrap_err();
+        assert_eq!(e, "in: row 2 (line 3) has 4 fields, expected 3");
+    }
+
+    #[test]
+    fn csv_errors_are_named() {
+        assert!(read_all(Format::Csv, "").unwrap_err().contains("empty"));
+        assert!(read_all(Format::Csv, "a,a\n1,2\n").unwrap_err().contains("twice"));
+        let e = read_all(Format::Csv, "a\nok\n\u{0}\u{0}").map(|r| r.len());
+        assert_eq!(e, Ok(2));
+        let mut r = Records::new("in", Format::Csv, Chunks { data: b"a\n\xff\xfe\n", size: 4 })
+            .unwrap();
+        assert!(r.next().unwrap_err().message.contains("UTF-8"));
+    }
+
+    #[test]
+    fn json_arrays_stream_element_by_element() {
+        let data = r#" [ {"id": 1, "name": "A]\"{"}, {"id": 2, "tags": [1, {"x": []}]} ,
+            {"id": 3, "n": null, "b": true} ] "#;
+        let rows = read_all(Format::Json, data).unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0], pairs(&[("id", "1"), ("name", "A]\"{")]));
+        assert_eq!(rows[1][1], ("tags".into(), r#"[1,{"x":[]}]"#.into()));
+        assert_eq!(rows[2], pairs(&[("id", "3"), ("n", ""), ("b", "true")]));
+        assert_eq!(read_all(Format::Json, "[]").unwrap().len(), 0);
+        assert_eq!(read_all(Format::Json, "\u{feff}[{}]").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn json_errors_name_the_record() {
+        assert_eq!(
+            read_all(Format::Json, "[{\"a\":1}, 5]").unwrap_err(),
+            "in: record 2: is not a JSON object"
+        );
+        assert!(read_all(Format::Json, "[{\"a\":1}, {\"a\" 2}]")
+            .unwrap_err()
+            .starts_with("in: record 2: invalid JSON"));
+        assert!(read_all(Format::Json, "{\"a\":1}").unwrap_err().contains("`[`"));
+        assert!(read_all(Format::Json, "[{\"a\":1}").unwrap_err().contains("not closed"));
+        assert!(read_all(Format::Json, "[{\"a\":1}] x").unwrap_err().contains("after the closing"));
+        assert!(read_all(Format::Json, "[{} {}]").unwrap_err().contains("expected `,`"));
+        assert!(read_all(Format::Json, "").unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn ndjson_lines_are_read_and_blank_lines_skipped() {
+        let rows = read_all(Format::Ndjson, "{\"id\":1}\n\n{\"id\":2}\r\n{\"id\":3}").unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[2], pairs(&[("id", "3")]));
+        assert_eq!(
+            read_all(Format::Ndjson, "{\"id\":1}\n\n[1]\n").unwrap_err(),
+            "in: line 3: is not a JSON object"
+        );
+    }
+
+    #[test]
+    fn host_errors_are_kept_as_the_cause() {
+        for format in [Format::Json, Format::Ndjson] {
+            let mut r = Records::new("in", format, Failing).unwrap();
+            let e = r.next().unwrap_err();
+            assert_eq!(e.cause.as_deref(), Some("disk on fire"));
+        }
+        let e = Records::new("in", Format::Csv, Failing).err().unwrap();
+        assert_eq!(e.cause.as_deref(), Some("disk on fire"));
+        assert_eq!(e.message, "in: cannot read the header row");
+    }
+
+    #[test]
+    fn records_can_be_kept() {
+        let mut r = Records::new("in", Format::Csv, Chunks { data: b"a,b\n1,2\n", size: 3 })
+            .unwrap();
+        let owned = r.next().unwrap().unwrap().to_owned();
+        assert!(r.next().unwrap().is_none());
+        assert_eq!(owned.as_record().get("b").unwrap().to_text(), "2");
+        assert_eq!(r.item(), "row 1");
+    }
+}

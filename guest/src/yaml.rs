@@ -1,0 +1,346 @@
+//! A YAML document as a small tree whose nodes remember where they start in the source.
+//!
+//! serde's derive loses positions, and a plan error without a line is a poor one, so the plan
+//! is read with `saphyr-parser`'s event stream (which carries markers for block style, flow
+//! style and JSON alike) into this tree, and `plan.rs` validates the tree by hand.
+
+use std::collections::HashMap;
+
+use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+
+/// A position in the source; lines and columns count from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loc {
+    /// Line, from 1.
+    pub line: u32,
+    /// Column in characters, from 1.
+    pub column: u32,
+}
+
+/// One node of the document.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// What the node holds.
+    pub kind: Kind,
+    /// Where it starts.
+    pub loc: Loc,
+}
+
+/// The three shapes of YAML data.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    /// A scalar's text; `plain` when unquoted and untagged, so that YAML's typing applies.
+    Scalar { text: String, plain: bool },
+    /// A sequence.
+    Seq(Vec<Node>),
+    /// A mapping, in source order.
+    Map(Vec<(Node, Node)>),
+}
+
+/// A scalar resolved with YAML 1.2's core schema.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scalar<'a> {
+    /// `~`, `null` or nothing at all.
+    Null,
+    /// `true` or `false`.
+    Bool(bool),
+    /// An integer that fits in 64 bits.
+    Int(i64),
+    /// A floating-point number.
+    Float(f64),
+    /// Anything else, or any quoted scalar.
+    Str(&'a str),
+}
+
+/// A document that is not well-formed YAML.
+#[derive(Debug, Clone, PartialEq)]
+pub struct YamlError {
+    /// The parser's words.
+    pub message: String,
+    /// Where it stopped.
+    pub loc: Option<Loc>,
+}
+
+/// Aliases are expanded by copying; this bounds the copies so that a "billion laughs"
+/// document is an error rather than an out-of-memory abort.
+const MAX_NODES: usize = 1_000_000;
+
+impl Node {
+    /// The scalar's resolved value, or `None` for sequences and mappings.
+    pub fn scalar(&self) -> Option<Scalar<'_>> {
+        match &self.kind {
+            Kind::Scalar { text, plain: true } => Some(resolve(text)),
+            Kind::Scalar { text, plain: false } => Some(Scalar::Str(text)),
+            _ => None,
+        }
+    }
+
+    /// What the node is, for messages: "a string", "an integer", "a list", ...
+    pub fn describe(&self) -> &'static str {
+        match (&self.kind, self.scalar()) {
+            (Kind::Seq(_), _) => "a list",
+            (Kind::Map(_), _) => "a mapping",
+            (_, Some(Scalar::Null)) => "nothing (null)",
+            (_, Some(Scalar::Bool(_))) => "a boolean",
+            (_, Some(Scalar::Int(_))) => "an integer",
+            (_, Some(Scalar::Float(_))) => "a number",
+            _ => "a string",
+        }
+    }
+
+    fn size(&self) -> usize {
+        match &self.kind {
+            Kind::Scalar { .. } => 1,
+            Kind::Seq(items) => 1 + items.iter().map(Node::size).sum::<usize>(),
+            Kind::Map(entries) => {
+                1 + entries
+                    .iter()
+                    .map(|(k, v)| k.size() + v.size())
+                    .sum::<usize>()
+            }
+        }
+    }
+}
+
+/// YAML 1.2 core schema resolution of a plain scalar.
+pub fn resolve(text: &str) -> Scalar<'_> {
+    match text {
+        "" | "~" | "null" | "Null" | "NULL" => return Scalar::Null,
+        "true" | "True" | "TRUE" => return Scalar::Bool(true),
+        "false" | "False" | "FALSE" => return Scalar::Bool(false),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return Scalar::Float(f64::INFINITY);
+        }
+        "-.inf" | "-.Inf" | "-.INF" => return Scalar::Float(f64::NEG_INFINITY),
+        ".nan" | ".NaN" | ".NAN" => return Scalar::Float(f64::NAN),
+        _ => {}
+    }
+    let digits = |s: &str, radix: u32| !s.is_empty() && s.chars().all(|c| c.is_digit(radix));
+    if let Some(oct) = text.strip_prefix("0o")
+        && digits(oct, 8)
+    {
+        return i64::from_str_radix(oct, 8).map_or(Scalar::Str(text), Scalar::Int);
+    }
+    if let Some(hex) = text.strip_prefix("0x")
+        && digits(hex, 16)
+    {
+        return i64::from_str_radix(hex, 16).map_or(Scalar::Str(text), Scalar::Int);
+    }
+    let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
+    if digits(unsigned, 10) {
+        // Too large for 64 bits: still a number to YAML, so a float.
+        return text
+            .parse::<i64>()
+            .map(Scalar::Int)
+            .unwrap_or_else(|_| text.parse().map_or(Scalar::Str(text), Scalar::Float));
+    }
+    if is_float(unsigned) {
+        return text.parse().map_or(Scalar::Str(text), Scalar::Float);
+    }
+    Scalar::Str(text)
+}
+
+/// `( \. [0-9]+ | [0-9]+ ( \. [0-9]* )? ) ( [eE] [-+]? [0-9]+ )?`
+fn is_float(s: &str) -> bool {
+    let (mantissa, exponent) = match s.find(['e', 'E']) {
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
+        None => (s, None),
+    };
+    let (int, frac) = match mantissa.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (mantissa, None),
+    };
+    let all_digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    let mantissa_ok = all_digits(int)
+        && frac.is_none_or(all_digits)
+        && (!int.is_empty() || frac.is_some_and(|f| !f.is_empty()));
+    let exponent_ok = exponent.is_none_or(|e| {
+        let e = e.strip_prefix(['-', '+']).unwrap_or(e);
+        !e.is_empty() && all_digits(e)
+    });
+    mantissa_ok && exponent_ok
+}
+
+fn loc_of(span: &Span) -> Loc {
+    marker_loc(span.start.line(), span.start.col())
+}
+
+fn marker_loc(line: usize, col: usize) -> Loc {
+    Loc {
+        line: u32::try_from(line).unwrap_or(u32::MAX),
+        column: u32::try_from(col.saturating_add(1)).unwrap_or(u32::MAX),
+    }
+}
+
+enum Frame {
+    Seq(Vec<Node>, Loc, usize),
+    Map(Vec<(Node, Node)>, Option<Node>, Loc, usize),
+}
+
+/// Parse one YAML document into a tree; `None` when the source holds no document.
+pub fn parse(source: &str) -> Result<Option<Node>, YamlError> {
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut anchors: HashMap<usize, Node> = HashMap::new();
+    let mut root: Option<Node> = None;
+    let mut documents = 0;
+    let mut nodes = 0usize;
+
+    for event in Parser::new_from_str(source) {
+        let (event, span) = event.map_err(|e| YamlError {
+            message: e.info().to_string(),
+            loc: Some(marker_loc(e.marker().line(), e.marker().col())),
+        })?;
+        let (node, anchor) = match event {
+            Event::DocumentStart(_) => {
+                documents += 1;
+                if documents > 1 {
+                    return Err(YamlError {
+                        message: "a plan is one YAML document, this file has several".into(),
+                        loc: Some(loc_of(&span)),
+                    });
+                }
+                continue;
+            }
+            Event::Scalar(text, style, anchor, tag) => {
+                // An explicit `!!str` makes `"0755"`-like scalars strings even unquoted.
+                let tagged_str = tag.as_ref().is_some_and(|t| t.suffix == "str");
+                let node = Node {
+                    kind: Kind::Scalar {
+                        text: text.into_owned(),
+                        plain: style == ScalarStyle::Plain && !tagged_str,
+                    },
+                    loc: loc_of(&span),
+                };
+                (node, anchor)
+            }
+            Event::SequenceStart(anchor, _) => {
+                stack.push(Frame::Seq(Vec::new(), loc_of(&span), anchor));
+                continue;
+            }
+            Event::MappingStart(anchor, _) => {
+                stack.push(Frame::Map(Vec::new(), None, loc_of(&span), anchor));
+                continue;
+            }
+            Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
+                Some(Frame::Seq(items, loc, anchor)) => (
+                    Node {
+                        kind: Kind::Seq(items),
+                        loc,
+                    },
+                    anchor,
+                ),
+                Some(Frame::Map(entries, _, loc, anchor)) => (
+                    Node {
+                        kind: Kind::Map(entries),
+                        loc,
+                    },
+                    anchor,
+                ),
+                None => continue,
+            },
+            Event::Alias(id) => {
+                let Some(node) = anchors.get(&id) else {
+                    return Err(YamlError {
+                        message: "alias to an unknown anchor".into(),
+                        loc: Some(loc_of(&span)),
+                    });
+                };
+                nodes += node.size();
+                let mut node = node.clone();
+                node.loc = loc_of(&span);
+                (node, 0)
+            }
+            _ => continue,
+        };
+        nodes += 1;
+        if nodes > MAX_NODES {
+            return Err(YamlError {
+                message: format!("the document expands to more than {MAX_NODES} nodes"),
+                loc: Some(node.loc),
+            });
+        }
+        if anchor != 0 {
+            anchors.insert(anchor, node.clone());
+        }
+        match stack.last_mut() {
+            None => root = Some(node),
+            Some(Frame::Seq(items, ..)) => items.push(node),
+            Some(Frame::Map(entries, pending, ..)) => match pending.take() {
+                Some(key) => entries.push((key, node)),
+                None => *pending = Some(node),
+            },
+        }
+    }
+    Ok(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_scalars_resolve_as_yaml_1_2_core() {
+        assert_eq!(resolve("0755"), Scalar::Int(755));
+        assert_eq!(resolve("0o755"), Scalar::Int(0o755));
+        assert_eq!(resolve("-12"), Scalar::Int(-12));
+        assert_eq!(resolve("1.5e3"), Scalar::Float(1500.0));
+        assert_eq!(resolve(".5"), Scalar::Float(0.5));
+        assert_eq!(resolve("~"), Scalar::Null);
+        assert_eq!(resolve("yes"), Scalar::Str("yes"));
+        assert_eq!(resolve("1d12h"), Scalar::Str("1d12h"));
+        assert_eq!(resolve("e5"), Scalar::Str("e5"));
+        assert_eq!(resolve("."), Scalar::Str("."));
+    }
+
+    #[test]
+    fn block_nodes_know_their_lines() {
+        let root = parse("steps:\n  - dir: a\n  - file: b\n").unwrap().unwrap();
+        let Kind::Map(entries) = &root.kind else {
+            panic!("not a map")
+        };
+        let Kind::Seq(steps) = &entries[0].1.kind else {
+            panic!("not a seq")
+        };
+        assert_eq!(steps[0].loc, Loc { line: 2, column: 5 });
+        assert_eq!(steps[1].loc, Loc { line: 3, column: 5 });
+    }
+
+    #[test]
+    fn quoted_scalars_stay_strings() {
+        let root = parse("a: \"0755\"\n").unwrap().unwrap();
+        let Kind::Map(entries) = &root.kind else {
+            panic!("not a map")
+        };
+        assert_eq!(entries[0].1.scalar(), Some(Scalar::Str("0755")));
+    }
+
+    #[test]
+    fn aliases_are_expanded_and_bounded() {
+        let root = parse("a: &x [1, 2]\nb: *x\n").unwrap().unwrap();
+        let Kind::Map(entries) = &root.kind else {
+            panic!("not a map")
+        };
+        assert!(matches!(&entries[1].1.kind, Kind::Seq(items) if items.len() == 2));
+
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let p = i - 1;
+            bomb.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        assert!(parse(&bomb).unwrap_err().message.contains("expands"));
+    }
+
+    #[test]
+    fn syntax_errors_have_a_location() {
+        let err = parse("steps:\n  - dir: [a\n").unwrap_err();
+        assert!(err.loc.is_some());
+    }
+
+    #[test]
+    fn several_documents_are_refused() {
+        assert!(parse("a: 1\n---\nb: 2\n").is_err());
+        assert!(parse("").unwrap().is_none());
+    }
+}
