@@ -7,8 +7,112 @@
 
 wit_bindgen::generate!({ world: "standard", path: "../wit" });
 
+pub mod cleanup;
+pub mod dir;
+pub mod each;
+pub mod file;
 pub mod glob;
+pub mod host;
 pub mod plan;
 pub mod records;
+pub mod remove;
 pub mod template;
+pub mod upsert;
 pub mod yaml;
+
+use std::cell::RefCell;
+
+use exports::idem::plugin::plan::{Guest, Location, PlanError, PluginCall, StepInfo};
+use idem::plugin::report::{StepError, StepReport};
+use plan::Step;
+
+thread_local! {
+    /// The plan `load` validated; components are single-threaded, so this is the one copy.
+    static PLAN: RefCell<Option<plan::Loaded>> = const { RefCell::new(None) };
+}
+
+/// The component: the `plan` export.
+#[cfg_attr(not(target_family = "wasm"), allow(dead_code))]
+struct Component;
+
+impl Guest for Component {
+    fn load(source: String, _file_name: String) -> Result<Vec<StepInfo>, PlanError> {
+        let loaded = plan::parse(&source).map_err(|e| PlanError {
+            message: e.message,
+            location: e.loc.map(location),
+            hint: e.hint,
+        })?;
+        let infos = loaded
+            .plan
+            .steps
+            .iter()
+            .zip(&loaded.locations)
+            .map(|(step, loc)| step_info(step, *loc))
+            .collect();
+        PLAN.with(|p| *p.borrow_mut() = Some(loaded));
+        Ok(infos)
+    }
+
+    fn run_step(index: u32) -> Result<StepReport, StepError> {
+        // A copy, so that no borrow of the plan is held across host calls.
+        let step = PLAN.with(|p| {
+            p.borrow()
+                .as_ref()
+                .map(|l| l.plan.steps.get(index as usize).cloned())
+        });
+        let step = match step {
+            None => return Err(host::error("run-step was called before load")),
+            Some(None) => return Err(host::error(format!("the plan has no step {index}"))),
+            Some(Some(step)) => step,
+        };
+        match &step {
+            Step::Dir(s) => dir::run(s),
+            Step::File(s) => file::run(s),
+            Step::Remove(s) => remove::run(s),
+            Step::Cleanup(s) => cleanup::run(s),
+            Step::Upsert(s) => upsert::run(s),
+            Step::Each(s) => each::run(s),
+            Step::Plugin(s) => Err(host::error(format!(
+                "plugin {} is run by the host, not by the standard guest",
+                s.plugin
+            ))),
+        }
+    }
+
+    fn schema() -> String {
+        plan::schema()
+    }
+}
+
+fn location(loc: yaml::Loc) -> Location {
+    Location {
+        line: loc.line,
+        column: loc.column,
+    }
+}
+
+fn step_info(step: &Step, loc: yaml::Loc) -> StepInfo {
+    StepInfo {
+        op: step.op().to_owned(),
+        name: step.display_name(),
+        target: step.target().to_owned(),
+        location: Some(location(loc)),
+        plugin: match step {
+            Step::Plugin(p) => Some(PluginCall {
+                path: p.plugin.clone(),
+                config: p
+                    .config
+                    .as_ref()
+                    .map_or_else(|| "null".to_owned(), ToString::to_string),
+                paths: p.paths.clone(),
+                databases: p.databases.clone(),
+            }),
+            _ => None,
+        },
+    }
+}
+
+// Only for the component: the export symbols' names (`idem:plugin/plan@0.1.0#load`) are not
+// valid in a native linker's version script, and native builds exist for the unit tests.
+#[cfg(target_family = "wasm")]
+export!(Component);

@@ -18,7 +18,10 @@ use crate::yaml::{self, Kind, Loc, Node, Scalar};
 /// A whole plan.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(title = "idem plan", description = "Steps that idem applies in order; see docs/plan.md.")]
+#[schemars(
+    title = "idem plan",
+    description = "Steps that idem applies in order; see docs/plan.md."
+)]
 pub struct Plan {
     /// The plan format's version; the only one is 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -376,7 +379,10 @@ fn fields_from_schema() -> Vec<(&'static str, Vec<&'static str>)> {
 
 fn with_fields<T>(op: &str, f: impl FnOnce(&[&'static str]) -> T) -> T {
     FIELDS.with(|all| {
-        let fields = all.iter().find(|(o, _)| *o == op).map_or(&[][..], |(_, f)| f);
+        let fields = all
+            .iter()
+            .find(|(o, _)| *o == op)
+            .map_or(&[][..], |(_, f)| f);
         f(fields)
     })
 }
@@ -482,12 +488,12 @@ fn step_op(node: &Node, allowed: &[&str]) -> Result<&'static str, PlanError> {
                 .filter(|(k, _)| !ALL_FIELDS.contains(k))
                 .find_map(|(k, loc)| closest(k, OPS).map(|op| (*k, op, *loc)));
             Err(match guess {
-                Some((key, op, loc)) => {
-                    PlanError::at(loc, format!("unknown operation `{key}`"))
-                        .hint(format!("did you mean `{op}`?"))
-                }
-                None => PlanError::at(node.loc, "the step names no operation")
-                    .hint(format!("start the step with one of: {}", allowed.join(", "))),
+                Some((key, op, loc)) => PlanError::at(loc, format!("unknown operation `{key}`"))
+                    .hint(format!("did you mean `{op}`?")),
+                None => PlanError::at(node.loc, "the step names no operation").hint(format!(
+                    "start the step with one of: {}",
+                    allowed.join(", ")
+                )),
             })
         }
         [(op, loc)] if !allowed.contains(op) => Err(PlanError::at(
@@ -554,8 +560,11 @@ fn parse_common(obj: &mut Obj<'_>, op: &str) -> Result<SubStep, PlanError> {
                 } else {
                     "neither `content` nor `source`"
                 };
-                return Err(PlanError::at(obj.loc, format!("the `file` step has {what}"))
-                    .hint("give exactly one: `content` for inline text, `source` to copy a file"));
+                return Err(
+                    PlanError::at(obj.loc, format!("the `file` step has {what}")).hint(
+                        "give exactly one: `content` for inline text, `source` to copy a file",
+                    ),
+                );
             }
             SubStep::File(step)
         }
@@ -790,8 +799,7 @@ impl<'a> Obj<'a> {
     fn check_fields(&self) -> Result<(), PlanError> {
         let op = self.op;
         with_fields(op, |fields| {
-            let Some((key, key_node, _)) =
-                self.entries.iter().find(|(k, ..)| !fields.contains(k))
+            let Some((key, key_node, _)) = self.entries.iter().find(|(k, ..)| !fields.contains(k))
             else {
                 return Ok(());
             };
@@ -851,11 +859,10 @@ impl<'a> Obj<'a> {
             return Ok(None);
         };
         match (&node.kind, node.scalar()) {
-            (_, Some(Scalar::Null)) => Err(PlanError::at(
-                node.loc,
-                format!("`{name}` has no value"),
-            )
-            .hint(format!("write {name}: \"\" for an empty string"))),
+            (_, Some(Scalar::Null)) => {
+                Err(PlanError::at(node.loc, format!("`{name}` has no value"))
+                    .hint(format!("write {name}: \"\" for an empty string")))
+            }
             (Kind::Scalar { text, .. }, _) => Ok(Some(text.clone())),
             _ => Err(PlanError::at(
                 node.loc,
@@ -880,11 +887,10 @@ impl<'a> Obj<'a> {
     fn path(&mut self, name: &'static str) -> Result<String, PlanError> {
         let path = self.required(name, Obj::template)?;
         if path.is_empty() {
-            return Err(PlanError::at(
-                self.loc_of(name),
-                format!("`{name}` is an empty path"),
-            )
-            .hint("use `.` for the root"));
+            return Err(
+                PlanError::at(self.loc_of(name), format!("`{name}` is an empty path"))
+                    .hint("use `.` for the root"),
+            );
         }
         Ok(path)
     }
@@ -923,7 +929,10 @@ impl<'a> Obj<'a> {
             }
             _ => Err(PlanError::at(
                 node.loc,
-                format!("`{name}` must be an octal string, found {}", node.describe()),
+                format!(
+                    "`{name}` must be an octal string, found {}",
+                    node.describe()
+                ),
             )
             .hint(format!("write it as a string: {name}: \"0755\""))),
         }
@@ -944,11 +953,10 @@ impl<'a> Obj<'a> {
             "csv" => Ok(Some(Format::Csv)),
             "json" => Ok(Some(Format::Json)),
             "ndjson" | "jsonl" => Ok(Some(Format::Ndjson)),
-            other => Err(PlanError::at(
-                self.loc_of(name),
-                format!("unknown format `{other}`"),
-            )
-            .hint("use csv, json or ndjson")),
+            other => Err(
+                PlanError::at(self.loc_of(name), format!("unknown format `{other}`"))
+                    .hint("use csv, json or ndjson"),
+            ),
         }
     }
 
@@ -974,7 +982,10 @@ impl<'a> Obj<'a> {
             _ => vec![one(node)?],
         };
         if list.is_empty() {
-            return Err(PlanError::at(node.loc, format!("`{name}` is an empty list")));
+            return Err(PlanError::at(
+                node.loc,
+                format!("`{name}` is an empty list"),
+            ));
         }
         Ok(Some(list))
     }
@@ -1013,8 +1024,8 @@ fn distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
@@ -1227,7 +1238,10 @@ steps:
     fn field_of_another_operation_is_named() {
         let e = err("steps:\n  - dir: a\n    content: x\n");
         assert_eq!(e.message, "`content` is not a field of a `dir` step");
-        assert_eq!(e.hint.as_deref(), Some("a `dir` step takes: name, dir, mode"));
+        assert_eq!(
+            e.hint.as_deref(),
+            Some("a `dir` step takes: name, dir, mode")
+        );
     }
 
     #[test]
@@ -1251,11 +1265,24 @@ steps:
     #[test]
     fn integer_mode_is_refused_with_a_hint() {
         let e = err("steps:\n  - dir: a\n    mode: 0755\n");
-        assert_eq!(e.hint.as_deref(), Some("write it as a string: mode: \"0755\""));
-        assert_eq!(e.loc, Some(Loc { line: 3, column: 11 }));
+        assert_eq!(
+            e.hint.as_deref(),
+            Some("write it as a string: mode: \"0755\"")
+        );
+        assert_eq!(
+            e.loc,
+            Some(Loc {
+                line: 3,
+                column: 11
+            })
+        );
         let e = err("steps:\n  - dir: a\n    mode: \"0855\"\n");
         assert!(e.message.contains("not an octal mode"));
-        assert!(err("{\"steps\": [{\"dir\": \"a\", \"mode\": 755}]}").hint.is_some());
+        assert!(
+            err("{\"steps\": [{\"dir\": \"a\", \"mode\": 755}]}")
+                .hint
+                .is_some()
+        );
     }
 
     #[test]
@@ -1288,7 +1315,13 @@ steps:
     fn bad_age_is_a_plan_error_at_the_value() {
         let e = err("steps:\n  - cleanup: logs\n    older-than: 3 months\n");
         assert!(e.message.contains("unknown unit"), "{e:?}");
-        assert_eq!(e.loc, Some(Loc { line: 3, column: 17 }));
+        assert_eq!(
+            e.loc,
+            Some(Loc {
+                line: 3,
+                column: 17
+            })
+        );
     }
 
     #[test]
@@ -1306,18 +1339,36 @@ steps:
 
     #[test]
     fn bad_values_are_refused() {
-        assert!(err("steps:\n  - remove: a\n    recursive: yes\n").message.contains("true or false"));
+        assert!(
+            err("steps:\n  - remove: a\n    recursive: yes\n")
+                .message
+                .contains("true or false")
+        );
         assert!(err("version: 2\nsteps: []\n").message.contains("version"));
         assert!(err("steps:\n  - dir: ''\n").message.contains("empty path"));
-        assert!(err("steps:\n  - dir: a\n    dir: b\n").message.contains("twice"));
-        assert!(err("steps:\n  - dir: a\n    name: ~\n").message.contains("no value"));
-        assert!(err("steps:\n  - upsert: a.db\n    table: t\n    key: id\n    from: x.txt\n")
-            .message
-            .contains("format"));
-        assert!(err("steps:\n  - cleanup: l\n    older-than: 1d\n    include: ['a[']\n")
-            .message
-            .contains("unclosed"));
-        let e = err("steps:\n  - upsert: a.db\n    table: t\n    key: id\n    from: x.csv\n    columns: [name]\n");
+        assert!(
+            err("steps:\n  - dir: a\n    dir: b\n")
+                .message
+                .contains("twice")
+        );
+        assert!(
+            err("steps:\n  - dir: a\n    name: ~\n")
+                .message
+                .contains("no value")
+        );
+        assert!(
+            err("steps:\n  - upsert: a.db\n    table: t\n    key: id\n    from: x.txt\n")
+                .message
+                .contains("format")
+        );
+        assert!(
+            err("steps:\n  - cleanup: l\n    older-than: 1d\n    include: ['a[']\n")
+                .message
+                .contains("unclosed")
+        );
+        let e = err(
+            "steps:\n  - upsert: a.db\n    table: t\n    key: id\n    from: x.csv\n    columns: [name]\n",
+        );
         assert!(e.message.contains("key column `id`"));
         assert!(err("- dir: a\n").message.contains("not a list"));
         assert!(err("").message.contains("empty"));
@@ -1336,13 +1387,16 @@ steps:
         let e = err("steps:\n  - each: a.csv\n    key: id\n    steps:\n      - plugin: p.wasm\n");
         assert_eq!(e.message, "`plugin` cannot be a sub-step of `each`");
         assert_eq!(e.loc.unwrap().line, 5);
-        let e = err("steps:\n  - each: a.csv\n    key: id\n    steps:\n      - each: b.csv\n        key: id\n        steps: []\n");
+        let e = err(
+            "steps:\n  - each: a.csv\n    key: id\n    steps:\n      - each: b.csv\n        key: id\n        steps: []\n",
+        );
         assert!(e.message.contains("`each` cannot be a sub-step"));
     }
 
     #[test]
     fn bad_templates_in_each_are_plan_errors() {
-        let e = err("steps:\n  - each: a.csv\n    key: id\n    steps:\n      - dir: \"home/{id\"\n");
+        let e =
+            err("steps:\n  - each: a.csv\n    key: id\n    steps:\n      - dir: \"home/{id\"\n");
         assert!(e.message.contains("unclosed"), "{e:?}");
         assert_eq!(e.loc.unwrap().line, 5);
         // Outside `each`, braces are just text.
@@ -1364,16 +1418,29 @@ steps:
         let src = "steps: [ {dir: a}, {remove: b,\n  recursive: true}, {file: c, content: x} ]\n";
         let loaded = parse(src).unwrap();
         assert_eq!(loaded.plan.steps.len(), 3);
-        assert_eq!(loaded.locations[0], Loc { line: 1, column: 10 });
+        assert_eq!(
+            loaded.locations[0],
+            Loc {
+                line: 1,
+                column: 10
+            }
+        );
         assert_eq!(loaded.locations[2].line, 2);
         let e = err("steps: [ {dir: a, mode: 700} ]\n");
-        assert_eq!(e.loc, Some(Loc { line: 1, column: 25 }));
+        assert_eq!(
+            e.loc,
+            Some(Loc {
+                line: 1,
+                column: 25
+            })
+        );
     }
 
     #[test]
     fn each_scope_input_serialises_stably() {
-        let Step::Each(e) = one("steps:\n  - each: a.csv\n    key: id\n    steps:\n      - dir: \"d/{id}\"\n        mode: \"700\"\n")
-        else {
+        let Step::Each(e) = one(
+            "steps:\n  - each: a.csv\n    key: id\n    steps:\n      - dir: \"d/{id}\"\n        mode: \"700\"\n",
+        ) else {
             panic!()
         };
         assert_eq!(
@@ -1384,8 +1451,9 @@ steps:
 
     #[test]
     fn sub_step_templates_are_mapped() {
-        let Step::Each(mut e) = one("steps:\n  - each: a.csv\n    key: id\n    steps:\n      - file: \"h/{id}\"\n        content: \"hi {id}\"\n")
-        else {
+        let Step::Each(mut e) = one(
+            "steps:\n  - each: a.csv\n    key: id\n    steps:\n      - file: \"h/{id}\"\n        content: \"hi {id}\"\n",
+        ) else {
             panic!()
         };
         e.steps[0]
@@ -1397,7 +1465,10 @@ steps:
         let SubStep::File(f) = &e.steps[0] else {
             panic!()
         };
-        assert_eq!((f.file.as_str(), f.content.as_deref()), ("h/7", Some("hi 7")));
+        assert_eq!(
+            (f.file.as_str(), f.content.as_deref()),
+            ("h/7", Some("hi 7"))
+        );
     }
 
     /// The fields `parse` reads must be exactly the fields of the types, which generate the
@@ -1412,7 +1483,11 @@ steps:
             ("FileStep", "file", "file: x\ncontent: y"),
             ("RemoveStep", "remove", "remove: x"),
             ("CleanupStep", "cleanup", "cleanup: x\nolder-than: 1d"),
-            ("UpsertStep", "upsert", "upsert: a.db\ntable: t\nkey: id\nfrom: a.csv"),
+            (
+                "UpsertStep",
+                "upsert",
+                "upsert: a.db\ntable: t\nkey: id\nfrom: a.csv",
+            ),
             ("EachStep", "each", "each: a.csv\nkey: id\nsteps: []"),
             ("PluginStep", "plugin", "plugin: p.wasm"),
         ] {

@@ -55,9 +55,13 @@ impl Field<'_> {
         }
     }
 
-    /// Whether the field holds nothing (an empty CSV field or JSON null).
+    /// Whether the field holds nothing (an empty field or string, or JSON null).
     pub fn is_empty(&self) -> bool {
-        matches!(self, Field::Text("") | Field::Json(Value::Null))
+        match self {
+            Field::Text(s) => s.is_empty(),
+            Field::Json(Value::String(s)) => s.is_empty(),
+            Field::Json(v) => v.is_null(),
+        }
     }
 }
 
@@ -304,7 +308,7 @@ impl<S: ChunkSource> Records<S> {
     }
 
     /// The next record, or `None` at the end.
-    pub fn next(&mut self) -> Result<Option<Record<'_>>, ReadError<S::Error>> {
+    pub fn next_record(&mut self) -> Result<Option<Record<'_>>, ReadError<S::Error>> {
         let file = &self.file;
         match &mut self.inner {
             Inner::Csv {
@@ -384,10 +388,7 @@ impl<S: ChunkSource> Records<S> {
                         Feed::End => break false,
                         Feed::Error(what) => {
                             return Err(ReadError {
-                                message: format!(
-                                    "{file}: after record {}: {what}",
-                                    self.count
-                                ),
+                                message: format!("{file}: after record {}: {what}", self.count),
                                 cause: None,
                             });
                         }
@@ -507,7 +508,10 @@ impl JsonScan<'_> {
                     if b == b'[' {
                         *self.state = JsonState::Before;
                     } else if !is_space_or_bom(b) {
-                        return (i, Feed::Error("expected a JSON array starting with `[`".into()));
+                        return (
+                            i,
+                            Feed::Error("expected a JSON array starting with `[`".into()),
+                        );
                     }
                 }
                 JsonState::Before => {
@@ -555,10 +559,13 @@ impl JsonScan<'_> {
                     b']' => *self.state = JsonState::Done,
                     _ if b.is_ascii_whitespace() => {}
                     _ => {
-                        return (i, Feed::Error(format!(
-                            "expected `,` or `]`, found `{}`",
-                            char::from(b).escape_default()
-                        )));
+                        return (
+                            i,
+                            Feed::Error(format!(
+                                "expected `,` or `]`, found `{}`",
+                                char::from(b).escape_default()
+                            )),
+                        );
                     }
                 },
                 JsonState::Done => {
@@ -616,7 +623,7 @@ mod tests {
             let result = (|| {
                 let mut records = Records::new("in", format, source).map_err(|e| e.message)?;
                 let mut out = Vec::new();
-                while let Some(r) = records.next().map_err(|e| e.message)? {
+                while let Some(r) = records.next_record().map_err(|e| e.message)? {
                     out.push(
                         r.names()
                             .into_iter()
@@ -665,12 +672,23 @@ mod tests {
     #[test]
     fn csv_errors_are_named() {
         assert!(read_all(Format::Csv, "").unwrap_err().contains("empty"));
-        assert!(read_all(Format::Csv, "a,a\n1,2\n").unwrap_err().contains("twice"));
+        assert!(
+            read_all(Format::Csv, "a,a\n1,2\n")
+                .unwrap_err()
+                .contains("twice")
+        );
         let e = read_all(Format::Csv, "a\nok\n\u{0}\u{0}").map(|r| r.len());
         assert_eq!(e, Ok(2));
-        let mut r = Records::new("in", Format::Csv, Chunks { data: b"a\n\xff\xfe\n", size: 4 })
-            .unwrap();
-        assert!(r.next().unwrap_err().message.contains("UTF-8"));
+        let mut r = Records::new(
+            "in",
+            Format::Csv,
+            Chunks {
+                data: b"a\n\xff\xfe\n",
+                size: 4,
+            },
+        )
+        .unwrap();
+        assert!(r.next_record().unwrap_err().message.contains("UTF-8"));
     }
 
     #[test]
@@ -692,13 +710,31 @@ mod tests {
             read_all(Format::Json, "[{\"a\":1}, 5]").unwrap_err(),
             "in: record 2: is not a JSON object"
         );
-        assert!(read_all(Format::Json, "[{\"a\":1}, {\"a\" 2}]")
-            .unwrap_err()
-            .starts_with("in: record 2: invalid JSON"));
-        assert!(read_all(Format::Json, "{\"a\":1}").unwrap_err().contains("`[`"));
-        assert!(read_all(Format::Json, "[{\"a\":1}").unwrap_err().contains("not closed"));
-        assert!(read_all(Format::Json, "[{\"a\":1}] x").unwrap_err().contains("after the closing"));
-        assert!(read_all(Format::Json, "[{} {}]").unwrap_err().contains("expected `,`"));
+        assert!(
+            read_all(Format::Json, "[{\"a\":1}, {\"a\" 2}]")
+                .unwrap_err()
+                .starts_with("in: record 2: invalid JSON")
+        );
+        assert!(
+            read_all(Format::Json, "{\"a\":1}")
+                .unwrap_err()
+                .contains("`[`")
+        );
+        assert!(
+            read_all(Format::Json, "[{\"a\":1}")
+                .unwrap_err()
+                .contains("not closed")
+        );
+        assert!(
+            read_all(Format::Json, "[{\"a\":1}] x")
+                .unwrap_err()
+                .contains("after the closing")
+        );
+        assert!(
+            read_all(Format::Json, "[{} {}]")
+                .unwrap_err()
+                .contains("expected `,`")
+        );
         assert!(read_all(Format::Json, "").unwrap_err().contains("empty"));
     }
 
@@ -717,7 +753,7 @@ mod tests {
     fn host_errors_are_kept_as_the_cause() {
         for format in [Format::Json, Format::Ndjson] {
             let mut r = Records::new("in", format, Failing).unwrap();
-            let e = r.next().unwrap_err();
+            let e = r.next_record().unwrap_err();
             assert_eq!(e.cause.as_deref(), Some("disk on fire"));
         }
         let e = Records::new("in", Format::Csv, Failing).err().unwrap();
@@ -727,10 +763,17 @@ mod tests {
 
     #[test]
     fn records_can_be_kept() {
-        let mut r = Records::new("in", Format::Csv, Chunks { data: b"a,b\n1,2\n", size: 3 })
-            .unwrap();
-        let owned = r.next().unwrap().unwrap().to_owned();
-        assert!(r.next().unwrap().is_none());
+        let mut r = Records::new(
+            "in",
+            Format::Csv,
+            Chunks {
+                data: b"a,b\n1,2\n",
+                size: 3,
+            },
+        )
+        .unwrap();
+        let owned = r.next_record().unwrap().unwrap().to_owned();
+        assert!(r.next_record().unwrap().is_none());
         assert_eq!(owned.as_record().get("b").unwrap().to_text(), "2");
         assert_eq!(r.item(), "row 1");
     }

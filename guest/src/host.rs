@@ -1,0 +1,119 @@
+//! Small helpers over the host's capabilities shared by the operations: wording host errors
+//! for the reader, reading a file's records in chunks, and building reports.
+
+use crate::idem::plugin::fs;
+use crate::idem::plugin::report::{Counter, StepError, StepReport};
+use crate::idem::plugin::types::Error;
+use crate::plan::Format;
+use crate::records::{CHUNK, ChunkSource, ReadError, Records};
+
+/// A host error in words: `not found: data/users.csv`.
+pub fn describe(e: &Error) -> String {
+    match e {
+        Error::Denied(s) => format!("denied: {s}"),
+        Error::NotFound(s) => format!("not found: {s}"),
+        Error::WrongKind(s) => format!("wrong kind: {s}"),
+        Error::NotEmpty(s) => format!("not empty: {s}"),
+        Error::Invalid(s) => format!("invalid: {s}"),
+        Error::Sqlite(s) => format!("SQLite error {}: {}", s.code, s.message),
+        Error::Io(s) => format!("I/O error: {s}"),
+    }
+}
+
+/// A step error caused by the host: `writing etc/app.conf: denied: ...`, keeping the host's
+/// error as the cause.
+pub fn fail(context: impl std::fmt::Display, e: Error) -> StepError {
+    StepError {
+        message: format!("{context}: {}", describe(&e)),
+        cause: Some(e),
+    }
+}
+
+/// A step error of the guest's own.
+pub fn error(message: impl Into<String>) -> StepError {
+    StepError {
+        message: message.into(),
+        cause: None,
+    }
+}
+
+/// A report with counters in the given order.
+pub fn report(counters: &[(&str, u64)]) -> StepReport {
+    StepReport {
+        counters: counters
+            .iter()
+            .map(|(name, value)| Counter {
+                name: (*name).to_owned(),
+                value: *value,
+            })
+            .collect(),
+        failures: Vec::new(),
+        message: None,
+    }
+}
+
+/// Records read from a file under the root.
+pub type HostRecords = Records<HostReader>;
+
+/// The host's `fs.reader` as a chunk source.
+pub struct HostReader(fs::Reader);
+
+impl ChunkSource for HostReader {
+    type Error = Error;
+    fn next_chunk(&mut self) -> Result<Vec<u8>, Error> {
+        self.0.next(CHUNK)
+    }
+}
+
+impl From<ReadError<Error>> for StepError {
+    fn from(e: ReadError<Error>) -> StepError {
+        match e.cause {
+            Some(cause) => fail(e.message, cause),
+            None => error(e.message),
+        }
+    }
+}
+
+/// Open `path`'s records in `format`, or the format its extension implies.
+pub fn open_records(path: &str, format: Option<Format>) -> Result<HostRecords, StepError> {
+    let format = format.or_else(|| Format::from_path(path)).ok_or_else(|| {
+        error(format!(
+            "cannot tell the format of {path} from its extension; add `format: csv`, `json` or `ndjson`"
+        ))
+    })?;
+    let reader = fs::open_reader(path).map_err(|e| fail(format!("opening {path}"), e))?;
+    Ok(Records::new(path, format, HostReader(reader))?)
+}
+
+/// The parent directory of a relative path, if it has one.
+pub fn parent(path: &str) -> Option<&str> {
+    let trimmed = path.trim_end_matches('/');
+    let (parent, _) = trimmed.rsplit_once('/')?;
+    let parent = parent.trim_end_matches('/');
+    (!parent.is_empty() && parent != ".").then_some(parent)
+}
+
+/// `base/name`, where a base of `.` or nothing is the root.
+pub fn join(base: &str, name: &str) -> String {
+    if base.is_empty() || base == "." {
+        name.to_owned()
+    } else {
+        format!("{}/{name}", base.trim_end_matches('/'))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parents_and_joins() {
+        assert_eq!(parent("a/b/c.txt"), Some("a/b"));
+        assert_eq!(parent("c.txt"), None);
+        assert_eq!(parent("./c.txt"), None);
+        assert_eq!(parent("a/b/"), Some("a"));
+        assert_eq!(join(".", "x"), "x");
+        assert_eq!(join("logs/", "x"), "logs/x");
+        assert_eq!(join("", "x"), "x");
+    }
+}
