@@ -697,6 +697,30 @@ if want build_without_cargo_says_what_to_do; then
   end
 fi
 
+if want action_yml_maps_every_input_and_pins_every_action; then
+  begin action_yml_maps_every_input_and_pins_every_action
+  yml="$REPO/action.yml"
+  inputs=$(awk '/^inputs:/ { on = 1; next } /^[a-z]/ { on = 0 } on && /^  [a-z-]+:$/ { sub(/:$/, ""); print $1 }' "$yml")
+  [[ -n $inputs ]] || fail "found no inputs in action.yml"
+  script_steps=$(grep -cF "run: bash \"\$GITHUB_ACTION_PATH/action/idem-action.sh\"" "$yml")
+  [[ $script_steps == 3 ]] || fail "$script_steps steps call the script, expected 3"
+  for name in $inputs; do
+    var="IDEM_ACTION_$(tr 'a-z-' 'A-Z_' <<<"$name")"
+    n=$(grep -cF "$var: \${{ inputs.$name }}" "$yml")
+    [[ $n == "$script_steps" ]] || fail "input $name reaches $n of the $script_steps script steps as $var"
+    grep -q "^| \`$name\` | \`\"" "$REPO/docs/github-action.md" || fail "input $name is not in the docs' table"
+    awk -v n="  $name:" '$0 == n { getline; getline; getline; exit !/^    default: "/ }' "$yml" ||
+      fail "input $name has no quoted default on its third line"
+  done
+  ! grep -nE '^\s*run:.*\$\{\{' "$yml" || fail "an expression inside run:"
+  ! grep -n 'INPUT_' "$SCRIPT" || fail "the script reads INPUT_*"
+  unpinned=$(grep -hE '^\s*(- )?uses:' "$yml" "$REPO"/.github/workflows/*.yml |
+    grep -vE 'uses: (\./|[^@ ]+@[0-9a-f]{40} # v[0-9.]+)( |$)' || true)
+  [[ -z $unpinned ]] || fail "not pinned by commit SHA: $unpinned"
+  grep -qx 'permissions: {}' "$REPO/.github/workflows/action-self-test.yml" || fail "workflow lacks permissions: {}"
+  end
+fi
+
 if want committed_table_is_well_formed; then
   begin committed_table_is_well_formed
   bad=$(grep -vE '^(#.*|[0-9a-f]{64}  idem-v[0-9][^ ]*\.(tar\.gz|zip))?$' "$REPO/action/idem-sha256.txt" || true)
