@@ -381,9 +381,11 @@ phase_run() {
   esac
 
   report_outputs "$code"
-  group "Report"
+  # Step names and diffs are the plan's and the files' text: inert here too.
+  token=$(random_token)
+  printf '::stop-commands::%s\n' "$token"
   render_log
-  endgroup
+  printf '::%s::\n' "$token"
   annotate
   render_summary "$code" >>"${GITHUB_STEP_SUMMARY:-/dev/null}"
 
@@ -440,9 +442,11 @@ render_log() {
     return
   fi
   jq -r "$JQ_DEFS"'
-    (if .dry_run then "would " else "" end) as $would
+    .steps //= []
     | (.steps[] | "\(.index). \(.outcome) \(.name)"
-        + (if .error != null then ": \(.error | msg)" else "" end)),
+        + (if .error != null then ": \(.error | msg)" else "" end),
+        ((.failures // [])[:20][] | "     \(.item): \(.message)"),
+        ((.changes // [])[] | select(.diff != null) | .diff | split("\n")[] | "    \(.)")),
       (if .error != null then "plan error: \(.error | msg)" else empty end),
       (.summary // {} | "\(.steps // 0) steps: \(.created // 0) created, \(.updated // 0) updated, \(.removed // 0) removed, \(.unchanged // 0) unchanged, \(.failed // 0) failed")' \
     "$report"
@@ -461,7 +465,8 @@ annotate() {
     def data: gsub("%"; "%25") | gsub("\r"; "%0D") | gsub("\n"; "%0A");
     def prop: data | gsub(":"; "%3A") | gsub(","; "%2C");
     def finding($level; $line; $title; $text): {$level, $line, $title, $text};
-    . as $r
+    .steps //= []
+    | . as $r
     | [ (if .error != null then finding("error"; .error.line; "plan error";
             (.error | msg) + (if .error.hint then " (hint: \(.error.hint))" else "" end)) else empty end),
         (.steps[] | select(.outcome == "failed")
@@ -498,29 +503,29 @@ render_summary() {
   fi
   tmp=$(mktemp -d "$temp_dir/idem-summary.XXXXXX")
   jq -r --arg code "$code" --arg result "$result" --arg plan "$plan" --arg pass "$(passes "$code")" \
-    "$JQ_DEFS"'
+    --arg mode "$mode" --arg root "$root_abs" "$JQ_DEFS"'
     (if $pass == "true" then (if $result == "drift" then "⚠️" else "✅" end) else "❌" end) as $icon
     | (.summary // {}) as $s
-    | "### \($icon) idem \(.mode): \($result)",
+    | "### \($icon) idem \($mode): \($result)",
       "",
-      "Plan `\($plan | cell)` · root `\(.root | cell)` · exit code \($code)"
-        + (if .dry_run then " · dry run" else "" end) + " · idem \(.idem)",
+      "Plan `\($plan | cell)` · root `\(.root // $root | cell)` · exit code \($code)"
+        + (if .dry_run then " · dry run" else "" end) + (if .idem then " · idem \(.idem)" else "" end),
       "",
       "| steps | created | updated | removed | unchanged | failed | changes |",
       "|---:|---:|---:|---:|---:|---:|---:|",
       "| \($s.steps // 0) | \($s.created // 0) | \($s.updated // 0) | \($s.removed // 0) | \($s.unchanged // 0) | \($s.failed // 0) | \($s.changes // 0) |",
       "",
-      (if (.steps | length) > 0 then
+      (if (.steps // [] | length) > 0 then
         "| # | step | \(if .dry_run then "would be" else "outcome" end) | changes | line |",
         "|---:|---|---|---|---:|"
        else empty end)' "$report" >"$tmp/head"
   jq -r "$JQ_DEFS"'
-    .steps[]
+    (.steps // [])[]
     | "| \(.index) | \(.name | cell | clip(300)) | \(.outcome) | "
       + ([(.changes // [])[:5][] | change | cell] + (if (.changes // [] | length) > 5 then ["+\((.changes | length) - 5) more"] else [] end) | join("<br>") | clip(1000))
       + " | \(.line // "") |"' "$report" >"$tmp/rows"
   jq -r "$JQ_DEFS"'
-    ([.steps[] | select(.outcome == "failed")][:10]) as $failed
+    ([(.steps // [])[] | select(.outcome == "failed")][:10]) as $failed
     | "",
       (if .error != null then
         "**Plan error**" + (if .error.line then " at line \(.error.line)" else "" end)
