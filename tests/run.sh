@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this): setup, unit and integration tests
+# against the real binary and real components, the GitHub Action's tests, lints, and the
+# benchmarks in quick mode (ratios printed, not asserted).
+#
+#   tests/run.sh            everything
+#   IDEM_SKIP_LINT=1 ...    without fmt/clippy/action lint (quicker while developing)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+passed=0
+failed=0
+failures=()
+
+suite() {
+  local name=$1
+  shift
+  echo
+  echo "=== $name"
+  local start=$SECONDS
+  if "$@"; then
+    passed=$((passed + 1))
+    echo "=== $name: ok ($((SECONDS - start)) s)"
+  else
+    failed=$((failed + 1))
+    failures+=("$name")
+    echo "=== $name: FAILED ($((SECONDS - start)) s)"
+  fi
+}
+
+# What the tests need from the registries (the wasm target is installed by host/build.rs).
+suite "setup" bash tests/setup.sh
+
+suite "cargo test" cargo test --workspace --locked
+
+if [ -z "${IDEM_SKIP_LINT:-}" ]; then
+  suite "cargo fmt" cargo fmt --all --check
+  suite "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+fi
+
+[ -x tests/action/run.sh ] && suite "action: script tests" env IDEM_BIN="$PWD/target/debug/idem" tests/action/run.sh
+[ -x tests/action/act.sh ] && suite "action: end to end with act" env IDEM_BIN="$PWD/target/debug/idem" tests/action/act.sh
+if [ -z "${IDEM_SKIP_LINT:-}" ] && [ -x tests/action/lint.sh ]; then
+  suite "action: lint" tests/action/lint.sh
+fi
+[ -x bench/run.sh ] && suite "benchmarks (quick)" bench/run.sh --quick
+
+echo
+if [ "$failed" -gt 0 ]; then
+  echo "failed suites: ${failures[*]}"
+fi
+echo "suites: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
