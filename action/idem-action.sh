@@ -88,7 +88,7 @@ absolute() {
 # Reads, checks and normalises every input, sets the globals the phases use, and moves into
 # the working directory.
 read_inputs() {
-  : "${GITHUB_OUTPUT:?GITHUB_OUTPUT is not set: run this script as a step of a GitHub Actions job}"
+  [[ -n ${GITHUB_OUTPUT:-} ]] || die "GITHUB_OUTPUT is not set: run this script as a step of a GitHub Actions job"
   temp_dir=${RUNNER_TEMP:-${TMPDIR:-/tmp}}
   workspace=${GITHUB_WORKSPACE:-$PWD}
 
@@ -446,7 +446,7 @@ render_log() {
     | (.steps[] | "\(.index). \(.outcome) \(.name)"
         + (if .error != null then ": \(.error | msg)" else "" end),
         ((.failures // [])[:20][] | "     \(.item): \(.message)"),
-        ((.changes // [])[] | select(.diff != null) | .diff | split("\n")[] | "    \(.)")),
+        ((.changes // [])[] | select(.diff != null) | .diff | rtrimstr("\n") | split("\n")[] | "    \(.)")),
       (if .error != null then "plan error: \(.error | msg)" else empty end),
       (.summary // {} | "\(.steps // 0) steps: \(.created // 0) created, \(.updated // 0) updated, \(.removed // 0) removed, \(.unchanged // 0) unchanged, \(.failed // 0) failed")' \
     "$report"

@@ -27,6 +27,8 @@ command -v jq >/dev/null || {
 }
 
 TMP_ROOT=$(mktemp -d "${TMPDIR:-/tmp}/idem-action-tests.XXXXXX")
+# One HOME for all cases, as a runner has one per job: idem caches compiled code there.
+mkdir -p "$TMP_ROOT/home"
 trap 'rm -rf "$TMP_ROOT"' EXIT
 passed=0 failed=0 current="" case_failed=0
 
@@ -88,7 +90,7 @@ phase() {
   : >"$CASE/summary.$name"
   printf '### phase %s\n' "$name" >>"$CASE/log"
   env -i \
-    PATH="$PATH_FOR_RUN" HOME="$CASE" LANG=C.UTF-8 \
+    PATH="$PATH_FOR_RUN" HOME="$TMP_ROOT/home" LANG=C.UTF-8 \
     CI=true GITHUB_ACTIONS=true \
     GITHUB_WORKSPACE="$WS" GITHUB_ACTION_PATH="$(dirname -- "$(dirname -- "$ACTION_SCRIPT")")" \
     GITHUB_OUTPUT="$CASE/output.$name" GITHUB_STEP_SUMMARY="$CASE/summary.$name" \
@@ -351,6 +353,41 @@ if want persist_state_names_the_cache_by_run_and_attempt; then
   end
 fi
 
+if want restored_state_files_let_a_rerun_skip_done_records; then
+  begin restored_state_files_let_a_rerun_skip_done_records
+  # Attempt 1 fails on record 2; its state-files are "saved" as actions/cache/save would,
+  # the state is lost (a new runner), then "restored" before attempt 2, which must skip the
+  # records attempt 1 finished. The root itself is kept, as on a persistent root.
+  plan 'steps:
+  - each: users.csv
+    key: id
+    steps:
+      - file: "out/{id}.txt"
+        source: "src/{id}.txt"
+'
+  printf 'id\n1\n2\n3\n' >"$WS/users.csv"
+  mkdir -p "$WS/src"
+  echo one >"$WS/src/1.txt"
+  echo three >"$WS/src/3.txt"
+  input persist-state true
+  action
+  expect_rc 1
+  saved=()
+  while IFS= read -r f; do [[ -e $f ]] && saved+=("$f"); done <<<"$(out prepare state-files)"
+  ((${#saved[@]} > 0)) || fail "no state file to save"
+  tar -cPf "$CASE/state-cache.tar" "${saved[@]}"
+  rm -rf "$WS/.idem"
+  tar -xPf "$CASE/state-cache.tar"
+  echo two >"$WS/src/2.txt"
+  EXTRA_ENV=(GITHUB_RUN_ATTEMPT=2)
+  action
+  expect_rc 0
+  [[ $(out prepare state-key) == idem-state-4242-2 ]] || fail "state-key $(out prepare state-key)"
+  counters=$(jq -c '.steps[0].counters' "$(out run report)")
+  [[ $counters == '{"failed":0,"processed":1,"skipped":2}' ]] || fail "attempt 2 counters $counters"
+  end
+fi
+
 if want without_persist_state_no_cache_is_named; then
   begin without_persist_state_no_cache_is_named
   plan "$SAMPLE"
@@ -420,6 +457,8 @@ if want summary_of_a_large_plan_stays_under_one_mebibyte; then
     echo 'steps:'
     for i in $(seq 1 4000); do echo "  - {dir: d$i, name: \"$long $i\"}"; done
   } >"$WS/idem.yml"
+  # A dry run: the summary is the same, without 4000 directories synced to disk.
+  input mode plan
   action
   expect_rc 0
   size=$(wc -c <"$CASE/summary.run")
