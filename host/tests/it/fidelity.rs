@@ -82,6 +82,26 @@ fn plan_predicts_apply_on_a_partly_converged_tree() {
 }
 
 #[test]
+fn a_dry_run_sees_a_removed_tree_recreated_in_the_same_run() {
+    // Not idempotent by design (every run removes and recreates), so only plan against
+    // apply is compared: the overlay must hide the removed tree's old children.
+    let t = Env::new();
+    t.write("site/old.html", "old");
+    t.write("site/deep/er.txt", "old");
+    t.write(
+        "idem.yml",
+        "steps:\n  - remove: site\n    recursive: true\n  - dir: site/deep\n  - file: site/index.html\n    content: new\n  - cleanup: site\n    older-than: 0s\n",
+    );
+    let before = t.snapshot();
+    let planned = t.json(&["plan"], 0);
+    assert_same_tree(&before, &t.snapshot(), "the dry run");
+    let applied = t.json(&["apply"], 0);
+    assert_eq!(changes(&planned), changes(&applied));
+    assert_eq!(outcomes(&planned), outcomes(&applied));
+    assert!(!t.exists("site/old.html") && !t.exists("site/deep/er.txt"));
+}
+
+#[test]
 fn check_exits_2_on_drift_and_0_when_converged() {
     let t = Env::new();
     t.write("idem.yml", "steps:\n  - file: a.txt\n    content: x\n");
@@ -120,6 +140,8 @@ fn verify_fails_with_exit_3_naming_the_step_that_is_not_idempotent() {
     assert_eq!(r["verify"]["ok"], false);
     let c = &r["verify"]["changes"][0];
     assert_eq!((c["step"].as_u64(), c["kind"].as_str(), c["path"].as_str()), (Some(1), Some("update-file"), Some("b.txt")));
+    // The text report says the same (from the same starting point).
+    t.write("a.txt", "old\n");
     t.idem(&["apply", "--verify"]).code(3).says("NOT IDEMPOTENT").says("b.txt");
 }
 
