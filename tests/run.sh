@@ -38,6 +38,7 @@ if [ -z "${IDEM_SKIP_LINT:-}" ]; then
   suite "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 fi
 
+suite "plan schema" env IDEM_BIN="$PWD/target/debug/idem" tests/schema.sh
 [ -x tests/action/run.sh ] && suite "action: script tests" env IDEM_BIN="$PWD/target/debug/idem" tests/action/run.sh
 [ -x tests/action/act.sh ] && suite "action: end to end with act" env IDEM_BIN="$PWD/target/debug/idem" tests/action/act.sh
 if [ -z "${IDEM_SKIP_LINT:-}" ] && [ -x tests/action/lint.sh ]; then
