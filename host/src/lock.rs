@@ -76,11 +76,24 @@ impl RunLock {
     }
 }
 
+/// Whether a live process holds the lock at `path` exclusively, without waiting or creating
+/// anything: what tells a run that is still going from one that was killed.
+pub fn is_held(path: &Path) -> bool {
+    match File::open(path) {
+        Ok(f) => matches!(f.try_lock_shared(), Err(TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
+}
+
 fn wait_for(file: &File, timeout: Duration, shared: bool, path: &Path, root: &Path) -> Result<()> {
     let start = Instant::now();
     let mut announced = false;
     loop {
-        let r = if shared { file.try_lock_shared() } else { file.try_lock() };
+        let r = if shared {
+            file.try_lock_shared()
+        } else {
+            file.try_lock()
+        };
         match r {
             Ok(()) => return Ok(()),
             Err(TryLockError::WouldBlock) => {}
@@ -127,7 +140,10 @@ mod tests {
             .err()
             .expect("the second lock must fail");
         let msg = format!("{err:#}");
-        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
         assert!(msg.contains("--lock-timeout"), "{msg}");
     }
 
@@ -138,5 +154,16 @@ mod tests {
         drop(RunLock::exclusive(&path, Duration::ZERO, dir.path()).unwrap());
         RunLock::exclusive(&path, Duration::ZERO, dir.path()).unwrap();
         RunLock::shared(&path, Duration::ZERO, dir.path()).unwrap();
+    }
+
+    #[test]
+    fn is_held_tells_a_live_holder_from_a_released_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l");
+        assert!(!is_held(&path), "no lock file: nobody holds it");
+        let held = RunLock::exclusive(&path, Duration::ZERO, dir.path()).unwrap();
+        assert!(is_held(&path));
+        drop(held);
+        assert!(!is_held(&path));
     }
 }

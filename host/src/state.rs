@@ -5,21 +5,27 @@
 //! a dry run it is opened read-only, if it exists at all, and checkpoint marks are kept in
 //! memory, so a dry run writes nothing anywhere.
 //!
-//! Checkpoint marks are buffered and written in one transaction per batch (and at the end of
-//! every step): a crash loses at most the marks of the last batch, whose records are then
-//! processed again (at least once).
+//! Checkpoint marks are buffered and written in one transaction per batch: when
+//! [`MARK_BATCH`] marks are waiting, when the oldest has waited [`MARK_INTERVAL`], and at the
+//! end of every step. A crash loses at most the marks of the last batch, whose records are
+//! then processed again (at least once).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
 use crate::change::Change;
 
 /// Marks buffered before they are written in one transaction.
 const MARK_BATCH: usize = 4096;
+/// The longest a mark waits to be written. Without it a step of fewer than [`MARK_BATCH`]
+/// records wrote no mark before it ended, so a run killed after an hour of slow records
+/// resumed nothing. A write costs no fsync (WAL, `synchronous=NORMAL`), so a few a second are
+/// cheap.
+const MARK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS runs (
@@ -91,6 +97,8 @@ pub struct StateStore {
     dry_run: bool,
     pending: Vec<(String, String)>,
     pending_set: HashSet<(String, String)>,
+    /// When the oldest mark in `pending` was buffered.
+    pending_since: Option<std::time::Instant>,
     /// Under a dry run: scopes cleared during this run.
     cleared: HashSet<String>,
     pub run_id: Option<i64>,
@@ -151,8 +159,9 @@ impl StateStore {
             c.pragma_update(None, "journal_mode", "WAL")
                 .with_context(|| format!("setting WAL mode on {}", path.display()))?;
             c.pragma_update(None, "synchronous", "NORMAL")?;
-            c.execute_batch(SCHEMA)
-                .with_context(|| format!("creating the state store's tables in {}", path.display()))?;
+            c.execute_batch(SCHEMA).with_context(|| {
+                format!("creating the state store's tables in {}", path.display())
+            })?;
             Some(c)
         };
         Ok(StateStore {
@@ -161,6 +170,7 @@ impl StateStore {
             dry_run,
             pending: Vec::new(),
             pending_set: HashSet::new(),
+            pending_since: None,
             cleared: HashSet::new(),
             run_id: None,
         })
@@ -168,16 +178,22 @@ impl StateStore {
 
     /// Record the start of a run; returns whether an earlier run was interrupted (it never
     /// recorded its end), in which case those runs are marked `interrupted`.
+    ///
+    /// Both happen in one transaction: were a run killed between them, the next run would find
+    /// no unfinished run and skip sweeping the temporary files the first one left.
     pub fn begin_run(&mut self, mode: &str, plan: &str, plan_hash: &str) -> Result<bool> {
-        let Some(c) = &self.conn else { return Ok(false) };
+        let Some(c) = &mut self.conn else {
+            return Ok(false);
+        };
         if self.dry_run {
             return Ok(false);
         }
-        let interrupted = c.execute(
+        let tx = c.transaction()?;
+        let interrupted = tx.execute(
             "UPDATE runs SET outcome = 'interrupted' WHERE ended IS NULL AND outcome IS NULL",
             [],
         )?;
-        c.execute(
+        tx.execute(
             "INSERT INTO runs (started, mode, plan, plan_hash, pid, host, ci_run_id, ci_run_attempt)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             rusqlite::params![
@@ -191,7 +207,10 @@ impl StateStore {
                 std::env::var("GITHUB_RUN_ATTEMPT").ok(),
             ],
         )?;
-        self.run_id = Some(c.last_insert_rowid());
+        let id = tx.last_insert_rowid();
+        tx.commit()
+            .with_context(|| format!("recording the run in {}", self.path.display()))?;
+        self.run_id = Some(id);
         Ok(interrupted > 0)
     }
 
@@ -244,7 +263,9 @@ impl StateStore {
     pub fn done(&self, scope: &str, keys: &[String]) -> Result<Vec<bool>> {
         let cleared = self.cleared.contains(scope);
         let mut stmt = match (&self.conn, cleared) {
-            (Some(c), false) => Some(c.prepare_cached("SELECT 1 FROM checkpoints WHERE scope = ?1 AND key = ?2")?),
+            (Some(c), false) => {
+                Some(c.prepare_cached("SELECT 1 FROM checkpoints WHERE scope = ?1 AND key = ?2")?)
+            }
             _ => None,
         };
         keys.iter()
@@ -266,9 +287,14 @@ impl StateStore {
             let entry = (scope.to_string(), k.clone());
             if self.pending_set.insert(entry.clone()) && !self.dry_run {
                 self.pending.push(entry);
+                self.pending_since
+                    .get_or_insert_with(std::time::Instant::now);
             }
         }
-        if self.pending.len() >= MARK_BATCH {
+        let waited = self
+            .pending_since
+            .is_some_and(|t| t.elapsed() >= MARK_INTERVAL);
+        if self.pending.len() >= MARK_BATCH || waited {
             self.flush()?;
         }
         Ok(())
@@ -291,10 +317,13 @@ impl StateStore {
         if self.dry_run || self.pending.is_empty() {
             return Ok(());
         }
-        let Some(c) = &mut self.conn else { return Ok(()) };
+        let Some(c) = &mut self.conn else {
+            return Ok(());
+        };
         let tx = c.transaction()?;
         {
-            let mut s = tx.prepare_cached("INSERT OR IGNORE INTO checkpoints (scope, key) VALUES (?1, ?2)")?;
+            let mut s = tx
+                .prepare_cached("INSERT OR IGNORE INTO checkpoints (scope, key) VALUES (?1, ?2)")?;
             for (scope, key) in &self.pending {
                 s.execute((scope, key))?;
             }
@@ -302,6 +331,7 @@ impl StateStore {
         tx.commit()
             .with_context(|| format!("writing checkpoints to {}", self.path.display()))?;
         self.pending.clear();
+        self.pending_since = None;
         // Written marks are found in the table from now on.
         self.pending_set.clear();
         Ok(())
@@ -309,7 +339,9 @@ impl StateStore {
 
     /// Recent runs, newest first, with their journals.
     pub fn history(&self, limit: usize) -> Result<Vec<RunRecord>> {
-        let Some(c) = &self.conn else { return Ok(Vec::new()) };
+        let Some(c) = &self.conn else {
+            return Ok(Vec::new());
+        };
         let mut s = c.prepare(
             "SELECT id, started, ended, mode, plan, outcome, changes, ci_run_id, ci_run_attempt
              FROM runs ORDER BY id DESC LIMIT ?1",
@@ -330,6 +362,20 @@ impl StateStore {
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
+        // A run that never recorded its end is either still going (it holds the run lock) or
+        // was killed; the next apply marks it `interrupted`, and history says so already.
+        if runs
+            .iter()
+            .any(|r| r.ended.is_none() && r.outcome.is_none())
+            && !crate::lock::is_held(&crate::lock::lock_path(&self.path))
+        {
+            for r in runs
+                .iter_mut()
+                .filter(|r| r.ended.is_none() && r.outcome.is_none())
+            {
+                r.outcome = Some("interrupted".into());
+            }
+        }
         let mut j = c.prepare(
             "SELECT step, step_name, kind, target, rows, hash_before, hash_after, at
              FROM journal WHERE run_id = ?1 ORDER BY id",
@@ -403,5 +449,48 @@ mod tests {
         assert!(s.begin_run("apply", "p", "h").unwrap());
         let h = s.history(10).unwrap();
         assert_eq!(h[1].outcome.as_deref(), Some("interrupted"));
+    }
+
+    #[test]
+    fn history_shows_an_unfinished_run_as_running_only_while_the_lock_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let lock = crate::lock::RunLock::exclusive(
+            &crate::lock::lock_path(&path),
+            std::time::Duration::ZERO,
+            dir.path(),
+        )
+        .unwrap();
+        let mut s = StateStore::open(&path, false).unwrap();
+        s.begin_run("apply", "p", "h").unwrap();
+        let reader = StateStore::open(&path, true).unwrap();
+        assert_eq!(reader.history(1).unwrap()[0].outcome, None, "still going");
+        drop(lock);
+        assert_eq!(
+            reader.history(1).unwrap()[0].outcome.as_deref(),
+            Some("interrupted")
+        );
+    }
+
+    #[test]
+    fn marks_are_written_once_the_oldest_has_waited_long_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut s = StateStore::open(&path, false).unwrap();
+        s.begin_run("apply", "p", "h").unwrap();
+        let written = |path: &Path| -> i64 {
+            let c = Connection::open(path).unwrap();
+            c.query_row("SELECT count(*) FROM checkpoints", [], |r| r.get(0))
+                .unwrap()
+        };
+        s.mark("scope", &["a".to_string()]).unwrap();
+        assert_eq!(written(&path), 0, "one fresh mark waits for its batch");
+        std::thread::sleep(MARK_INTERVAL);
+        s.mark("scope", &["b".to_string()]).unwrap();
+        assert_eq!(
+            written(&path),
+            2,
+            "the batch is written once its oldest mark has waited"
+        );
     }
 }
