@@ -25,13 +25,13 @@ if ((${#apt_missing[@]})); then
 fi
 
 pip_missing=()
+installed=$(python3 -m pip list --disable-pip-version-check --format=freeze 2>/dev/null | tr 'A-Z_' 'a-z-')
 for spec in "${PIP_PACKAGES[@]}"; do
-  have=$(python3 -m pip show "${spec%%==*}" 2>/dev/null | sed -n 's/^Version: //p')
-  [[ $have == "${spec#*==}" ]] || pip_missing+=("$spec")
+  grep -qxF "$spec" <<<"$installed" || pip_missing+=("$spec")
 done
 if ((${#pip_missing[@]})); then
   echo "installing ${pip_missing[*]} with pip"
-  python3 -m pip install --quiet --disable-pip-version-check "${pip_missing[@]}"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${pip_missing[@]}"
   # pyenv and friends only expose a new console script after a rehash.
   if command -v pyenv >/dev/null; then pyenv rehash; fi
 fi
