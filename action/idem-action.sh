@@ -229,6 +229,9 @@ decide_source() {
   local own triple ext
   if [[ -n $binary ]]; then
     source=binary
+    if [[ -n $version && ${1:-} == tell ]]; then
+      notice "input 'version' ($version) has no effect: input 'binary' is given"
+    fi
     return
   fi
   own=$(own_version)
@@ -256,7 +259,7 @@ decide_source() {
 phase_prepare() {
   group "Check inputs"
   read_inputs
-  decide_source
+  decide_source tell
   printf 'mode %s, plan %s, root %s, state %s\n' "$mode" "$plan" "$root_abs" "$state_abs"
   printf 'idem comes from: %s\n' "$source"
   endgroup

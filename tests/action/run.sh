@@ -435,6 +435,26 @@ if want idem_output_cannot_issue_workflow_commands; then
   end
 fi
 
+if want summary_cells_are_escaped; then
+  begin summary_cells_are_escaped
+  plan 'steps: [{dir: out, name: "a|b <img src=x> & c"}]
+'
+  action
+  expect_rc 0
+  expect_summary '| a\|b &lt;img src=x&gt; &amp; c |'
+  end
+fi
+
+if want binary_makes_version_moot_with_a_notice; then
+  begin binary_makes_version_moot_with_a_notice
+  plan "$SAMPLE"
+  input version 9.9.9
+  action
+  expect_rc 0
+  expect_log "::notice title=idem action::input 'version' (9.9.9) has no effect: input 'binary' is given"
+  end
+fi
+
 if want summary_is_cut_below_the_limit_with_a_note; then
   begin summary_is_cut_below_the_limit_with_a_note
   body='steps:'
