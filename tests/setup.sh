@@ -5,3 +5,10 @@ set -euo pipefail
 
 # The plan schema's tests validate plans with check-jsonschema.
 command -v check-jsonschema >/dev/null || pip install --quiet "check-jsonschema==0.39.0"
+
+# The Python example plugin (examples/plugins/python) is built into a component by
+# componentize-py; host/tests/it/plugins.rs fails, naming this script, when it is missing.
+command -v componentize-py >/dev/null || pip install --quiet "componentize-py==0.25.1"
+
+# The GitHub Action's tests and lints: act, zizmor, actionlint, check-jsonschema, jq, shellcheck.
+bash tests/action/setup.sh
