@@ -187,10 +187,20 @@ impl Inferred {
 /// Run an `upsert` step. Counters: `inserted`, `updated`, `unchanged`.
 pub fn run(step: &UpsertStep) -> Result<StepReport, StepError> {
     let mut records = open_records(&step.from, step.format)?;
+    // The first batch is read before the database is opened, so that a file that is bad from
+    // the start does not leave a new, empty database behind.
+    let mut first: Vec<(OwnedRecord, String)> = Vec::new();
+    while first.len() < BATCH {
+        let owned = match records.next_record()? {
+            Some(r) => r.to_owned(),
+            None => break,
+        };
+        first.push((owned, records.item()));
+    }
     let db = sqlite::open(&step.upsert).map_err(|e| fail(format!("opening {}", step.upsert), e))?;
     db.begin()
         .map_err(|e| fail(format!("beginning a transaction in {}", step.upsert), e))?;
-    match load(&db, step, &mut records) {
+    match load(&db, step, &mut records, first) {
         Ok(report) => {
             db.commit()
                 .map_err(|e| fail(format!("committing to {}", step.upsert), e))?;
@@ -209,20 +219,13 @@ fn load(
     db: &Database,
     step: &UpsertStep,
     records: &mut HostRecords,
+    first: Vec<(OwnedRecord, String)>,
 ) -> Result<StepReport, StepError> {
     let file = records.file().to_owned();
     let table = &step.table;
     let db_path = &step.upsert;
 
     // The first batch decides the columns (when not given) and, for a new table, their types.
-    let mut first: Vec<(OwnedRecord, String)> = Vec::new();
-    while first.len() < BATCH {
-        let owned = match records.next_record()? {
-            Some(r) => r.to_owned(),
-            None => break,
-        };
-        first.push((owned, records.item()));
-    }
     let columns: Vec<String> = match (&step.columns, records.header(), first.first()) {
         (Some(c), _, _) => c.clone(),
         (None, Some(header), _) => header.to_vec(),
