@@ -7,7 +7,7 @@
 
 use crate::host::HostRecords;
 use crate::host::{error, fail, open_records, report};
-use crate::idem::plugin::log;
+use crate::idem::plugin::{fs, log};
 use crate::idem::plugin::report::{StepError, StepReport};
 use crate::idem::plugin::sqlite::{self, Database, Row, Value};
 use crate::plan::UpsertStep;
@@ -196,6 +196,13 @@ pub fn run(step: &UpsertStep) -> Result<StepReport, StepError> {
             None => break,
         };
         first.push((owned, records.item()));
+    }
+    // Like `file`, a database in a directory that is not there yet gets its directory.
+    if let Some(dir) = crate::host::parent(&step.upsert) {
+        let there = fs::stat(dir).map_err(|e| fail(format!("checking {dir}"), e))?;
+        if there.is_none() {
+            fs::create_dir(dir, None).map_err(|e| fail(format!("creating directory {dir}"), e))?;
+        }
     }
     let db = sqlite::open(&step.upsert).map_err(|e| fail(format!("opening {}", step.upsert), e))?;
     db.begin()

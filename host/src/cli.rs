@@ -157,6 +157,11 @@ enum Command {
 
 /// Parse the command line, run, print, and map the result to an exit code.
 pub fn main() -> ExitCode {
+    // Like other Unix filters: `idem plan | head` ends quietly when the reader goes away.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
