@@ -133,6 +133,26 @@ pub fn format_time(secs: i64, millis: u32) -> String {
     )
 }
 
+/// The URI a dry run opens the state store by. A read-only connection to a WAL database
+/// creates `-wal` and `-shm` files beside it, which a dry run must not; when no write-ahead
+/// log is pending (every run that ended checkpoints it) the file is opened `immutable`, which
+/// creates nothing. After a killed run the log holds committed marks that must be seen, so
+/// then the ordinary read-only open is used (its side files are the killed run's anyway).
+fn read_only_uri(path: &Path) -> String {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let pending = std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
+    let mut uri = String::from("file:");
+    for b in path.to_string_lossy().bytes() {
+        match b {
+            b'%' | b'?' | b'#' => uri.push_str(&format!("%{b:02X}")),
+            _ => uri.push(b as char),
+        }
+    }
+    uri.push_str(if pending { "?mode=ro" } else { "?immutable=1" });
+    uri
+}
+
 impl StateStore {
     /// Open the store at `path`: created (with its directory) under apply; read-only, or
     /// absent, under a dry run.
@@ -140,8 +160,10 @@ impl StateStore {
         let conn = if dry_run {
             if path.exists() {
                 let c = Connection::open_with_flags(
-                    path,
-                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    read_only_uri(path),
+                    OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                        | OpenFlags::SQLITE_OPEN_URI,
                 )
                 .with_context(|| format!("opening the state store {} read-only", path.display()))?;
                 Some(c)
@@ -403,6 +425,28 @@ impl StateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dry_run_creates_no_file_beside_the_state_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("we?ird#name%.db");
+        {
+            let mut s = StateStore::open(&path, false).unwrap();
+            s.begin_run("apply", "p", "h").unwrap();
+            s.mark("scope", &["k".to_string()]).unwrap();
+            s.finish_run("ok", 0).unwrap();
+        }
+        let listing = || {
+            let mut v: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            v.sort();
+            v
+        };
+        let before = listing();
+        let s = StateStore::open(&path, true).unwrap();
+        assert_eq!(s.done("scope", &["k".to_string()]).unwrap(), [true]);
+        drop(s);
+        assert_eq!(listing(), before);
+    }
 
     #[test]
     fn formats_unix_time_as_rfc3339() {

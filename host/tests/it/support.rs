@@ -163,6 +163,18 @@ impl Env {
         out
     }
 
+    /// idem's own state directory: file names and contents (a dry run must not touch it).
+    pub fn state_files(&self) -> BTreeMap<String, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        if let Ok(dir) = std::fs::read_dir(self.path(".idem")) {
+            for e in dir {
+                let e = e.unwrap();
+                out.insert(e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap());
+            }
+        }
+        out
+    }
+
     /// Rows of a SQLite table, ordered, as text.
     pub fn rows(&self, db: &str, sql: &str) -> Vec<String> {
         let c = rusqlite::Connection::open_with_flags(self.path(db), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -261,10 +273,12 @@ pub fn outcomes(report: &Value) -> Vec<(String, Value)> {
 #[track_caller]
 pub fn assert_converges(env: &Env, plan_args: &[&str]) -> Value {
     let before = env.snapshot();
+    let state_before = env.state_files();
     let mut args = vec!["plan"];
     args.extend(plan_args);
     let planned = env.json(&args, 0);
     assert_same_tree(&before, &env.snapshot(), "the dry run");
+    assert!(state_before == env.state_files(), "the dry run changed idem's state directory");
     assert_eq!(planned["dry_run"], true);
 
     args[0] = "apply";
