@@ -109,26 +109,48 @@ pub struct Host {
     cache_dir: Option<PathBuf>,
 }
 
-/// What the host knows of a guest failure.
-fn describe_trap(err: &wasmtime::Error, ctx: &Ctx, what: &str, limits: (Duration, usize)) -> String {
-    if let Some(trap) = err.downcast_ref::<wasmtime::Trap>() {
-        if *trap == wasmtime::Trap::Interrupt {
-            return format!("{what} ran longer than its time limit of {} s and was stopped", limits.0.as_secs());
-        }
+/// What the host knows of a guest failure. `plugin` adds which flag raises the limit hit.
+fn describe_trap(err: &wasmtime::Error, ctx: &Ctx, what: &str, limits: (Duration, usize), plugin: bool) -> String {
+    if err.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+        let hint = if plugin { " (raise it with --plugin-timeout)" } else { "" };
+        return format!("{what} ran longer than its time limit of {} s and was stopped{hint}", limits.0.as_secs());
     }
     if ctx.limits.memory_hit {
-        return format!(
-            "{what} ran out of memory: it asked for more than its limit of {} MiB ({err})",
-            limits.1 >> 20
-        );
+        // The guest's own account (an allocation failure, a backtrace) adds nothing here.
+        let hint = if plugin { " (raise it with --plugin-memory)" } else { "" };
+        return format!("{what} ran out of memory: it asked for more than its limit of {} MiB{hint}", limits.1 >> 20);
     }
     let stderr = String::from_utf8_lossy(&ctx.stderr.contents()).trim().to_string();
-    let tail: String = stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    let tail: String = stderr
+        .lines()
+        .filter(|l| !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .rev()
+        .take(5)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n");
     if tail.is_empty() {
         format!("{what} crashed: {err:#}")
     } else {
         format!("{what} crashed: {tail}")
     }
+}
+
+/// Why `bytes` cannot be a plugin, when the first eight bytes already tell: not WebAssembly
+/// at all, or a core module (what `wasm32-unknown-unknown` or `wasm32-wasip1` builds give).
+fn not_a_component(bytes: &[u8]) -> Option<&'static str> {
+    if !bytes.starts_with(b"\0asm") {
+        return Some("is not a WebAssembly file (it lacks the `\\0asm` header); give the path of a component built for wasm32-wasip2");
+    }
+    if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
+        return Some(
+            "is a core WebAssembly module, not a component: build it for the wasm32-wasip2 target \
+             (or wrap a wasip1 module with `wasm-tools component new`)",
+        );
+    }
+    None
 }
 
 impl Host {
@@ -253,7 +275,7 @@ impl Host {
         let loaded = guest
             .idem_plugin_plan()
             .call_load(&mut store, &cfg.plan_source, &cfg.plan_name)
-            .map_err(|e| anyhow!(describe_trap(&e, store.data(), "the plan loader", (Duration::ZERO, cfg.memory))))?;
+            .map_err(|e| anyhow!(describe_trap(&e, store.data(), "the plan loader", (Duration::ZERO, cfg.memory), false)))?;
         let steps = match loaded {
             Ok(steps) => steps,
             Err(e) => {
@@ -279,7 +301,7 @@ impl Host {
                 None => guest
                     .idem_plugin_plan()
                     .call_run_step(&mut store, i as u32)
-                    .map_err(|e| describe_trap(&e, store.data(), "the standard operations", (Duration::ZERO, cfg.memory))),
+                    .map_err(|e| describe_trap(&e, store.data(), "the standard operations", (Duration::ZERO, cfg.memory), false)),
             };
             let ctx = store.data_mut();
             ctx.progress.finish();
@@ -331,33 +353,47 @@ impl Host {
         let policy = Policy::for_plugin(mode, &call.paths, &call.databases).map_err(|e| format!("plugin {}: {e}", call.path))?;
         let bytes = {
             let ctx = store.data();
-            let rel = crate::fs::resolve(&ctx.policy, &call.path).map_err(|e| format!("plugin {}: {e:?}", call.path))?;
+            let rel = crate::fs::resolve(&ctx.policy, &call.path)
+                .map_err(|e| format!("plugin {}: {}", call.path, crate::report::error_text(&e)))?;
             ctx.fs.read(&rel).map_err(|e| format!("plugin {}: {}", call.path, crate::report::error_text(&e)))?
         };
+        if let Some(problem) = not_a_component(&bytes) {
+            return Err(format!("plugin {} {problem}", call.path));
+        }
         let component = self
             .load_component(&bytes, &crate::fs::hash(&bytes))
             .map_err(|e| format!("plugin {} is not a WebAssembly component idem can load: {e:#}", call.path))?;
-        let instance = plugin::Plugin::instantiate(&mut *store, &component, &self.linker).map_err(|e| {
-            format!(
-                "plugin {} does not fit idem's contract (idem:plugin@0.1.0, world `plugin`): {e:#}",
-                call.path
-            )
-        })?;
+        // The plugin's policy, checkpoint scope and limits hold from instantiation on: a
+        // component's start-up code (data segments, start functions) runs inside them too.
         let saved_policy = std::mem::replace(&mut store.data_mut().policy, policy);
         let saved_prefix = std::mem::replace(&mut store.data_mut().scope_prefix, format!("plugin:{}/", call.path));
         let saved_memory = std::mem::replace(&mut store.data_mut().limits.memory, cfg.plugin_memory);
+        store.data_mut().limits.memory_hit = false;
         let ticks = (cfg.plugin_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
-        let result = instance.idem_plugin_step().call_run(&mut *store, &call.config);
+        let what = format!("plugin {}", call.path);
+        let limits = (cfg.plugin_timeout, cfg.plugin_memory);
+        let result = match plugin::Plugin::instantiate(&mut *store, &component, &self.linker) {
+            Ok(instance) => instance
+                .idem_plugin_step()
+                .call_run(&mut *store, &call.config)
+                .map_err(|e| describe_trap(&e, store.data(), &what, limits, true)),
+            // A trap while starting up is the plugin's failure like any other.
+            Err(e) if e.downcast_ref::<wasmtime::Trap>().is_some() || store.data().limits.memory_hit => {
+                Err(describe_trap(&e, store.data(), &what, limits, true))
+            }
+            // Anything else is a mismatch of imports or exports, which wasmtime names.
+            Err(e) => Err(format!(
+                "{what} does not fit idem's contract (idem:plugin@0.1.0, world `plugin`): {e:#}"
+            )),
+        };
         store.set_epoch_deadline(u64::MAX / 2);
         let ctx = store.data_mut();
         ctx.policy = saved_policy;
         ctx.scope_prefix = saved_prefix;
         ctx.limits.memory = saved_memory;
-        let what = format!("plugin {}", call.path);
-        let out = result.map_err(|e| describe_trap(&e, store.data(), &what, (cfg.plugin_timeout, cfg.plugin_memory)));
-        store.data_mut().limits.memory_hit = false;
-        out
+        ctx.limits.memory_hit = false;
+        result
     }
 
     /// Run one plugin component as a whole run (`idem run`).
@@ -370,8 +406,18 @@ impl Host {
             RunLock::exclusive(&lock_file, cfg.lock_timeout, &cfg.root)?
         };
         let mut store = self.store(cfg, cfg.mode)?;
-        store.data_mut().state.begin_run(cfg.mode.as_str(), &cfg.plan_name, &crate::fs::hash(cfg.plan_source.as_bytes()))?;
+        let interrupted = store.data_mut().state.begin_run(
+            cfg.mode.as_str(),
+            &cfg.plan_name,
+            &crate::fs::hash(cfg.plan_source.as_bytes()),
+        )?;
         let mut report = Report::new(cfg.mode, &cfg.plan_name, &cfg.root);
+        if interrupted {
+            // As for a plan: a killed run (a plugin's or a plan's) may have left temporaries.
+            let n = store.data().fs.sweep_temporaries().context("removing temporary files of an interrupted run")?;
+            tracing::info!(removed = n, "an earlier run was interrupted; removed its temporary files");
+            report.recovered_temporaries = n;
+        }
         let info = StepInfo {
             op: "plugin".into(),
             name: format!("plugin {}", call.path),
@@ -410,8 +456,14 @@ impl Host {
 /// Compile a component, or load it from the cache, keyed by the content's hash and the
 /// engine's configuration so that a changed engine never loads an incompatible artefact.
 fn load_component(engine: &Engine, cache_dir: Option<&Path>, bytes: &[u8], content_hash: &str) -> Result<Component> {
+    let compile = || {
+        let started = Instant::now();
+        let component = Component::new(engine, bytes).map_err(|e| anyhow!(e))?;
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "compiled a component");
+        Ok::<_, anyhow::Error>(component)
+    };
     let Some(dir) = cache_dir else {
-        return Component::new(engine, bytes).map_err(|e| anyhow!(e));
+        return compile();
     };
     let mut h = std::hash::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut h);
@@ -420,14 +472,12 @@ fn load_component(engine: &Engine, cache_dir: Option<&Path>, bytes: &[u8], conte
         if path.exists() {
             // SAFETY: the file is one this host wrote (named by content and engine hash) in
             // the user's own cache directory; a corrupt one fails to load and is replaced.
-            match unsafe { Component::deserialize_file(&engine, &path) } {
+            match unsafe { Component::deserialize_file(engine, &path) } {
                 Ok(c) => return Ok(c),
                 Err(e) => tracing::warn!(path = %path.display(), "ignoring an unusable compiled component: {e}"),
             }
         }
-        let started = Instant::now();
-        let component = Component::new(&engine, bytes).map_err(|e| anyhow!(e))?;
-        tracing::debug!(ms = started.elapsed().as_millis() as u64, "compiled a component");
+        let component = compile()?;
         if let Err(e) = store_cached(dir, &path, &component) {
             tracing::debug!("not caching the compiled component: {e:#}");
         }

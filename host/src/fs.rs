@@ -261,14 +261,18 @@ impl FsCap {
     }
 
     /// True when `view` is a directory, following a symbolic link on disk (as `mkdir -p` does).
-    fn is_dir(&self, path: &RelPath, view: &View) -> bool {
+    /// A link that leads out of the root is `denied`, so the guest hears why, not "not a
+    /// directory".
+    fn is_dir(&self, path: &RelPath, view: &View) -> CapResult<bool> {
         match view {
-            View::Real(m) if m.kind == Kind::Symlink => self
-                .root
-                .metadata(path.as_fs())
-                .map(|m| m.is_dir())
-                .unwrap_or(false),
-            v => v.kind() == Some(Kind::Directory),
+            View::Real(m) if m.kind == Kind::Symlink => match self.root.metadata(path.as_fs()) {
+                Ok(m) => Ok(m.is_dir()),
+                Err(e) => match io_error(path, e) {
+                    denied @ Error::Denied(_) => Err(denied),
+                    _ => Ok(false),
+                },
+            },
+            v => Ok(v.kind() == Some(Kind::Directory)),
         }
     }
 
@@ -329,7 +333,7 @@ impl FsCap {
         if view.kind().is_none() {
             return Err(Error::NotFound(format!("{path} does not exist")));
         }
-        if !self.is_dir(path, &view) {
+        if !self.is_dir(path, &view)? {
             return Err(Error::WrongKind(format!("{path} is not a directory")));
         }
         let mut entries: BTreeMap<String, Metadata> = BTreeMap::new();
@@ -426,7 +430,7 @@ impl FsCap {
                 if is_target {
                     result = Done::Created;
                 }
-            } else if !self.is_dir(dir, &view) {
+            } else if !self.is_dir(dir, &view)? {
                 return Err(Error::WrongKind(format!("{dir} exists and is not a directory")));
             }
         }
@@ -471,7 +475,7 @@ impl FsCap {
                 "{path}: parent directory {parent} does not exist"
             )));
         }
-        if !self.is_dir(&parent, &pview) {
+        if !self.is_dir(&parent, &pview)? {
             return Err(Error::WrongKind(format!("{path}: {parent} is not a directory")));
         }
         let view = self.view(path)?;

@@ -130,6 +130,8 @@ fn sql_error(path: &RelPath, e: rusqlite::Error) -> Error {
                 message: format!("{path}: {message}"),
             })
         }
+        // Errors SQLite can place in the SQL text (an unauthorized function, say) come this way.
+        rusqlite::Error::SqlInputError { error, msg, .. } => sql_error(path, rusqlite::Error::SqliteFailure(error, Some(msg))),
         rusqlite::Error::MultipleStatement => {
             Error::Invalid(format!("{path}: one statement per call, please"))
         }
