@@ -127,6 +127,10 @@ class Row:
         return statistics.median(r.wall for r in self.runs) if self.runs else None
 
     @property
+    def cpu(self) -> float | None:
+        return statistics.median(r.cpu for r in self.runs) if self.runs else None
+
+    @property
     def rss_mib(self) -> float | None:
         peaks = [r.rss_kib for r in self.runs if r.rss_kib is not None]
         return max(peaks) / 1024 if peaks else None
@@ -153,6 +157,17 @@ class Results:
         if ra and rb and ra.median is not None and rb.median:
             return ra.median / rb.median
         return None
+
+    def cpu_ratio(self, workload: str, a: str, b: str) -> float | None:
+        ra, rb = self.get(workload, a), self.get(workload, b)
+        if ra and rb and ra.runs and rb.runs and rb.cpu:
+            return ra.cpu / rb.cpu
+        return None
+
+    def both(self, workload: str, a: str, b: str) -> str:
+        """The wall ratio (what the targets are judged on) and the CPU ratio (steadier when
+        other work shares the machine)."""
+        return f"{fmt_ratio(self.ratio(workload, a, b))} (CPU {fmt_ratio(self.cpu_ratio(workload, a, b))})"
 
     def target(self, what: str, target: str, measured: str, met: bool | None) -> None:
         self.targets.append((what, target, measured, met))
@@ -426,8 +441,9 @@ def bench_upsert(res: Results, tools: Tools, sz: Sizes, cache: Path, reps: int) 
 
     r1 = res.ratio(W1, "idem", "native rusqlite")
     r2 = res.ratio(W2, "idem", "native rusqlite")
-    res.target(W1, "≤ 1.25× native", fmt_ratio(r1), None if r1 is None else r1 <= 1.25)
-    res.target(W2, "≤ 1.25× native, 0 changed", fmt_ratio(r2), None if r2 is None else r2 <= 1.25)
+    res.target(W1, "≤ 1.25× native", res.both(W1, "idem", "native rusqlite"), None if r1 is None else r1 <= 1.25)
+    res.target(W2, "≤ 1.25× native, 0 changed", res.both(W2, "idem", "native rusqlite"),
+               None if r2 is None else r2 <= 1.25)
     big, little = res.get(W3, f"idem, {n:,} rows"), res.get(W3, f"idem, {small:,} rows")
     if big and little and big.rss_mib and little.rss_mib:
         growth = big.rss_mib / little.rss_mib
@@ -498,7 +514,8 @@ def bench_each(res: Results, tools: Tools, sz: Sizes, cache: Path, reps: int) ->
         if r and r.runs:
             say(f"  {who}: median {r.median:.3f} s, RSS {mib(max(x.rss_kib or 0 for x in r.runs))}")
     ratio = res.ratio(W, "idem", "native loop, no checkpoints")
-    res.target(W, "≤ 2× the loop without checkpoints", fmt_ratio(ratio), None if ratio is None else ratio <= 2)
+    res.target(W, "≤ 2× the loop without checkpoints", res.both(W, "idem", "native loop, no checkpoints"),
+               None if ratio is None else ratio <= 2)
 
 
 def bench_classic(res: Results, tools: Tools, sz: Sizes, cache: Path, reps: int) -> None:
@@ -619,8 +636,10 @@ def bench_cleanup(res: Results, tools: Tools, sz: Sizes, cache: Path, reps: int)
                 say(f"  {w}: {r.contender}: median {r.median:.3f} s")
     ra = res.ratio(WA, "idem", "find -mtime +30 -delete")
     rd = res.ratio(WD, "idem", "find -mtime +30 -print")
-    res.target(WA, "≤ 1.5× find -delete", fmt_ratio(ra), None if ra is None else ra <= 1.5)
-    res.target(WD, "≤ 1.2× find -print", fmt_ratio(rd), None if rd is None else rd <= 1.2)
+    res.target(WA, "≤ 1.5× find -delete", res.both(WA, "idem", "find -mtime +30 -delete"),
+               None if ra is None else ra <= 1.5)
+    res.target(WD, "≤ 1.2× find -print", res.both(WD, "idem", "find -mtime +30 -print"),
+               None if rd is None else rd <= 1.2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -710,7 +729,8 @@ def bench_startup(res: Results, tools: Tools, sz: Sizes, cache: Path, reps: int)
     if warm and warm.runs:
         ms = warm.median * 1000
         res.target(W, "≤ 10 ms median, ≤ 3× bash",
-                   f"{ms:.1f} ms, {fmt_ratio(ratio)}", ms <= 10 and (ratio is None or ratio <= 3))
+                   f"{ms:.1f} ms, {res.both(W, 'idem, warm cache', 'bash: mkdir -p, cmp')}",
+                   ms <= 10 and (ratio is None or ratio <= 3))
     else:
         res.target(W, "≤ 10 ms median, ≤ 3× bash", "n/a", None)
 
@@ -750,19 +770,22 @@ def reference_of(res: Results, workload: str) -> Row | None:
 
 def render(res: Results, sz: Sizes, mode: str, wall: float) -> str:
     out = [f"idem benchmarks, {mode} mode ({sz.reps} reps, median wall time; finished in {wall:.0f} s)", "",
-           "| workload | contender | median | vs reference | CPU (median) | peak RSS | runs |",
-           "|---|---|---:|---:|---:|---:|---:|"]
+           "| workload | contender | median | vs reference | CPU (median) | CPU vs reference | peak RSS | runs |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in res.rows:
         if r.skipped and not r.runs:
-            out.append(f"| {r.workload} | {r.contender} | skipped: {r.skipped} | | | | |")
+            out.append(f"| {r.workload} | {r.contender} | skipped: {r.skipped} | | | | | |")
             continue
         ref = reference_of(res, r.workload)
         ratio = "ref" if ref is r else (fmt_ratio(r.median / ref.median) if ref and ref.median else "")
-        cpu = statistics.median(x.cpu for x in r.runs)
+        cpu_ratio = "ref" if ref is r else (fmt_ratio(r.cpu / ref.cpu) if ref and ref.cpu else "")
+        cpu = r.cpu
         rss = "—" if r.rss_mib is None else f"{r.rss_mib:.1f} MiB"
         out.append(f"| {r.workload} | {r.contender} | {fmt_time(r.median)} | {ratio} | {fmt_time(cpu)} | "
-                   f"{rss} | {len(r.runs)} |" + (f" {r.skipped}" if r.skipped else ""))
-    out += ["", "| target | bar | measured | met |", "|---|---|---|---|"]
+                   f"{cpu_ratio} | {rss} | {len(r.runs)} |" + (f" {r.skipped}" if r.skipped else ""))
+    out += ["", "Targets are judged on wall-time ratios; the CPU ratio (user + system of the child) is",
+            "steadier when other work shares the machine.", "",
+            "| target | bar | measured | met |", "|---|---|---|---|"]
     for what, bar, measured, met in res.targets:
         out.append(f"| {what} | {bar} | {measured} | {'—' if met is None else 'yes' if met else 'NO'} |")
     return "\n".join(out)
