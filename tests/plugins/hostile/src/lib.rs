@@ -1,0 +1,182 @@
+//! A plugin that misbehaves on purpose, one way per `mode` of its config, so the tests in
+//! `host/tests/it/plugins.rs` can check that the host stops or refuses each one. It reports
+//! host errors as its own step error (keeping the host's error as the cause), so the tests
+//! see exactly what the host said.
+//!
+//! Config: `{"mode": "...", "path": "...", "database": "...", "items": [...], "fail-at": "..."}`;
+//! only what a mode needs. Modes:
+//! - `write`: write `path` (`..`, absolute, through a symlink: whatever the test gives).
+//! - `read`: read `path`.
+//! - `open-database`: open `database`.
+//! - `sql`: open `database` and execute `sql`.
+//! - `loop`: never return.
+//! - `allocate`: allocate memory until something gives.
+//! - `trap-halfway`: write `a.txt`, `b.txt`, `c.txt` under `path`, then panic before `d.txt`.
+//! - `dry-run-writes`: create a directory, write a file, remove a file, insert a row,
+//!   without ever asking whether this is a dry run.
+//! - `checkpoint`: for each of `items` not yet done, write `path/ITEM.txt` and mark it done;
+//!   fail at `fail-at` when given.
+//! - `well-behaved`: ensure `path` holds `content`.
+
+wit_bindgen::generate!({ world: "plugin", path: "../../../wit" });
+
+use exports::idem::plugin::step::Guest;
+use idem::plugin::report::{Counter, StepError, StepReport};
+use idem::plugin::types::Error;
+use idem::plugin::{checkpoint, fs, sqlite};
+use serde::Deserialize;
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "kebab-case")]
+struct Config {
+    mode: String,
+    path: String,
+    database: String,
+    sql: String,
+    content: String,
+    items: Vec<String>,
+    fail_at: Option<String>,
+}
+
+/// The component: the `step` export.
+#[cfg_attr(not(target_family = "wasm"), allow(dead_code))]
+struct Hostile;
+
+fn host(what: &str, e: Error) -> StepError {
+    let detail = match &e {
+        Error::Denied(s) => format!("denied: {s}"),
+        Error::NotFound(s) => format!("not found: {s}"),
+        Error::WrongKind(s) | Error::NotEmpty(s) | Error::Invalid(s) | Error::Io(s) => s.clone(),
+        Error::Sqlite(s) => format!("sqlite {}: {}", s.code, s.message),
+    };
+    StepError {
+        message: format!("{what}: {detail}"),
+        cause: Some(e),
+    }
+}
+
+fn own(message: impl Into<String>) -> StepError {
+    StepError {
+        message: message.into(),
+        cause: None,
+    }
+}
+
+fn report(counters: &[(&str, u64)]) -> StepReport {
+    StepReport {
+        counters: counters
+            .iter()
+            .map(|(n, v)| Counter {
+                name: (*n).into(),
+                value: *v,
+            })
+            .collect(),
+        failures: Vec::new(),
+        message: None,
+    }
+}
+
+impl Guest for Hostile {
+    fn run(config: String) -> Result<StepReport, StepError> {
+        let c: Config = serde_json::from_str(&config).map_err(|e| own(format!("config: {e}")))?;
+        match c.mode.as_str() {
+            "write" => {
+                fs::write_atomic(&c.path, b"pwned\n", None)
+                    .map_err(|e| host(&format!("writing {}", c.path), e))?;
+                Ok(report(&[]))
+            }
+            "read" => {
+                let bytes =
+                    fs::read(&c.path).map_err(|e| host(&format!("reading {}", c.path), e))?;
+                Ok(report(&[("bytes", bytes.len() as u64)]))
+            }
+            "open-database" => {
+                sqlite::open(&c.database)
+                    .map_err(|e| host(&format!("opening {}", c.database), e))?;
+                Ok(report(&[]))
+            }
+            "sql" => {
+                let db = sqlite::open(&c.database)
+                    .map_err(|e| host(&format!("opening {}", c.database), e))?;
+                db.execute(&c.sql, &[]).map_err(|e| host(&c.sql, e))?;
+                Ok(report(&[]))
+            }
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "allocate" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    // Touch every page, so nothing is optimised away or left lazily unmapped.
+                    hoard.push(std::hint::black_box(vec![1u8; 1 << 20]));
+                }
+            }
+            "trap-halfway" => {
+                fs::create_dir(&c.path, None).map_err(|e| host("creating the directory", e))?;
+                for name in ["a.txt", "b.txt", "c.txt", "d.txt"] {
+                    if name == "d.txt" {
+                        panic!("hostile plugin: giving up halfway, before {name}");
+                    }
+                    let content = format!("{name} complete\n").repeat(10_000);
+                    fs::write_atomic(&format!("{}/{name}", c.path), content.as_bytes(), None)
+                        .map_err(|e| host(name, e))?;
+                }
+                unreachable!()
+            }
+            "dry-run-writes" => {
+                fs::create_dir("made/by/plugin", None).map_err(|e| host("create-dir", e))?;
+                fs::write_atomic("made/by/plugin/file.txt", b"written\n", Some(0o600))
+                    .map_err(|e| host("write", e))?;
+                fs::write_atomic("existing.txt", b"overwritten\n", None)
+                    .map_err(|e| host("overwrite", e))?;
+                fs::remove("doomed.txt", false).map_err(|e| host("remove", e))?;
+                let db = sqlite::open(&c.database).map_err(|e| host("open", e))?;
+                db.execute("CREATE TABLE IF NOT EXISTS t (x INTEGER)", &[])
+                    .map_err(|e| host("create table", e))?;
+                let n = db
+                    .execute(
+                        "INSERT INTO t (x) VALUES (?)",
+                        &[sqlite::Value::Integer(42)],
+                    )
+                    .map_err(|e| host("insert", e))?;
+                checkpoint::mark("dry", &["k".into()]).map_err(|e| host("mark", e))?;
+                Ok(report(&[("rows", n)]))
+            }
+            "checkpoint" => {
+                fs::create_dir(&c.path, None).map_err(|e| host("creating the directory", e))?;
+                let done =
+                    checkpoint::done("items", &c.items).map_err(|e| host("checkpoint done", e))?;
+                let (mut processed, mut skipped) = (0, 0);
+                for (item, done) in c.items.iter().zip(done) {
+                    if done {
+                        skipped += 1;
+                        continue;
+                    }
+                    if c.fail_at.as_deref() == Some(item) {
+                        return Err(own(format!("failing at item {item}, as asked")));
+                    }
+                    fs::write_atomic(&format!("{}/{item}.txt", c.path), item.as_bytes(), None)
+                        .map_err(|e| host(item, e))?;
+                    checkpoint::mark("items", std::slice::from_ref(item))
+                        .map_err(|e| host("checkpoint mark", e))?;
+                    processed += 1;
+                }
+                Ok(report(&[("processed", processed), ("skipped", skipped)]))
+            }
+            "well-behaved" => {
+                fs::write_atomic(&c.path, c.content.as_bytes(), None)
+                    .map_err(|e| host(&c.path, e))?;
+                Ok(report(&[]))
+            }
+            other => Err(own(format!("unknown mode {other:?}"))),
+        }
+    }
+}
+
+// Only for the component: the export symbols' names (`idem:plugin/step@0.1.0#run`) are not
+// valid in a native linker's version script, and a native build is only for `cargo test`.
+#[cfg(target_family = "wasm")]
+export!(Hostile);
