@@ -165,6 +165,9 @@ pub struct Report {
     pub duration: Duration,
     /// Temporary files of an interrupted run that this run removed first.
     pub recovered_temporaries: usize,
+    /// The run before this one was interrupted (killed, or the machine went away): this run
+    /// finishes its work, skipping what its checkpoints say is done.
+    pub resumed: bool,
 }
 
 /// A host error as one line for a person.
@@ -187,6 +190,7 @@ impl Report {
             verify: None,
             duration: Duration::ZERO,
             recovered_temporaries: 0,
+            resumed: false,
         }
     }
 
@@ -246,6 +250,8 @@ impl Report {
             },
             "steps": self.steps,
             "verify": self.verify,
+            "resumed": self.resumed,
+            "recovered_temporaries": self.recovered_temporaries,
             "duration_ms": (self.duration.as_secs_f64() * 1e6).round() / 1e3,
         })
     }
@@ -259,6 +265,20 @@ impl Report {
             return render_plan_error(out, e, color);
         }
         let dry = self.mode.dry_run();
+        if self.resumed {
+            let skipped: u64 = self
+                .steps
+                .iter()
+                .flat_map(|s| s.counters.0.iter())
+                .filter(|(k, _)| k == "skipped")
+                .map(|(_, v)| v)
+                .sum();
+            writeln!(
+                out,
+                "resuming an interrupted run: {skipped} records already done are skipped, {} temporary files removed",
+                self.recovered_temporaries
+            )?;
+        }
         for s in &self.steps {
             let word = if dry { s.outcome.planned() } else { s.outcome.as_str() };
             let code = match s.outcome {
