@@ -267,6 +267,7 @@ impl Host {
                 let n = store.data().fs.sweep_temporaries().context("removing temporary files of an interrupted run")?;
                 tracing::info!(removed = n, "an earlier run was interrupted; removed its temporary files");
                 report.recovered_temporaries = n;
+                report.resumed = true;
             }
         }
         let guest = standard::Standard::instantiate(&mut store, &self.standard, &self.linker)
@@ -417,6 +418,7 @@ impl Host {
             let n = store.data().fs.sweep_temporaries().context("removing temporary files of an interrupted run")?;
             tracing::info!(removed = n, "an earlier run was interrupted; removed its temporary files");
             report.recovered_temporaries = n;
+            report.resumed = true;
         }
         let info = StepInfo {
             op: "plugin".into(),
