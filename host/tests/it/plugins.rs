@@ -72,7 +72,8 @@ fn built() -> &'static Built {
 }
 
 /// Build the Python example with componentize-py, once per test run, and only when its
-/// sources are newer than the last build. Fails (never skips) when componentize-py is missing.
+/// sources are newer than the last build (a build takes half a minute). Fails (never skips)
+/// when componentize-py is missing.
 fn python_plugin() -> &'static Vec<u8> {
     static BUILT: OnceLock<Vec<u8>> = OnceLock::new();
     BUILT.get_or_init(|| {
@@ -88,13 +89,15 @@ fn python_plugin() -> &'static Vec<u8> {
         let stale = inputs.iter().any(|p| {
             built_at.is_none_or(|b| std::fs::metadata(p).unwrap().modified().unwrap() > b)
         });
+        // Checked even when a fresh build is at hand: a machine that cannot build the
+        // example must say so, not pass on a leftover.
+        let found = Command::new("componentize-py").arg("--version").output();
+        assert!(
+            found.is_ok_and(|o| o.status.success()),
+            "componentize-py is not installed, so the Python example plugin cannot be built: \
+             run `bash tests/setup.sh` (it installs the pinned version from PyPI)"
+        );
         if stale {
-            let found = Command::new("componentize-py").arg("--version").output();
-            assert!(
-                found.is_ok_and(|o| o.status.success()),
-                "componentize-py is not installed, so the Python example plugin cannot be built: \
-                 run `bash tests/setup.sh` (it installs the pinned version from PyPI)"
-            );
             let run = Command::new("bash")
                 .arg(src.join("build.sh"))
                 .arg(&out)
