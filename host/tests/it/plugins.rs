@@ -614,6 +614,44 @@ fn plugin_step_in_a_plan_converges_with_plan_check_apply_and_verify() {
 }
 
 #[test]
+fn plugin_step_with_a_database_converges_in_a_plan_after_the_step_that_makes_its_directory() {
+    let t = Env::new();
+    t.write("plugins/hostile.wasm", &built().hostile);
+    let plan = |items: &str| {
+        format!(
+            "steps:\n  - dir: data\n  - plugin: plugins/hostile.wasm\n    config: {{ mode: upsert, database: data/app.db, items: [{items}] }}\n    paths: [data]\n    databases: [data/app.db]\n"
+        )
+    };
+    t.write("idem.yml", plan("a, bb, ccc"));
+    let r = assert_converges(&t, &[]);
+    assert_eq!(
+        outcomes(&r)[1],
+        ("created".to_string(), json!({"written": 3, "unchanged": 0}))
+    );
+    assert_eq!(
+        t.rows("data/app.db", "SELECT name, len FROM items ORDER BY name"),
+        ["a|1", "bb|2", "ccc|3"]
+    );
+    // One new row, the others untouched: the dry run counts exactly what apply writes.
+    t.write("idem.yml", plan("a, bb, ccc, dddd"));
+    let r = assert_converges(&t, &[]);
+    assert_eq!(
+        outcomes(&r)[1],
+        ("updated".to_string(), json!({"written": 1, "unchanged": 3}))
+    );
+    assert_eq!(
+        changes(&r),
+        vec![(
+            2,
+            "write-rows".to_string(),
+            "data/app.db".to_string(),
+            Some(1)
+        )]
+    );
+    t.json(&["apply", "--verify"], 0);
+}
+
+#[test]
 fn plugin_step_is_confined_to_the_paths_and_databases_it_names() {
     let t = Env::new();
     t.write("hostile.wasm", &built().hostile);

@@ -17,6 +17,8 @@
 //! - `checkpoint`: for each of `items` not yet done, write `path/ITEM.txt` and mark it done;
 //!   fail at `fail-at` when given.
 //! - `well-behaved`: ensure `path` holds `content`.
+//! - `upsert`: ensure table `items (name, len)` of `database` holds one row per item, in one
+//!   transaction, writing only rows that differ (a well-behaved database step).
 
 wit_bindgen::generate!({ world: "plugin", path: "../../../wit" });
 
@@ -165,6 +167,39 @@ impl Guest for Hostile {
                     processed += 1;
                 }
                 Ok(report(&[("processed", processed), ("skipped", skipped)]))
+            }
+            "upsert" => {
+                let db = sqlite::open(&c.database)
+                    .map_err(|e| host(&format!("opening {}", c.database), e))?;
+                db.execute("CREATE TABLE IF NOT EXISTS items (name TEXT PRIMARY KEY, len INTEGER NOT NULL)", &[])
+                    .map_err(|e| host("creating the table", e))?;
+                db.begin().map_err(|e| host("begin", e))?;
+                let stmt = db
+                    .prepare(
+                        "INSERT INTO items (name, len) VALUES (?1, ?2) \
+                         ON CONFLICT (name) DO UPDATE SET len = excluded.len WHERE len IS NOT excluded.len",
+                    )
+                    .map_err(|e| host("prepare", e))?;
+                let rows: Vec<Vec<sqlite::Value>> = c
+                    .items
+                    .iter()
+                    .map(|i| {
+                        vec![
+                            sqlite::Value::Text(i.clone()),
+                            sqlite::Value::Integer(i.len() as i64),
+                        ]
+                    })
+                    .collect();
+                let written: u64 = stmt
+                    .execute_batch(&rows)
+                    .map_err(|e| host("upsert", e))?
+                    .iter()
+                    .sum();
+                db.commit().map_err(|e| host("commit", e))?;
+                Ok(report(&[
+                    ("written", written),
+                    ("unchanged", rows.len() as u64 - written),
+                ]))
             }
             "well-behaved" => {
                 fs::write_atomic(&c.path, c.content.as_bytes(), None)
