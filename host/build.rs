@@ -20,7 +20,8 @@ fn main() {
         Some(prebuilt) => PathBuf::from(prebuilt),
         None => build_guest(&workspace),
     };
-    let bytes = std::fs::read(&wasm).unwrap_or_else(|e| panic!("reading the guest component {}: {e}", wasm.display()));
+    let bytes = std::fs::read(&wasm)
+        .unwrap_or_else(|e| panic!("reading the guest component {}: {e}", wasm.display()));
     std::fs::write(out.join("idem_guest.wasm"), &bytes).unwrap();
     std::fs::write(out.join("idem_guest.sha256"), sha256_hex(&bytes)).unwrap();
 }
@@ -53,12 +54,25 @@ fn build_guest(workspace: &Path) -> PathBuf {
         .join("guest");
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "-p", "idem-guest", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            "idem-guest",
+            "--target-dir",
+        ])
         .arg(&target_dir);
     // The outer build's settings are for the host, not for the guest.
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().into_owned();
-        if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_NET_OFFLINE" || k == "RUSTFLAGS" || k == "RUSTC" || k == "RUSTC_WORKSPACE_WRAPPER" || k == "RUSTDOC" {
+        if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_NET_OFFLINE"
+            || k == "RUSTFLAGS"
+            || k == "RUSTC"
+            || k == "RUSTC_WORKSPACE_WRAPPER"
+            || k == "RUSTDOC"
+        {
             cmd.env_remove(&k);
         }
     }
@@ -74,5 +88,8 @@ fn build_guest(workspace: &Path) -> PathBuf {
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

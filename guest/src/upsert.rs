@@ -7,9 +7,9 @@
 
 use crate::host::HostRecords;
 use crate::host::{error, fail, open_records, report};
-use crate::idem::plugin::{fs, log};
 use crate::idem::plugin::report::{StepError, StepReport};
 use crate::idem::plugin::sqlite::{self, Database, Row, Value};
+use crate::idem::plugin::{fs, log};
 use crate::plan::UpsertStep;
 use crate::records::{Field, OwnedRecord, Record};
 

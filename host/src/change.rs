@@ -157,11 +157,18 @@ mod tests {
             (&[c(RemoveFile, "a"), c(RemoveDir, "b")], Outcome::Removed),
             (&[c(CreateDir, "a"), c(RemoveFile, "b")], Outcome::Updated),
             (
-                &[c(CreateDatabase, "d.db"), c(AlterSchema, "d.db"), c(WriteRows, "d.db")],
+                &[
+                    c(CreateDatabase, "d.db"),
+                    c(AlterSchema, "d.db"),
+                    c(WriteRows, "d.db"),
+                ],
                 Outcome::Created,
             ),
             (&[c(WriteRows, "d.db")], Outcome::Updated),
-            (&[c(CreateDatabase, "e.db"), c(WriteRows, "d.db")], Outcome::Updated),
+            (
+                &[c(CreateDatabase, "e.db"), c(WriteRows, "d.db")],
+                Outcome::Updated,
+            ),
         ];
         for (changes, want) in table {
             assert_eq!(Outcome::from_changes(changes), *want, "{changes:?}");

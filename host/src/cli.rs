@@ -20,8 +20,10 @@ use crate::report::{Report, exit};
 /// exactly what `idem apply` does; a second apply changes nothing.
 #[derive(Parser, Debug)]
 #[command(name = "idem", version, about, propagate_version = true)]
-#[command(after_help = "Exit codes: 0 success or converged, 1 error, 2 changes pending (check), \
-3 not idempotent (apply --verify), 64 usage error.")]
+#[command(
+    after_help = "Exit codes: 0 success or converged, 1 error, 2 changes pending (check), \
+3 not idempotent (apply --verify), 64 usage error."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,7 +34,13 @@ pub struct Cli {
 #[derive(Args, Debug)]
 struct Global {
     /// Root of everything the plan may touch.
-    #[arg(short = 'C', long, global = true, env = "IDEM_ROOT", default_value = ".")]
+    #[arg(
+        short = 'C',
+        long,
+        global = true,
+        env = "IDEM_ROOT",
+        default_value = "."
+    )]
     root: PathBuf,
     /// The state database (runs, journal, checkpoints) [default: ROOT/.idem/state.db].
     #[arg(long, global = true, env = "IDEM_STATE")]
@@ -44,7 +52,13 @@ struct Global {
     #[arg(long, global = true, env = "IDEM_COLOR", value_enum, default_value_t = Color::Auto)]
     color: Color,
     /// Wait this many seconds for another run on the same root to finish.
-    #[arg(long, global = true, env = "IDEM_LOCK_TIMEOUT", default_value_t = 60, value_name = "SECS")]
+    #[arg(
+        long,
+        global = true,
+        env = "IDEM_LOCK_TIMEOUT",
+        default_value_t = 60,
+        value_name = "SECS"
+    )]
     lock_timeout: u64,
     /// Pin the run's clock: Unix seconds or a UTC time like 2026-01-31T12:00:00Z.
     #[arg(long, global = true, env = "IDEM_NOW", value_name = "TIME")]
@@ -56,10 +70,22 @@ struct Global {
     #[arg(long, global = true, env = "IDEM_NO_CACHE")]
     no_cache: bool,
     /// Time limit of each plugin step, in seconds.
-    #[arg(long, global = true, env = "IDEM_PLUGIN_TIMEOUT", default_value_t = 300, value_name = "SECS")]
+    #[arg(
+        long,
+        global = true,
+        env = "IDEM_PLUGIN_TIMEOUT",
+        default_value_t = 300,
+        value_name = "SECS"
+    )]
     plugin_timeout: u64,
     /// Memory limit of each plugin step, in MiB.
-    #[arg(long, global = true, env = "IDEM_PLUGIN_MEMORY", default_value_t = 256, value_name = "MIB")]
+    #[arg(
+        long,
+        global = true,
+        env = "IDEM_PLUGIN_MEMORY",
+        default_value_t = 256,
+        value_name = "MIB"
+    )]
     plugin_memory: usize,
     /// More logging (-v: info, -vv: debug, -vvv: trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -148,9 +174,7 @@ enum Command {
     /// Write a starter idem.yml and a sample GitHub workflow (never overwrites).
     Init,
     /// Print shell completions.
-    Completions {
-        shell: clap_complete::Shell,
-    },
+    Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
     Man,
 }
@@ -166,7 +190,11 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
         }
     };
     init_tracing(&cli.global);
@@ -198,8 +226,9 @@ fn init_tracing(g: &Global) {
             _ => "trace",
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("idem={level},idem::guest={level}")));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("idem={level},idem::guest={level}"))
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -225,16 +254,21 @@ fn use_color(g: &Global) -> bool {
     match g.color {
         Color::Always => true,
         Color::Never => false,
-        Color::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        Color::Auto => {
+            std::io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        }
     }
 }
 
 fn canonical_root(root: &Path) -> Result<PathBuf> {
-    let meta = std::fs::metadata(root).with_context(|| format!("root {} does not exist or cannot be read", root.display()))?;
+    let meta = std::fs::metadata(root)
+        .with_context(|| format!("root {} does not exist or cannot be read", root.display()))?;
     if !meta.is_dir() {
         bail!("root {} is not a directory", root.display());
     }
-    root.canonicalize().with_context(|| format!("resolving the root {}", root.display()))
+    root.canonicalize()
+        .with_context(|| format!("resolving the root {}", root.display()))
 }
 
 fn base_config(g: &Global, mode: Mode, diff: bool) -> Result<RunConfig> {
@@ -276,7 +310,8 @@ fn read_plan(cfg: &mut RunConfig, plan: Option<&Path>) -> Result<()> {
             cfg.root.display()
         ),
     })?;
-    cfg.plan_source = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("plan {} is not UTF-8 text", path.display()))?;
+    cfg.plan_source = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("plan {} is not UTF-8 text", path.display()))?;
     cfg.plan_name = name;
     Ok(())
 }
@@ -299,7 +334,16 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Apply { args, verify } => run_plan(g, Mode::Apply, args, verify),
         Command::Plan { args } => run_plan(g, Mode::Plan, args, false),
         Command::Check { args } => run_plan(g, Mode::Check, args, false),
-        Command::Run { plugin, config, config_json, paths, databases, dry_run, check, diff } => {
+        Command::Run {
+            plugin,
+            config,
+            config_json,
+            paths,
+            databases,
+            dry_run,
+            check,
+            diff,
+        } => {
             let mode = if check {
                 Mode::Check
             } else if dry_run {
@@ -310,16 +354,22 @@ fn run(cli: Cli) -> Result<u8> {
             let mut cfg = base_config(g, mode, diff)?;
             let config = match (config, config_json) {
                 (Some(f), _) => {
-                    let text = std::fs::read_to_string(&f).with_context(|| format!("reading plugin config {}", f.display()))?;
+                    let text = std::fs::read_to_string(&f)
+                        .with_context(|| format!("reading plugin config {}", f.display()))?;
                     let v: serde_json::Value = if f.extension().is_some_and(|e| e == "json") {
-                        serde_json::from_str(&text).with_context(|| format!("plugin config {} is not valid JSON", f.display()))?
+                        serde_json::from_str(&text).with_context(|| {
+                            format!("plugin config {} is not valid JSON", f.display())
+                        })?
                     } else {
-                        serde_yaml_ng::from_str(&text).with_context(|| format!("plugin config {} is not valid YAML", f.display()))?
+                        serde_yaml_ng::from_str(&text).with_context(|| {
+                            format!("plugin config {} is not valid YAML", f.display())
+                        })?
                     };
                     v.to_string()
                 }
                 (None, Some(j)) => {
-                    let v: serde_json::Value = serde_json::from_str(&j).context("--config-json is not valid JSON")?;
+                    let v: serde_json::Value =
+                        serde_json::from_str(&j).context("--config-json is not valid JSON")?;
                     v.to_string()
                 }
                 (None, None) => "null".to_string(),
@@ -327,7 +377,12 @@ fn run(cli: Cli) -> Result<u8> {
             cfg.plan_name = plugin.clone();
             cfg.plan_source = format!("{plugin}\n{config}");
             let host = Host::new(cache_dir(g))?;
-            let call = PluginCall { path: plugin, config, paths, databases };
+            let call = PluginCall {
+                path: plugin,
+                config,
+                paths,
+                databases,
+            };
             let report = host.run_plugin_file(&cfg, call)?;
             print_report(g, &report, diff)
         }

@@ -44,7 +44,12 @@ pub struct Limits {
 }
 
 impl ResourceLimiter for Limits {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory {
             self.memory_hit = true;
             return Ok(false);
@@ -52,7 +57,12 @@ impl ResourceLimiter for Limits {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
 }
@@ -76,7 +86,10 @@ pub struct Ctx {
 
 impl WasiView for Ctx {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -110,17 +123,39 @@ pub struct Host {
 }
 
 /// What the host knows of a guest failure. `plugin` adds which flag raises the limit hit.
-fn describe_trap(err: &wasmtime::Error, ctx: &Ctx, what: &str, limits: (Duration, usize), plugin: bool) -> String {
+fn describe_trap(
+    err: &wasmtime::Error,
+    ctx: &Ctx,
+    what: &str,
+    limits: (Duration, usize),
+    plugin: bool,
+) -> String {
     if err.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
-        let hint = if plugin { " (raise it with --plugin-timeout)" } else { "" };
-        return format!("{what} ran longer than its time limit of {} s and was stopped{hint}", limits.0.as_secs());
+        let hint = if plugin {
+            " (raise it with --plugin-timeout)"
+        } else {
+            ""
+        };
+        return format!(
+            "{what} ran longer than its time limit of {} s and was stopped{hint}",
+            limits.0.as_secs()
+        );
     }
     if ctx.limits.memory_hit {
         // The guest's own account (an allocation failure, a backtrace) adds nothing here.
-        let hint = if plugin { " (raise it with --plugin-memory)" } else { "" };
-        return format!("{what} ran out of memory: it asked for more than its limit of {} MiB{hint}", limits.1 >> 20);
+        let hint = if plugin {
+            " (raise it with --plugin-memory)"
+        } else {
+            ""
+        };
+        return format!(
+            "{what} ran out of memory: it asked for more than its limit of {} MiB{hint}",
+            limits.1 >> 20
+        );
     }
-    let stderr = String::from_utf8_lossy(&ctx.stderr.contents()).trim().to_string();
+    let stderr = String::from_utf8_lossy(&ctx.stderr.contents())
+        .trim()
+        .to_string();
     let tail: String = stderr
         .lines()
         .filter(|l| !l.starts_with("note: run with `RUST_BACKTRACE"))
@@ -142,7 +177,9 @@ fn describe_trap(err: &wasmtime::Error, ctx: &Ctx, what: &str, limits: (Duration
 /// at all, or a core module (what `wasm32-unknown-unknown` or `wasm32-wasip1` builds give).
 fn not_a_component(bytes: &[u8]) -> Option<&'static str> {
     if !bytes.starts_with(b"\0asm") {
-        return Some("is not a WebAssembly file (it lacks the `\\0asm` header); give the path of a component built for wasm32-wasip2");
+        return Some(
+            "is not a WebAssembly file (it lacks the `\\0asm` header); give the path of a component built for wasm32-wasip2",
+        );
     }
     if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
         return Some(
@@ -160,7 +197,9 @@ impl Host {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
-        let engine = Engine::new(&config).map_err(|e| anyhow!(e)).context("starting wasmtime")?;
+        let engine = Engine::new(&config)
+            .map_err(|e| anyhow!(e))
+            .context("starting wasmtime")?;
         let ticker = engine.weak();
         std::thread::spawn(move || {
             while let Some(engine) = ticker.upgrade() {
@@ -173,9 +212,19 @@ impl Host {
         standard::Standard::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)
             .map_err(|e| anyhow!(e))?;
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow!(e))?;
-        let standard = load_component(&engine, cache_dir.as_deref(), STANDARD_GUEST, STANDARD_GUEST_HASH.trim())
-            .context("loading the standard operations component")?;
-        Ok(Host { engine, linker, standard, cache_dir })
+        let standard = load_component(
+            &engine,
+            cache_dir.as_deref(),
+            STANDARD_GUEST,
+            STANDARD_GUEST_HASH.trim(),
+        )
+        .context("loading the standard operations component")?;
+        Ok(Host {
+            engine,
+            linker,
+            standard,
+            cache_dir,
+        })
     }
 
     fn load_component(&self, bytes: &[u8], content_hash: &str) -> Result<Component> {
@@ -203,7 +252,10 @@ impl Host {
             state: StateStore::open(&cfg.state_path, mode.dry_run())?,
             policy: Policy::new(mode),
             now,
-            limits: Limits { memory: cfg.memory, memory_hit: false },
+            limits: Limits {
+                memory: cfg.memory,
+                memory_hit: false,
+            },
             scope_prefix: "std/".into(),
             progress: Progress::new(cfg.progress),
         };
@@ -219,7 +271,10 @@ impl Host {
         let mut store = self.store(cfg, Mode::Plan)?;
         let guest = standard::Standard::instantiate(&mut store, &self.standard, &self.linker)
             .map_err(|e| anyhow!(e))?;
-        guest.idem_plugin_plan().call_schema(&mut store).map_err(|e| anyhow!(e))
+        guest
+            .idem_plugin_plan()
+            .call_schema(&mut store)
+            .map_err(|e| anyhow!(e))
     }
 
     /// Run a plan: lock, load, run every step, record, and (with `verify`) prove that a
@@ -238,17 +293,27 @@ impl Host {
             let mut changes = Vec::new();
             for step in &second.steps {
                 for c in &step.changes {
-                    changes.push(VerifyChange { step: step.index, name: step.name.clone(), change: c.clone() });
+                    changes.push(VerifyChange {
+                        step: step.index,
+                        name: step.name.clone(),
+                        change: c.clone(),
+                    });
                 }
                 if let Some(e) = &step.error {
                     changes.push(VerifyChange {
                         step: step.index,
                         name: step.name.clone(),
-                        change: Change::new(crate::change::ChangeKind::UpdateFile, format!("(second run failed: {e})")),
+                        change: Change::new(
+                            crate::change::ChangeKind::UpdateFile,
+                            format!("(second run failed: {e})"),
+                        ),
                     });
                 }
             }
-            report.verify = Some(Verify { ok: changes.is_empty(), changes });
+            report.verify = Some(Verify {
+                ok: changes.is_empty(),
+                changes,
+            });
         }
         report.duration = started.elapsed();
         Ok(report)
@@ -259,13 +324,21 @@ impl Host {
         let mut report = Report::new(mode, &cfg.plan_name, &cfg.root);
         if record {
             let plan_hash = crate::fs::hash(cfg.plan_source.as_bytes());
-            let interrupted = store
-                .data_mut()
-                .state
-                .begin_run(mode.as_str(), &cfg.plan_name, &plan_hash)?;
+            let interrupted =
+                store
+                    .data_mut()
+                    .state
+                    .begin_run(mode.as_str(), &cfg.plan_name, &plan_hash)?;
             if interrupted {
-                let n = store.data().fs.sweep_temporaries().context("removing temporary files of an interrupted run")?;
-                tracing::info!(removed = n, "an earlier run was interrupted; removed its temporary files");
+                let n = store
+                    .data()
+                    .fs
+                    .sweep_temporaries()
+                    .context("removing temporary files of an interrupted run")?;
+                tracing::info!(
+                    removed = n,
+                    "an earlier run was interrupted; removed its temporary files"
+                );
                 report.recovered_temporaries = n;
                 report.resumed = true;
             }
@@ -276,11 +349,23 @@ impl Host {
         let loaded = guest
             .idem_plugin_plan()
             .call_load(&mut store, &cfg.plan_source, &cfg.plan_name)
-            .map_err(|e| anyhow!(describe_trap(&e, store.data(), "the plan loader", (Duration::ZERO, cfg.memory), false)))?;
+            .map_err(|e| {
+                anyhow!(describe_trap(
+                    &e,
+                    store.data(),
+                    "the plan loader",
+                    (Duration::ZERO, cfg.memory),
+                    false
+                ))
+            })?;
         let steps = match loaded {
             Ok(steps) => steps,
             Err(e) => {
-                report.error = Some(PlanErrorReport::from_guest(&cfg.plan_name, &cfg.plan_source, e));
+                report.error = Some(PlanErrorReport::from_guest(
+                    &cfg.plan_name,
+                    &cfg.plan_source,
+                    e,
+                ));
                 if record {
                     store.data_mut().state.finish_run("plan-error", 0)?;
                 }
@@ -302,7 +387,15 @@ impl Host {
                 None => guest
                     .idem_plugin_plan()
                     .call_run_step(&mut store, i as u32)
-                    .map_err(|e| describe_trap(&e, store.data(), "the standard operations", (Duration::ZERO, cfg.memory), false)),
+                    .map_err(|e| {
+                        describe_trap(
+                            &e,
+                            store.data(),
+                            "the standard operations",
+                            (Duration::ZERO, cfg.memory),
+                            false,
+                        )
+                    }),
             };
             let ctx = store.data_mut();
             ctx.progress.finish();
@@ -323,7 +416,13 @@ impl Host {
                 }
             }
             if !left_open.is_empty() && step.error.is_none() {
-                step.fail(format!("the step left a transaction open on {}; it was rolled back", left_open.join(", ")), Vec::new());
+                step.fail(
+                    format!(
+                        "the step left a transaction open on {}; it was rolled back",
+                        left_open.join(", ")
+                    ),
+                    Vec::new(),
+                );
                 stopped = true;
             }
             if let Err(e) = flushed {
@@ -351,24 +450,36 @@ impl Host {
         mode: Mode,
         cfg: &RunConfig,
     ) -> Result<Result<GuestReport, crate::bindings::report::StepError>, String> {
-        let policy = Policy::for_plugin(mode, &call.paths, &call.databases).map_err(|e| format!("plugin {}: {e}", call.path))?;
+        let policy = Policy::for_plugin(mode, &call.paths, &call.databases)
+            .map_err(|e| format!("plugin {}: {e}", call.path))?;
         let bytes = {
             let ctx = store.data();
             let rel = crate::fs::resolve(&ctx.policy, &call.path)
                 .map_err(|e| format!("plugin {}: {}", call.path, crate::report::error_text(&e)))?;
-            ctx.fs.read(&rel).map_err(|e| format!("plugin {}: {}", call.path, crate::report::error_text(&e)))?
+            ctx.fs
+                .read(&rel)
+                .map_err(|e| format!("plugin {}: {}", call.path, crate::report::error_text(&e)))?
         };
         if let Some(problem) = not_a_component(&bytes) {
             return Err(format!("plugin {} {problem}", call.path));
         }
         let component = self
             .load_component(&bytes, &crate::fs::hash(&bytes))
-            .map_err(|e| format!("plugin {} is not a WebAssembly component idem can load: {e:#}", call.path))?;
+            .map_err(|e| {
+                format!(
+                    "plugin {} is not a WebAssembly component idem can load: {e:#}",
+                    call.path
+                )
+            })?;
         // The plugin's policy, checkpoint scope and limits hold from instantiation on: a
         // component's start-up code (data segments, start functions) runs inside them too.
         let saved_policy = std::mem::replace(&mut store.data_mut().policy, policy);
-        let saved_prefix = std::mem::replace(&mut store.data_mut().scope_prefix, format!("plugin:{}/", call.path));
-        let saved_memory = std::mem::replace(&mut store.data_mut().limits.memory, cfg.plugin_memory);
+        let saved_prefix = std::mem::replace(
+            &mut store.data_mut().scope_prefix,
+            format!("plugin:{}/", call.path),
+        );
+        let saved_memory =
+            std::mem::replace(&mut store.data_mut().limits.memory, cfg.plugin_memory);
         store.data_mut().limits.memory_hit = false;
         let ticks = (cfg.plugin_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
@@ -380,7 +491,10 @@ impl Host {
                 .call_run(&mut *store, &call.config)
                 .map_err(|e| describe_trap(&e, store.data(), &what, limits, true)),
             // A trap while starting up is the plugin's failure like any other.
-            Err(e) if e.downcast_ref::<wasmtime::Trap>().is_some() || store.data().limits.memory_hit => {
+            Err(e)
+                if e.downcast_ref::<wasmtime::Trap>().is_some()
+                    || store.data().limits.memory_hit =>
+            {
                 Err(describe_trap(&e, store.data(), &what, limits, true))
             }
             // Anything else is a mismatch of imports or exports, which wasmtime names.
@@ -415,8 +529,15 @@ impl Host {
         let mut report = Report::new(cfg.mode, &cfg.plan_name, &cfg.root);
         if interrupted {
             // As for a plan: a killed run (a plugin's or a plan's) may have left temporaries.
-            let n = store.data().fs.sweep_temporaries().context("removing temporary files of an interrupted run")?;
-            tracing::info!(removed = n, "an earlier run was interrupted; removed its temporary files");
+            let n = store
+                .data()
+                .fs
+                .sweep_temporaries()
+                .context("removing temporary files of an interrupted run")?;
+            tracing::info!(
+                removed = n,
+                "an earlier run was interrupted; removed its temporary files"
+            );
             report.recovered_temporaries = n;
             report.resumed = true;
         }
@@ -442,7 +563,13 @@ impl Host {
             Err(msg) => step.fail(msg, changes),
         }
         if !left_open.is_empty() && step.error.is_none() {
-            step.fail(format!("the step left a transaction open on {}; it was rolled back", left_open.join(", ")), Vec::new());
+            step.fail(
+                format!(
+                    "the step left a transaction open on {}; it was rolled back",
+                    left_open.join(", ")
+                ),
+                Vec::new(),
+            );
         }
         ctx.state.journal(1, &step.name, &step.changes)?;
         report.steps.push(step);
@@ -454,14 +581,21 @@ impl Host {
     }
 }
 
-
 /// Compile a component, or load it from the cache, keyed by the content's hash and the
 /// engine's configuration so that a changed engine never loads an incompatible artefact.
-fn load_component(engine: &Engine, cache_dir: Option<&Path>, bytes: &[u8], content_hash: &str) -> Result<Component> {
+fn load_component(
+    engine: &Engine,
+    cache_dir: Option<&Path>,
+    bytes: &[u8],
+    content_hash: &str,
+) -> Result<Component> {
     let compile = || {
         let started = Instant::now();
         let component = Component::new(engine, bytes).map_err(|e| anyhow!(e))?;
-        tracing::debug!(ms = started.elapsed().as_millis() as u64, "compiled a component");
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "compiled a component"
+        );
         Ok::<_, anyhow::Error>(component)
     };
     let Some(dir) = cache_dir else {
@@ -469,21 +603,27 @@ fn load_component(engine: &Engine, cache_dir: Option<&Path>, bytes: &[u8], conte
     };
     let mut h = std::hash::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut h);
-        env!("CARGO_PKG_VERSION").hash(&mut h);
-        let path = dir.join(format!("{}-{:016x}.cwasm", &content_hash[..32.min(content_hash.len())], h.finish()));
-        if path.exists() {
-            // SAFETY: the file is one this host wrote (named by content and engine hash) in
-            // the user's own cache directory; a corrupt one fails to load and is replaced.
-            match unsafe { Component::deserialize_file(engine, &path) } {
-                Ok(c) => return Ok(c),
-                Err(e) => tracing::warn!(path = %path.display(), "ignoring an unusable compiled component: {e}"),
+    env!("CARGO_PKG_VERSION").hash(&mut h);
+    let path = dir.join(format!(
+        "{}-{:016x}.cwasm",
+        &content_hash[..32.min(content_hash.len())],
+        h.finish()
+    ));
+    if path.exists() {
+        // SAFETY: the file is one this host wrote (named by content and engine hash) in
+        // the user's own cache directory; a corrupt one fails to load and is replaced.
+        match unsafe { Component::deserialize_file(engine, &path) } {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "ignoring an unusable compiled component: {e}")
             }
         }
-        let component = compile()?;
-        if let Err(e) = store_cached(dir, &path, &component) {
-            tracing::debug!("not caching the compiled component: {e:#}");
-        }
-        Ok(component)
+    }
+    let component = compile()?;
+    if let Err(e) = store_cached(dir, &path, &component) {
+        tracing::debug!("not caching the compiled component: {e:#}");
+    }
+    Ok(component)
 }
 
 fn store_cached(dir: &Path, path: &Path, component: &Component) -> Result<()> {
@@ -510,6 +650,9 @@ impl wasmtime_wasi::HostWallClock for FixedClock {
 
 impl Failure {
     pub fn from_guest(f: crate::bindings::report::Failure) -> Self {
-        Failure { item: f.item, message: f.message }
+        Failure {
+            item: f.item,
+            message: f.message,
+        }
     }
 }

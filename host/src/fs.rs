@@ -34,9 +34,18 @@ pub const TMP_MARKER: &str = ".idem-tmp-";
 enum Node {
     /// A directory. `hide_real`: it was created by this run, so anything on disk at that path
     /// (left from before a planned removal) is not part of it.
-    Dir { mode: u32, hide_real: bool, modified: Datetime },
+    Dir {
+        mode: u32,
+        hide_real: bool,
+        modified: Datetime,
+    },
     /// A file. `data` is `None` when only its mode was planned to change.
-    File { data: Option<Arc<Vec<u8>>>, size: u64, mode: u32, modified: Datetime },
+    File {
+        data: Option<Arc<Vec<u8>>>,
+        size: u64,
+        mode: u32,
+        modified: Datetime,
+    },
     /// Planned to be removed.
     Gone,
 }
@@ -60,7 +69,12 @@ impl View {
                 mode: *mode,
                 modified: *modified,
             }),
-            View::Planned(Node::File { size, mode, modified, .. }) => Some(Metadata {
+            View::Planned(Node::File {
+                size,
+                mode,
+                modified,
+                ..
+            }) => Some(Metadata {
                 kind: Kind::File,
                 size: *size,
                 mode: *mode,
@@ -150,7 +164,11 @@ fn metadata_of(meta: &cap_std::fs::Metadata) -> Metadata {
     };
     Metadata {
         kind,
-        size: if kind == Kind::Directory { 0 } else { meta.len() },
+        size: if kind == Kind::Directory {
+            0
+        } else {
+            meta.len()
+        },
         mode: meta.mode() & 0o7777,
         modified: datetime_of(meta),
     }
@@ -160,7 +178,9 @@ fn metadata_of(meta: &cap_std::fs::Metadata) -> Metadata {
 pub fn io_error(path: &RelPath, e: io::Error) -> Error {
     let msg = format!("{path}: {e}");
     if e.to_string().contains("outside of the filesystem") {
-        return Error::Denied(format!("{path} leads outside the root through a symbolic link"));
+        return Error::Denied(format!(
+            "{path} leads outside the root through a symbolic link"
+        ));
     }
     match e.kind() {
         io::ErrorKind::NotFound => Error::NotFound(msg),
@@ -184,11 +204,13 @@ pub fn diff(path: &str, old: &[u8], new: &[u8]) -> String {
         return format!("(no diff: {path} is larger than 1 MiB)\n");
     }
     match (std::str::from_utf8(old), std::str::from_utf8(new)) {
-        (Ok(o), Ok(n)) if !o.contains('\0') && !n.contains('\0') => similar::TextDiff::from_lines(o, n)
-            .unified_diff()
-            .context_radius(3)
-            .header(&format!("a/{path}"), &format!("b/{path}"))
-            .to_string(),
+        (Ok(o), Ok(n)) if !o.contains('\0') && !n.contains('\0') => {
+            similar::TextDiff::from_lines(o, n)
+                .unified_diff()
+                .context_radius(3)
+                .header(&format!("a/{path}"), &format!("b/{path}"))
+                .to_string()
+        }
         _ => format!("Binary file {path} differs\n"),
     }
 }
@@ -235,7 +257,9 @@ impl FsCap {
             for anc in path.ancestors() {
                 match self.overlay.get(&anc) {
                     Some(Node::Gone) | Some(Node::File { .. }) => return Ok(View::Absent),
-                    Some(Node::Dir { hide_real: true, .. }) => hidden = true,
+                    Some(Node::Dir {
+                        hide_real: true, ..
+                    }) => hidden = true,
                     _ => {}
                 }
             }
@@ -337,9 +361,18 @@ impl FsCap {
             return Err(Error::WrongKind(format!("{path} is not a directory")));
         }
         let mut entries: BTreeMap<String, Metadata> = BTreeMap::new();
-        let real = !matches!(view, View::Planned(Node::Dir { hide_real: true, .. }));
+        let real = !matches!(
+            view,
+            View::Planned(Node::Dir {
+                hide_real: true,
+                ..
+            })
+        );
         if real {
-            let dir = self.root.read_dir(path.as_fs()).map_err(|e| io_error(path, e))?;
+            let dir = self
+                .root
+                .read_dir(path.as_fs())
+                .map_err(|e| io_error(path, e))?;
             for entry in dir {
                 let entry = entry.map_err(|e| io_error(path, e))?;
                 let Ok(name) = entry.file_name().into_string() else {
@@ -349,7 +382,9 @@ impl FsCap {
                 if path.is_root() && name == crate::policy::STATE_DIR {
                     continue;
                 }
-                let meta = entry.metadata().map_err(|e| io_error(&path.join(&name), e))?;
+                let meta = entry
+                    .metadata()
+                    .map_err(|e| io_error(&path.join(&name), e))?;
                 entries.insert(name, metadata_of(&meta));
             }
         }
@@ -399,16 +434,19 @@ impl FsCap {
 
     fn check_mode(mode: Option<u32>) -> CapResult<()> {
         match mode {
-            Some(m) if m > 0o7777 => Err(Error::Invalid(format!(
-                "mode {m:o} has bits beyond 0o7777"
-            ))),
+            Some(m) if m > 0o7777 => {
+                Err(Error::Invalid(format!("mode {m:o} has bits beyond 0o7777")))
+            }
             _ => Ok(()),
         }
     }
 
     /// fsync a directory, so a rename or creation in it survives a power cut.
     fn sync_dir(&self, dir: &RelPath) -> CapResult<()> {
-        let d = self.root.open_dir(dir.as_fs()).map_err(|e| io_error(dir, e))?;
+        let d = self
+            .root
+            .open_dir(dir.as_fs())
+            .map_err(|e| io_error(dir, e))?;
         let f = d.open(".").map_err(|e| io_error(dir, e))?;
         f.sync_all().map_err(|e| io_error(dir, e))
     }
@@ -431,7 +469,9 @@ impl FsCap {
                     result = Done::Created;
                 }
             } else if !self.is_dir(dir, &view)? {
-                return Err(Error::WrongKind(format!("{dir} exists and is not a directory")));
+                return Err(Error::WrongKind(format!(
+                    "{dir} exists and is not a directory"
+                )));
             }
         }
         if result == Done::Unchanged
@@ -448,10 +488,16 @@ impl FsCap {
         if self.dry_run {
             self.overlay.insert(
                 dir.clone(),
-                Node::Dir { mode: effective, hide_real: true, modified: self.now },
+                Node::Dir {
+                    mode: effective,
+                    hide_real: true,
+                    modified: self.now,
+                },
             );
         } else {
-            self.root.create_dir(dir.as_fs()).map_err(|e| io_error(dir, e))?;
+            self.root
+                .create_dir(dir.as_fs())
+                .map_err(|e| io_error(dir, e))?;
             if let Some(m) = mode {
                 self.root
                     .set_permissions(dir.as_fs(), Permissions::from_mode(m))
@@ -464,10 +510,17 @@ impl FsCap {
     }
 
     /// `write-atomic`: ensure a file's content (and mode), atomically.
-    pub fn write_atomic(&mut self, path: &RelPath, content: Vec<u8>, mode: Option<u32>) -> CapResult<Done> {
+    pub fn write_atomic(
+        &mut self,
+        path: &RelPath,
+        content: Vec<u8>,
+        mode: Option<u32>,
+    ) -> CapResult<Done> {
         Self::check_mode(mode)?;
         let Some(parent) = path.parent() else {
-            return Err(Error::WrongKind("the root is a directory, not a file".into()));
+            return Err(Error::WrongKind(
+                "the root is a directory, not a file".into(),
+            ));
         };
         let pview = self.view(&parent)?;
         if pview.kind().is_none() {
@@ -476,7 +529,9 @@ impl FsCap {
             )));
         }
         if !self.is_dir(&parent, &pview)? {
-            return Err(Error::WrongKind(format!("{path}: {parent} is not a directory")));
+            return Err(Error::WrongKind(format!(
+                "{path}: {parent} is not a directory"
+            )));
         }
         let view = self.view(path)?;
         let (old, old_mode) = match view.kind() {
@@ -505,7 +560,11 @@ impl FsCap {
             };
         }
         let mut change = Change::new(
-            if old.is_some() { ChangeKind::UpdateFile } else { ChangeKind::CreateFile },
+            if old.is_some() {
+                ChangeKind::UpdateFile
+            } else {
+                ChangeKind::CreateFile
+            },
             path.as_str(),
         );
         change.before = old.as_ref().map(|o| hash(o));
@@ -531,12 +590,22 @@ impl FsCap {
             self.replace_file(&parent, path, &content, new_mode)?;
         }
         self.record(change);
-        Ok(if old.is_some() { Done::Updated } else { Done::Created })
+        Ok(if old.is_some() {
+            Done::Updated
+        } else {
+            Done::Created
+        })
     }
 
     /// Write `content` to a temporary file beside `path`, fsync it, rename it over `path`,
     /// fsync the directory. On failure the temporary file is removed.
-    fn replace_file(&mut self, parent: &RelPath, path: &RelPath, content: &[u8], mode: u32) -> CapResult<()> {
+    fn replace_file(
+        &mut self,
+        parent: &RelPath,
+        path: &RelPath,
+        content: &[u8],
+        mode: u32,
+    ) -> CapResult<()> {
         self.tmp_counter += 1;
         let tmp = parent.join(&format!(
             ".{}{}{}-{}",
@@ -580,16 +649,37 @@ impl FsCap {
         }
         if self.dry_run {
             let node = match view {
-                View::Planned(Node::Dir { hide_real, modified, .. }) => {
-                    Node::Dir { mode, hide_real, modified }
-                }
-                View::Planned(Node::File { data, size, modified, .. }) => {
-                    Node::File { data, size, mode, modified }
-                }
-                _ if meta.kind == Kind::Directory => {
-                    Node::Dir { mode, hide_real: false, modified: meta.modified }
-                }
-                _ => Node::File { data: None, size: meta.size, mode, modified: meta.modified },
+                View::Planned(Node::Dir {
+                    hide_real,
+                    modified,
+                    ..
+                }) => Node::Dir {
+                    mode,
+                    hide_real,
+                    modified,
+                },
+                View::Planned(Node::File {
+                    data,
+                    size,
+                    modified,
+                    ..
+                }) => Node::File {
+                    data,
+                    size,
+                    mode,
+                    modified,
+                },
+                _ if meta.kind == Kind::Directory => Node::Dir {
+                    mode,
+                    hide_real: false,
+                    modified: meta.modified,
+                },
+                _ => Node::File {
+                    data: None,
+                    size: meta.size,
+                    mode,
+                    modified: meta.modified,
+                },
             };
             self.overlay.insert(path.clone(), node);
         } else {
@@ -710,7 +800,9 @@ impl Default for RelPath {
 
 /// Resolve a guest path against the policy, mapping a refusal to the guest's error.
 pub fn resolve(policy: &Policy, path: &str) -> CapResult<RelPath> {
-    policy.resolve(path).map_err(|e| Error::Denied(e.to_string()))
+    policy
+        .resolve(path)
+        .map_err(|e| Error::Denied(e.to_string()))
 }
 
 // The WIT interface, implemented on the store's data. Each method resolves the guest's path

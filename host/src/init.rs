@@ -71,7 +71,8 @@ fn write_new(root: &Path, rel: &str, content: &str) -> Result<&'static str> {
     }
     let dir = path.parent().expect("a relative file path has a parent");
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing into {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("writing into {}", dir.display()))?;
     tmp.write_all(content.as_bytes())?;
     tmp.as_file().sync_all()?;
     // No clobbering: if something appeared meanwhile, it wins.
@@ -83,7 +84,10 @@ fn write_new(root: &Path, rel: &str, content: &str) -> Result<&'static str> {
 }
 
 pub fn init(root: &Path) -> Result<u8> {
-    for (rel, content) in [("idem.yml", STARTER_PLAN), (".github/workflows/idem.yml", SAMPLE_WORKFLOW)] {
+    for (rel, content) in [
+        ("idem.yml", STARTER_PLAN),
+        (".github/workflows/idem.yml", SAMPLE_WORKFLOW),
+    ] {
         let outcome = write_new(root, rel, content)?;
         println!("{outcome:<10} {rel}");
     }

@@ -152,12 +152,21 @@ impl Policy {
 
     /// A narrower policy for a plugin step: `paths` (empty: the whole root) and exactly the
     /// `databases` named. Each entry is itself resolved against the root.
-    pub fn for_plugin(mode: Mode, paths: &[String], databases: &[String]) -> Result<Self, PathDenied> {
+    pub fn for_plugin(
+        mode: Mode,
+        paths: &[String],
+        databases: &[String],
+    ) -> Result<Self, PathDenied> {
         let base = Policy::new(mode);
         let allowed_paths = if paths.is_empty() {
             None
         } else {
-            Some(paths.iter().map(|p| base.resolve(p)).collect::<Result<Vec<_>, _>>()?)
+            Some(
+                paths
+                    .iter()
+                    .map(|p| base.resolve(p))
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
         };
         let allowed_databases = Some(
             databases
@@ -205,7 +214,10 @@ impl Policy {
         if let Some(allowed) = &self.allowed_paths
             && !allowed.iter().any(|a| rel.starts_with(a))
         {
-            return Err(PathDenied::NotAllowed(path.into(), self.allowed_text.clone()));
+            return Err(PathDenied::NotAllowed(
+                path.into(),
+                self.allowed_text.clone(),
+            ));
         }
         Ok(rel)
     }

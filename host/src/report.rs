@@ -174,7 +174,11 @@ pub struct Report {
 pub fn error_text(e: &Error) -> String {
     match e {
         Error::Denied(m) => format!("denied: {m}"),
-        Error::NotFound(m) | Error::WrongKind(m) | Error::NotEmpty(m) | Error::Invalid(m) | Error::Io(m) => m.clone(),
+        Error::NotFound(m)
+        | Error::WrongKind(m)
+        | Error::NotEmpty(m)
+        | Error::Invalid(m)
+        | Error::Io(m) => m.clone(),
         Error::Sqlite(s) => format!("{} (SQLite code {})", s.message, s.code),
     }
 }
@@ -196,7 +200,11 @@ impl Report {
 
     /// No plan error and no failed step or record.
     pub fn ok(&self) -> bool {
-        self.error.is_none() && self.steps.iter().all(|s| !matches!(s.outcome, Outcome::Failed | Outcome::NotRun))
+        self.error.is_none()
+            && self
+                .steps
+                .iter()
+                .all(|s| !matches!(s.outcome, Outcome::Failed | Outcome::NotRun))
     }
 
     /// Whether anything changed (or would).
@@ -257,9 +265,19 @@ impl Report {
     }
 
     /// The text a person reads. `verbose` lists every change under its step.
-    pub fn render_text(&self, out: &mut dyn Write, color: bool, verbose: bool, diff: bool) -> std::io::Result<()> {
+    pub fn render_text(
+        &self,
+        out: &mut dyn Write,
+        color: bool,
+        verbose: bool,
+        diff: bool,
+    ) -> std::io::Result<()> {
         let paint = |code: &str, text: &str| {
-            if color { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
+            if color {
+                format!("\x1b[{code}m{text}\x1b[0m")
+            } else {
+                text.to_string()
+            }
         };
         if let Some(e) = &self.error {
             return render_plan_error(out, e, color);
@@ -280,7 +298,11 @@ impl Report {
             )?;
         }
         for s in &self.steps {
-            let word = if dry { s.outcome.planned() } else { s.outcome.as_str() };
+            let word = if dry {
+                s.outcome.planned()
+            } else {
+                s.outcome.as_str()
+            };
             let code = match s.outcome {
                 Outcome::Unchanged | Outcome::NotRun => "2",
                 Outcome::Created => "32",
@@ -295,19 +317,35 @@ impl Report {
                 line = format!("{}{} {}", paint(code, word), " ".repeat(pad), s.name);
             }
             if !s.counters.0.is_empty() {
-                let c: Vec<String> = s.counters.0.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                let c: Vec<String> = s
+                    .counters
+                    .0
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect();
                 line.push_str(&format!("  ({})", c.join(", ")));
             }
             writeln!(out, "{line}")?;
             if let Some(e) = &s.error {
-                let at = s.line.map(|l| format!("{}:{l}: ", self.plan)).unwrap_or_default();
+                let at = s
+                    .line
+                    .map(|l| format!("{}:{l}: ", self.plan))
+                    .unwrap_or_default();
                 writeln!(out, "              {}", paint("31", &format!("{at}{e}")))?;
             }
             for f in s.failures.iter().take(20) {
-                writeln!(out, "              {}", paint("31", &format!("{}: {}", f.item, f.message)))?;
+                writeln!(
+                    out,
+                    "              {}",
+                    paint("31", &format!("{}: {}", f.item, f.message))
+                )?;
             }
             if s.failures.len() > 20 {
-                writeln!(out, "              ... and {} more failed", s.failures.len() - 20)?;
+                writeln!(
+                    out,
+                    "              ... and {} more failed",
+                    s.failures.len() - 20
+                )?;
             }
             if verbose {
                 for c in &s.changes {
@@ -344,7 +382,10 @@ impl Report {
             (Outcome::NotRun, self.count(Outcome::NotRun)),
         ] {
             if n > 0 {
-                parts.push(format!("{n} {}", if dry { o.planned() } else { o.as_str() }));
+                parts.push(format!(
+                    "{n} {}",
+                    if dry { o.planned() } else { o.as_str() }
+                ));
             }
         }
         let verb = match self.mode {
@@ -357,23 +398,47 @@ impl Report {
             "{} {} steps: {}; {} changes in {:.2} s",
             verb,
             self.steps.len(),
-            if parts.is_empty() { "nothing to do".into() } else { parts.join(", ") },
+            if parts.is_empty() {
+                "nothing to do".into()
+            } else {
+                parts.join(", ")
+            },
             self.change_count(),
             self.duration.as_secs_f64()
         )?;
         if let Some(v) = &self.verify {
             if v.ok {
-                writeln!(out, "{}", paint("32", "verified: a second run changes nothing"))?;
+                writeln!(
+                    out,
+                    "{}",
+                    paint("32", "verified: a second run changes nothing")
+                )?;
             } else {
-                writeln!(out, "{}", paint("31;1", "NOT IDEMPOTENT: a second run would still change:"))?;
+                writeln!(
+                    out,
+                    "{}",
+                    paint("31;1", "NOT IDEMPOTENT: a second run would still change:")
+                )?;
                 for c in &v.changes {
-                    writeln!(out, "  step {} ({}): {} {}", c.step, c.name, c.change.kind.as_str(), c.change.path)?;
+                    writeln!(
+                        out,
+                        "  step {} ({}): {} {}",
+                        c.step,
+                        c.name,
+                        c.change.kind.as_str(),
+                        c.change.path
+                    )?;
                 }
             }
         }
         if self.mode == Mode::Check && self.ok() {
             if self.changed() {
-                writeln!(out, "drift: {} changes pending (exit {})", self.change_count(), exit::DRIFT)?;
+                writeln!(
+                    out,
+                    "drift: {} changes pending (exit {})",
+                    self.change_count(),
+                    exit::DRIFT
+                )?;
             } else {
                 writeln!(out, "converged: nothing to change")?;
             }
@@ -385,7 +450,13 @@ impl Report {
 /// A plan error as a compiler shows one: file, line and column, the line with a caret, the
 /// hint.
 fn render_plan_error(out: &mut dyn Write, e: &PlanErrorReport, color: bool) -> std::io::Result<()> {
-    let red = |t: &str| if color { format!("\x1b[31;1m{t}\x1b[0m") } else { t.to_string() };
+    let red = |t: &str| {
+        if color {
+            format!("\x1b[31;1m{t}\x1b[0m")
+        } else {
+            t.to_string()
+        }
+    };
     let at = match (e.line, e.column) {
         (Some(l), Some(c)) => format!("{}:{l}:{c}", e.file),
         (Some(l), None) => format!("{}:{l}", e.file),
@@ -407,7 +478,11 @@ pub fn plan_excerpt(source: &str, line: u32, column: Option<u32>) -> Option<Stri
     let gutter = format!("{line}");
     let mut s = format!("{} |\n{gutter} | {text}\n", " ".repeat(gutter.len()));
     if let Some(c) = column {
-        s.push_str(&format!("{} | {}^\n", " ".repeat(gutter.len()), " ".repeat(c.saturating_sub(1) as usize)));
+        s.push_str(&format!(
+            "{} | {}^\n",
+            " ".repeat(gutter.len()),
+            " ".repeat(c.saturating_sub(1) as usize)
+        ));
     }
     Some(s)
 }

@@ -131,13 +131,15 @@ fn sql_error(path: &RelPath, e: rusqlite::Error) -> Error {
             })
         }
         // Errors SQLite can place in the SQL text (an unauthorized function, say) come this way.
-        rusqlite::Error::SqlInputError { error, msg, .. } => sql_error(path, rusqlite::Error::SqliteFailure(error, Some(msg))),
+        rusqlite::Error::SqlInputError { error, msg, .. } => {
+            sql_error(path, rusqlite::Error::SqliteFailure(error, Some(msg)))
+        }
         rusqlite::Error::MultipleStatement => {
             Error::Invalid(format!("{path}: one statement per call, please"))
         }
-        rusqlite::Error::ExecuteReturnedResults => Error::Invalid(format!(
-            "{path}: the statement returns rows; use query"
-        )),
+        rusqlite::Error::ExecuteReturnedResults => {
+            Error::Invalid(format!("{path}: the statement returns rows; use query"))
+        }
         rusqlite::Error::InvalidParameterCount(got, want) => Error::Invalid(format!(
             "{path}: the statement takes {want} parameters, {got} given"
         )),
@@ -161,7 +163,9 @@ fn authorize(internal: &AtomicBool, ctx: AuthContext<'_>) -> Authorization {
                 Authorization::Deny
             }
         }
-        AuthAction::Function { function_name } if function_name.eq_ignore_ascii_case("load_extension") => {
+        AuthAction::Function { function_name }
+            if function_name.eq_ignore_ascii_case("load_extension") =>
+        {
             Authorization::Deny
         }
         _ => Authorization::Allow,
@@ -197,7 +201,9 @@ impl Databases {
             if exists {
                 let src = Connection::open_with_flags(
                     &real,
-                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                        | OpenFlags::SQLITE_OPEN_NOFOLLOW,
                 )
                 .map_err(|e| sql_error(&path, e))?;
                 rusqlite::backup::Backup::new(&src, &mut mem)
@@ -231,7 +237,9 @@ impl Databases {
             let check = conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0));
             internal.store(false, Ordering::Relaxed);
             check.map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::NotADatabase =>
+                {
                     Error::Invalid(format!("{path} is not a SQLite database"))
                 }
                 e => sql_error(&path, e),
@@ -261,7 +269,9 @@ impl Databases {
     }
 
     fn schema_version(db: &Db) -> CapResult<i64> {
-        Self::internal(db, |c| c.query_row("PRAGMA schema_version", [], |r| r.get(0)))
+        Self::internal(db, |c| {
+            c.query_row("PRAGMA schema_version", [], |r| r.get(0))
+        })
     }
 
     /// `database.execute`.
@@ -269,7 +279,10 @@ impl Databases {
         let db = self.db(h)?;
         let before = Self::schema_version(db)?;
         let changed = {
-            let mut stmt = db.conn.prepare_cached(sql).map_err(|e| sql_error(&db.path, e))?;
+            let mut stmt = db
+                .conn
+                .prepare_cached(sql)
+                .map_err(|e| sql_error(&db.path, e))?;
             let readonly = stmt.readonly();
             let n = stmt
                 .execute(rusqlite::params_from_iter(params.iter()))
@@ -286,7 +299,10 @@ impl Databases {
     /// `database.query` and `statement.query`: read-only statements only.
     pub fn query(&mut self, h: usize, sql: &str, params: &[Value]) -> CapResult<Rows> {
         let db = self.db(h)?;
-        let mut stmt = db.conn.prepare_cached(sql).map_err(|e| sql_error(&db.path, e))?;
+        let mut stmt = db
+            .conn
+            .prepare_cached(sql)
+            .map_err(|e| sql_error(&db.path, e))?;
         if !stmt.readonly() {
             return Err(Error::Invalid(format!(
                 "{}: query takes read-only statements; use execute to change data",
@@ -302,7 +318,9 @@ impl Databases {
         while let Some(row) = rows.next().map_err(|e| sql_error(&db.path, e))? {
             let mut r: Row = Vec::with_capacity(n);
             for i in 0..n {
-                r.push(value_of(row.get_ref(i).map_err(|e| sql_error(&db.path, e))?));
+                r.push(value_of(
+                    row.get_ref(i).map_err(|e| sql_error(&db.path, e))?,
+                ));
             }
             out.push(r);
         }
@@ -312,8 +330,13 @@ impl Databases {
     /// `database.prepare`: compile now so errors show at once; the cache keeps it.
     pub fn prepare(&mut self, h: usize, sql: &str) -> CapResult<StmtHandle> {
         let db = self.db(h)?;
-        db.conn.prepare_cached(sql).map_err(|e| sql_error(&db.path, e))?;
-        Ok(StmtHandle { db: h, sql: sql.to_string() })
+        db.conn
+            .prepare_cached(sql)
+            .map_err(|e| sql_error(&db.path, e))?;
+        Ok(StmtHandle {
+            db: h,
+            sql: sql.to_string(),
+        })
     }
 
     /// `statement.execute-batch`: one prepared statement over many parameter rows.
@@ -341,7 +364,10 @@ impl Databases {
     pub fn begin(&mut self, h: usize) -> CapResult<()> {
         let db = self.db(h)?;
         if db.in_tx {
-            return Err(Error::Invalid(format!("{}: a transaction is already open", db.path)));
+            return Err(Error::Invalid(format!(
+                "{}: a transaction is already open",
+                db.path
+            )));
         }
         Self::internal(db, |c| c.execute_batch("BEGIN IMMEDIATE"))?;
         db.in_tx = true;
@@ -353,7 +379,10 @@ impl Databases {
     pub fn commit(&mut self, h: usize) -> CapResult<()> {
         let db = self.db(h)?;
         if !db.in_tx {
-            return Err(Error::Invalid(format!("{}: no transaction is open", db.path)));
+            return Err(Error::Invalid(format!(
+                "{}: no transaction is open",
+                db.path
+            )));
         }
         Self::internal(db, |c| c.execute_batch("COMMIT"))?;
         db.in_tx = false;
@@ -365,7 +394,10 @@ impl Databases {
     pub fn rollback(&mut self, h: usize) -> CapResult<()> {
         let db = self.db(h)?;
         if !db.in_tx {
-            return Err(Error::Invalid(format!("{}: no transaction is open", db.path)));
+            return Err(Error::Invalid(format!(
+                "{}: no transaction is open",
+                db.path
+            )));
         }
         Self::internal(db, |c| c.execute_batch("ROLLBACK"))?;
         db.in_tx = false;
@@ -398,7 +430,8 @@ impl Databases {
             return Ok(vec![false; keys.len()]);
         }
         Self::internal(db, |c| {
-            let mut s = c.prepare_cached("SELECT 1 FROM _idem_checkpoints WHERE scope = ?1 AND key = ?2")?;
+            let mut s =
+                c.prepare_cached("SELECT 1 FROM _idem_checkpoints WHERE scope = ?1 AND key = ?2")?;
             keys.iter().map(|k| s.exists((scope, k))).collect()
         })
     }
@@ -408,7 +441,9 @@ impl Databases {
         let db = self.db(h)?;
         Self::ensure_checkpoint_table(db)?;
         Self::internal(db, |c| {
-            let mut s = c.prepare_cached("INSERT OR IGNORE INTO _idem_checkpoints (scope, key) VALUES (?1, ?2)")?;
+            let mut s = c.prepare_cached(
+                "INSERT OR IGNORE INTO _idem_checkpoints (scope, key) VALUES (?1, ?2)",
+            )?;
             for k in keys {
                 s.execute((scope, k))?;
             }
@@ -467,7 +502,10 @@ mod host {
     impl HostStatement for Ctx {
         fn execute_batch(&mut self, stmt: Resource<StmtHandle>, params: Vec<Row>) -> R<Vec<u64>> {
             let s = self.table.get(&stmt)?;
-            let s = StmtHandle { db: s.db, sql: s.sql.clone() };
+            let s = StmtHandle {
+                db: s.db,
+                sql: s.sql.clone(),
+            };
             Ok(self.dbs.execute_batch(&s, &params))
         }
 
@@ -523,7 +561,12 @@ mod host {
             Ok(self.dbs.rollback(h))
         }
 
-        fn done(&mut self, db: Resource<DbHandle>, scope: String, keys: Vec<String>) -> R<Vec<bool>> {
+        fn done(
+            &mut self,
+            db: Resource<DbHandle>,
+            scope: String,
+            keys: Vec<String>,
+        ) -> R<Vec<bool>> {
             let h = self.db_index(&db)?;
             let scope = self.scoped(&scope);
             Ok(self.dbs.done(h, &scope, &keys))

@@ -437,7 +437,10 @@ mod tests {
             s.finish_run("ok", 0).unwrap();
         }
         let listing = || {
-            let mut v: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            let mut v: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
             v.sort();
             v
         };

@@ -21,7 +21,11 @@ fn dir_is_created_with_parents_and_mode_then_left_alone() {
 fn dir_mode_converges_on_an_existing_directory() {
     let t = Env::new();
     t.mkdir("d");
-    std::fs::set_permissions(t.path("d"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(
+        t.path("d"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
     t.write("idem.yml", "steps:\n  - dir: d\n    mode: \"0755\"\n");
     let r = assert_converges(&t, &[]);
     assert_eq!(outcomes(&r)[0].0, "updated");
@@ -32,12 +36,23 @@ fn dir_mode_converges_on_an_existing_directory() {
 fn file_content_converges_and_keeps_the_existing_mode() {
     let t = Env::new();
     t.write("etc/app.conf", "old\n");
-    std::fs::set_permissions(t.path("etc/app.conf"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    t.write("idem.yml", "steps:\n  - file: etc/app.conf\n    content: \"port = 8080\\n\"\n");
+    std::fs::set_permissions(
+        t.path("etc/app.conf"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    t.write(
+        "idem.yml",
+        "steps:\n  - file: etc/app.conf\n    content: \"port = 8080\\n\"\n",
+    );
     let r = assert_converges(&t, &[]);
     assert_eq!(outcomes(&r)[0].0, "updated");
     assert_eq!(t.read("etc/app.conf"), "port = 8080\n");
-    assert_eq!(t.mode("etc/app.conf"), 0o600, "an existing file's mode is kept");
+    assert_eq!(
+        t.mode("etc/app.conf"),
+        0o600,
+        "an existing file's mode is kept"
+    );
 }
 
 #[test]
@@ -97,7 +112,8 @@ fn cleanup_deletes_old_matching_files_once() {
     t.write("logs/new.log", "x").age("logs/new.log", 1);
     t.write("logs/old.txt", "x").age("logs/old.txt", 40);
     t.write("logs/sub/old.log", "x").age("logs/sub/old.log", 90);
-    t.write("logs/keep/old.log", "x").age("logs/keep/old.log", 90);
+    t.write("logs/keep/old.log", "x")
+        .age("logs/keep/old.log", 90);
     t.write(
         "idem.yml",
         "steps:\n  - cleanup: logs\n    older-than: 30d\n    include: [\"*.log\"]\n    exclude: [\"keep/**\"]\n    remove-empty-dirs: true\n",
@@ -111,7 +127,10 @@ fn cleanup_deletes_old_matching_files_once() {
 #[test]
 fn cleanup_of_a_missing_directory_is_unchanged() {
     let t = Env::new();
-    t.write("idem.yml", "steps:\n  - cleanup: nowhere\n    older-than: 12h\n");
+    t.write(
+        "idem.yml",
+        "steps:\n  - cleanup: nowhere\n    older-than: 12h\n",
+    );
     let r = assert_converges(&t, &[]);
     assert_eq!(outcomes(&r)[0].0, "unchanged");
 }
@@ -119,17 +138,36 @@ fn cleanup_of_a_missing_directory_is_unchanged() {
 #[test]
 fn upsert_from_csv_inserts_updates_and_leaves_identical_rows() {
     let t = Env::new();
-    t.write("data/users.csv", "id,name,email\n1,Ann,ann@x\n2,Bob,bob@x\n");
+    t.write(
+        "data/users.csv",
+        "id,name,email\n1,Ann,ann@x\n2,Bob,bob@x\n",
+    );
     t.write("idem.yml", "steps:\n  - upsert: data/app.db\n    table: users\n    key: id\n    from: data/users.csv\n");
     let r = assert_converges(&t, &[]);
     assert_eq!(outcomes(&r)[0].0, "created");
     assert_eq!(r["steps"][0]["counters"]["inserted"], 2);
-    assert_eq!(t.rows("data/app.db", "SELECT id, name, email FROM users ORDER BY id"), ["1|Ann|ann@x", "2|Bob|bob@x"]);
+    assert_eq!(
+        t.rows(
+            "data/app.db",
+            "SELECT id, name, email FROM users ORDER BY id"
+        ),
+        ["1|Ann|ann@x", "2|Bob|bob@x"]
+    );
 
-    t.write("data/users.csv", "id,name,email\n1,Ann,ann@x\n2,Bobby,bob@x\n3,Cy,cy@x\n");
+    t.write(
+        "data/users.csv",
+        "id,name,email\n1,Ann,ann@x\n2,Bobby,bob@x\n3,Cy,cy@x\n",
+    );
     let r = assert_converges(&t, &[]);
     let c = &r["steps"][0]["counters"];
-    assert_eq!((c["inserted"].as_u64(), c["updated"].as_u64(), c["unchanged"].as_u64()), (Some(1), Some(1), Some(1)));
+    assert_eq!(
+        (
+            c["inserted"].as_u64(),
+            c["updated"].as_u64(),
+            c["unchanged"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1))
+    );
     assert_eq!(
         t.rows("data/app.db", "SELECT id, name FROM users ORDER BY id"),
         ["1|Ann", "2|Bobby", "3|Cy"]
@@ -139,7 +177,10 @@ fn upsert_from_csv_inserts_updates_and_leaves_identical_rows() {
 #[test]
 fn upsert_from_json_and_ndjson_with_a_composite_key() {
     let t = Env::new();
-    t.write("a.json", r#"[{"org":"x","login":"ann","admin":true},{"org":"y","login":"ann","admin":false}]"#);
+    t.write(
+        "a.json",
+        r#"[{"org":"x","login":"ann","admin":true},{"org":"y","login":"ann","admin":false}]"#,
+    );
     // The second source repeats one row of the first unchanged: no step undoes another.
     t.write("b.ndjson", "{\"org\":\"x\",\"login\":\"bob\",\"admin\":false}\n{\"org\":\"x\",\"login\":\"ann\",\"admin\":true}\n");
     t.write(
@@ -148,7 +189,10 @@ fn upsert_from_json_and_ndjson_with_a_composite_key() {
     );
     assert_converges(&t, &[]);
     assert_eq!(
-        t.rows("m.db", "SELECT org, login, admin FROM members ORDER BY org, login"),
+        t.rows(
+            "m.db",
+            "SELECT org, login, admin FROM members ORDER BY org, login"
+        ),
         ["x|ann|1", "x|bob|0", "y|ann|0"]
     );
 }
@@ -161,7 +205,10 @@ fn upsert_into_a_table_that_does_not_fit_fails_clearly_and_changes_nothing() {
         c.execute_batch("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO users VALUES (1, 'Ann');").unwrap();
     }
     t.write("u.csv", "id,name,email\n1,Ann,ann@x\n");
-    t.write("idem.yml", "steps:\n  - upsert: app.db\n    table: users\n    key: id\n    from: u.csv\n");
+    t.write(
+        "idem.yml",
+        "steps:\n  - upsert: app.db\n    table: users\n    key: id\n    from: u.csv\n",
+    );
     let before = t.snapshot();
     t.idem(&["apply"]).code(1).says("email");
     assert_same_tree(&before, &t.snapshot(), "a refused upsert");
@@ -174,9 +221,16 @@ fn a_csv_row_with_the_wrong_number_of_fields_rolls_back_the_whole_upsert() {
     t.write("idem.yml", "steps:\n  - dir: out\n  - upsert: app.db\n    table: users\n    key: id\n    from: u.csv\n");
     let r = t.idem(&["apply"]);
     r.code(1).says("u.csv");
-    assert!(r.all().contains("row 3") || r.all().contains("line 3") || r.all().contains("record 2"), "{}", r.all());
+    assert!(
+        r.all().contains("row 3") || r.all().contains("line 3") || r.all().contains("record 2"),
+        "{}",
+        r.all()
+    );
     if t.exists("app.db") {
-        let n = t.rows("app.db", "SELECT count(*) FROM sqlite_schema WHERE name = 'users'");
+        let n = t.rows(
+            "app.db",
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'users'",
+        );
         if n == ["1"] {
             assert_eq!(t.rows("app.db", "SELECT count(*) FROM users"), ["0"]);
         }
@@ -219,7 +273,10 @@ fn each_reports_a_failing_record_goes_on_and_exits_non_zero() {
     assert_eq!(s["outcome"], "failed");
     assert_eq!(s["counters"]["failed"], 1);
     assert_eq!(s["counters"]["processed"], 2);
-    assert!(s["failures"][0]["item"].as_str().unwrap().contains('2'), "{s}");
+    assert!(
+        s["failures"][0]["item"].as_str().unwrap().contains('2'),
+        "{s}"
+    );
     assert!(t.exists("home/3/greeting.txt"));
     // Fix the cause: only the failed record is done on the re-run.
     std::fs::remove_file(t.path("home/2")).unwrap();
@@ -231,7 +288,10 @@ fn each_reports_a_failing_record_goes_on_and_exits_non_zero() {
 #[test]
 fn a_malformed_plan_names_the_file_and_line() {
     let t = Env::new();
-    t.write("idem.yml", "steps:\n  - dir: a\n  - file: b\n    content: [unclosed\n");
+    t.write(
+        "idem.yml",
+        "steps:\n  - dir: a\n  - file: b\n    content: [unclosed\n",
+    );
     t.idem(&["apply"]).code(1).says("idem.yml:");
     assert!(!t.exists("a"), "nothing runs from an invalid plan");
 }
@@ -239,7 +299,10 @@ fn a_malformed_plan_names_the_file_and_line() {
 #[test]
 fn an_unknown_operation_or_field_is_refused_with_a_hint() {
     let t = Env::new();
-    t.write("idem.yml", "steps:\n  - dir: a\n  - file: b\n    contnet: x\n");
+    t.write(
+        "idem.yml",
+        "steps:\n  - dir: a\n  - file: b\n    contnet: x\n",
+    );
     t.idem(&["plan"]).code(1).says("idem.yml:4").says("content");
     t.write("idem.yml", "steps:\n  - directory: a\n");
     t.idem(&["plan"]).code(1).says("idem.yml:2").says("dir");
@@ -248,9 +311,18 @@ fn an_unknown_operation_or_field_is_refused_with_a_hint() {
 #[test]
 fn a_missing_source_file_fails_the_step_and_names_it() {
     let t = Env::new();
-    t.write("idem.yml", "steps:\n  - file: out.txt\n    source: nope/missing.txt\n  - dir: later\n");
+    t.write(
+        "idem.yml",
+        "steps:\n  - file: out.txt\n    source: nope/missing.txt\n  - dir: later\n",
+    );
     let r = t.json(&["apply"], 1);
-    assert!(r["steps"][0]["error"].as_str().unwrap().contains("nope/missing.txt"), "{r}");
+    assert!(
+        r["steps"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("nope/missing.txt"),
+        "{r}"
+    );
     assert_eq!(r["steps"][1]["outcome"], "not-run");
     assert!(!t.exists("out.txt") && !t.exists("later"));
 }
@@ -258,9 +330,15 @@ fn a_missing_source_file_fails_the_step_and_names_it() {
 #[test]
 fn an_unreadable_database_is_an_error_not_a_crash() {
     let t = Env::new();
-    t.write("app.db", "this is not a database at all, just text that is long enough to have a header");
+    t.write(
+        "app.db",
+        "this is not a database at all, just text that is long enough to have a header",
+    );
     t.write("u.csv", "id\n1\n");
-    t.write("idem.yml", "steps:\n  - upsert: app.db\n    table: t\n    key: id\n    from: u.csv\n");
+    t.write(
+        "idem.yml",
+        "steps:\n  - upsert: app.db\n    table: t\n    key: id\n    from: u.csv\n",
+    );
     let before = t.snapshot();
     t.idem(&["apply"]).code(1).says("app.db");
     assert_same_tree(&before, &t.snapshot(), "a failed upsert");
@@ -273,8 +351,14 @@ fn paths_outside_the_root_are_denied() {
     std::os::unix::fs::symlink(outside.path(), t.path("out")).unwrap();
     for (plan, what) in [
         ("steps:\n  - dir: /tmp/idem-escape\n", "absolute"),
-        ("steps:\n  - file: ../escape.txt\n    content: x\n", "climbs"),
-        ("steps:\n  - file: out/escape.txt\n    content: x\n", "symbolic link"),
+        (
+            "steps:\n  - file: ../escape.txt\n    content: x\n",
+            "climbs",
+        ),
+        (
+            "steps:\n  - file: out/escape.txt\n    content: x\n",
+            "symbolic link",
+        ),
         ("steps:\n  - dir: out/sub\n", "symbolic link"),
         ("steps:\n  - remove: .idem\n    recursive: true\n", ".idem"),
     ] {
@@ -282,7 +366,10 @@ fn paths_outside_the_root_are_denied() {
         let r = t.idem(&["apply"]);
         r.code(1);
         assert!(r.all().contains(what), "{plan}: {}", r.all());
-        assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none(), "{plan} wrote outside the root");
+        assert!(
+            std::fs::read_dir(outside.path()).unwrap().next().is_none(),
+            "{plan} wrote outside the root"
+        );
     }
     assert!(!std::path::Path::new("/tmp/idem-escape").exists());
 }
@@ -291,12 +378,18 @@ fn paths_outside_the_root_are_denied() {
 fn a_database_that_is_a_symlink_out_of_the_root_is_denied() {
     let outside = tempfile::tempdir().unwrap();
     let victim = outside.path().join("victim.db");
-    rusqlite::Connection::open(&victim).unwrap().execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY)").unwrap();
+    rusqlite::Connection::open(&victim)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        .unwrap();
     let before = std::fs::read(&victim).unwrap();
     let t = Env::new();
     std::os::unix::fs::symlink(&victim, t.path("app.db")).unwrap();
     t.write("u.csv", "id\n1\n");
-    t.write("idem.yml", "steps:\n  - upsert: app.db\n    table: t\n    key: id\n    from: u.csv\n");
+    t.write(
+        "idem.yml",
+        "steps:\n  - upsert: app.db\n    table: t\n    key: id\n    from: u.csv\n",
+    );
     t.idem(&["apply"]).code(1);
     assert_eq!(std::fs::read(&victim).unwrap(), before);
 }
@@ -304,7 +397,10 @@ fn a_database_that_is_a_symlink_out_of_the_root_is_denied() {
 #[test]
 fn no_temporary_file_is_left_after_writes() {
     let t = Env::new();
-    t.write("idem.yml", "steps:\n  - file: a/x.txt\n    content: one\n  - file: a/y.txt\n    content: two\n");
+    t.write(
+        "idem.yml",
+        "steps:\n  - file: a/x.txt\n    content: one\n  - file: a/y.txt\n    content: two\n",
+    );
     t.idem(&["apply"]).code(0);
     let names: Vec<String> = t.snapshot().keys().cloned().collect();
     assert_eq!(names, ["a", "a/x.txt", "a/y.txt", "idem.yml"]);
@@ -313,12 +409,21 @@ fn no_temporary_file_is_left_after_writes() {
 #[test]
 fn the_text_report_has_one_line_per_step_and_a_summary() {
     let t = Env::new();
-    t.write("idem.yml", "steps:\n  - dir: a\n  - file: a/f\n    content: x\n");
+    t.write(
+        "idem.yml",
+        "steps:\n  - dir: a\n  - file: a/f\n    content: x\n",
+    );
     let r = t.idem(&["plan"]);
-    r.code(0).says("would create").says("dir a").says("planned 2 steps");
+    r.code(0)
+        .says("would create")
+        .says("dir a")
+        .says("planned 2 steps");
     let r = t.idem(&["apply"]);
     r.code(0).says("created").says("applied 2 steps");
-    t.idem(&["apply"]).code(0).says("unchanged").says("2 unchanged; 0 changes");
+    t.idem(&["apply"])
+        .code(0)
+        .says("unchanged")
+        .says("2 unchanged; 0 changes");
 }
 
 #[test]

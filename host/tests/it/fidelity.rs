@@ -14,7 +14,10 @@ fn corpus() -> Vec<PathBuf> {
         .filter(|p| p.join("idem.yml").exists())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 9, "the fidelity corpus is smaller than expected: {cases:?}");
+    assert!(
+        cases.len() >= 9,
+        "the fidelity corpus is smaller than expected: {cases:?}"
+    );
     cases
 }
 
@@ -50,7 +53,10 @@ fn plan_predicts_apply_on_every_case_of_the_corpus_on_a_fresh_tree() {
         let name = case.file_name().unwrap().to_string_lossy().into_owned();
         let applied = std::panic::catch_unwind(|| assert_converges(&t, &[]))
             .unwrap_or_else(|_| panic!("fidelity case {name} failed (see above)"));
-        assert!(!changes(&applied).is_empty(), "case {name} changed nothing: it tests nothing");
+        assert!(
+            !changes(&applied).is_empty(),
+            "case {name} changed nothing: it tests nothing"
+        );
     }
 }
 
@@ -76,8 +82,9 @@ fn plan_predicts_apply_on_a_partly_converged_tree() {
         if touched == 0 {
             continue;
         }
-        std::panic::catch_unwind(|| assert_converges(&t, &[]))
-            .unwrap_or_else(|_| panic!("fidelity case {name} (partly converged) failed (see above)"));
+        std::panic::catch_unwind(|| assert_converges(&t, &[])).unwrap_or_else(|_| {
+            panic!("fidelity case {name} (partly converged) failed (see above)")
+        });
     }
 }
 
@@ -118,14 +125,20 @@ fn check_exits_2_on_drift_and_0_when_converged() {
 #[test]
 fn check_exits_1_on_error_not_2() {
     let t = Env::new();
-    t.write("idem.yml", "steps:\n  - file: a.txt\n    source: missing.txt\n");
+    t.write(
+        "idem.yml",
+        "steps:\n  - file: a.txt\n    source: missing.txt\n",
+    );
     t.idem(&["check"]).code(1);
 }
 
 #[test]
 fn verify_passes_on_an_idempotent_plan() {
     let t = Env::new();
-    t.write("idem.yml", "steps:\n  - dir: d\n  - file: d/f\n    content: x\n");
+    t.write(
+        "idem.yml",
+        "steps:\n  - dir: d\n  - file: d/f\n    content: x\n",
+    );
     let r = t.json(&["apply", "--verify"], 0);
     assert_eq!(r["verify"]["ok"], true);
 }
@@ -135,45 +148,88 @@ fn verify_fails_with_exit_3_naming_the_step_that_is_not_idempotent() {
     let t = Env::new();
     // Step 1 copies a.txt, which step 2 then changes: every run changes b.txt again.
     t.write("a.txt", "old\n");
-    t.write("idem.yml", "steps:\n  - file: b.txt\n    source: a.txt\n  - file: a.txt\n    content: \"new\\n\"\n");
+    t.write(
+        "idem.yml",
+        "steps:\n  - file: b.txt\n    source: a.txt\n  - file: a.txt\n    content: \"new\\n\"\n",
+    );
     let r = t.json(&["apply", "--verify"], 3);
     assert_eq!(r["verify"]["ok"], false);
     let c = &r["verify"]["changes"][0];
-    assert_eq!((c["step"].as_u64(), c["kind"].as_str(), c["path"].as_str()), (Some(1), Some("update-file"), Some("b.txt")));
+    assert_eq!(
+        (c["step"].as_u64(), c["kind"].as_str(), c["path"].as_str()),
+        (Some(1), Some("update-file"), Some("b.txt"))
+    );
     // The text report says the same (from the same starting point).
     t.write("a.txt", "old\n");
-    t.idem(&["apply", "--verify"]).code(3).says("NOT IDEMPOTENT").says("b.txt");
+    t.idem(&["apply", "--verify"])
+        .code(3)
+        .says("NOT IDEMPOTENT")
+        .says("b.txt");
 }
 
 #[test]
 fn diff_shows_a_unified_diff_of_changed_files() {
     let t = Env::new();
     t.write("conf.txt", "a\nb\nc\n");
-    t.write("idem.yml", "steps:\n  - file: conf.txt\n    content: \"a\\nB\\nc\\n\"\n");
+    t.write(
+        "idem.yml",
+        "steps:\n  - file: conf.txt\n    content: \"a\\nB\\nc\\n\"\n",
+    );
     let r = t.idem(&["plan", "--diff"]);
-    r.code(0).says("--- a/conf.txt").says("+++ b/conf.txt").says("-b").says("+B");
+    r.code(0)
+        .says("--- a/conf.txt")
+        .says("+++ b/conf.txt")
+        .says("-b")
+        .says("+B");
     let j = t.json(&["plan", "--diff"], 0);
-    assert!(j["steps"][0]["changes"][0]["diff"].as_str().unwrap().contains("+B"));
+    assert!(
+        j["steps"][0]["changes"][0]["diff"]
+            .as_str()
+            .unwrap()
+            .contains("+B")
+    );
     // Binary content gets a note, not a diff.
     t.write("bin.dat", [0u8, 1, 2]);
-    t.write("idem.yml", "steps:\n  - file: bin.dat\n    content: \"text now\"\n");
-    t.idem(&["plan", "--diff"]).code(0).says("Binary file bin.dat differs");
+    t.write(
+        "idem.yml",
+        "steps:\n  - file: bin.dat\n    content: \"text now\"\n",
+    );
+    t.idem(&["plan", "--diff"])
+        .code(0)
+        .says("Binary file bin.dat differs");
 }
 
 #[test]
 fn a_dry_run_upsert_counts_exactly_what_apply_then_does_and_leaves_the_database_bytes() {
     let t = Env::new();
     t.write("u.csv", "id,name\n1,Ann\n2,Bob\n");
-    t.write("idem.yml", "steps:\n  - upsert: app.db\n    table: users\n    key: id\n    from: u.csv\n");
+    t.write(
+        "idem.yml",
+        "steps:\n  - upsert: app.db\n    table: users\n    key: id\n    from: u.csv\n",
+    );
     t.idem(&["apply"]).code(0);
     t.write("u.csv", "id,name\n1,Ann\n2,Robert\n3,Cy\n4,Di\n");
     let before = std::fs::read(t.path("app.db")).unwrap();
     let planned = t.json(&["plan"], 0);
-    assert_eq!(std::fs::read(t.path("app.db")).unwrap(), before, "the dry run touched the database file");
+    assert_eq!(
+        std::fs::read(t.path("app.db")).unwrap(),
+        before,
+        "the dry run touched the database file"
+    );
     let applied = t.json(&["apply"], 0);
-    assert_eq!(planned["steps"][0]["counters"], applied["steps"][0]["counters"]);
+    assert_eq!(
+        planned["steps"][0]["counters"],
+        applied["steps"][0]["counters"]
+    );
     let c = &applied["steps"][0]["counters"];
-    assert_eq!((c["inserted"].as_u64(), c["updated"].as_u64(), c["unchanged"].as_u64()), (Some(2), Some(1), Some(1)));
+    assert_eq!(
+        (
+            c["inserted"].as_u64(),
+            c["updated"].as_u64(),
+            c["unchanged"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1))
+    );
 }
 
 /// Every shipped example (the demo and each pattern) converges, and plan predicts apply.

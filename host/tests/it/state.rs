@@ -237,7 +237,10 @@ fn an_interrupted_each_resumes_its_checkpointed_records_even_through_a_ci_cache_
         String::from_utf8_lossy(&out.stderr)
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["resumed"], true, "the retry says it resumes an interrupted run");
+    assert_eq!(
+        report["resumed"], true,
+        "the retry says it resumes an interrupted run"
+    );
     assert_eq!(
         each_counters(&report),
         (N - done, done, 0),

@@ -46,8 +46,12 @@ impl Run {
     /// The JSON report (the run must have used `--format json`).
     #[track_caller]
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\n--- stderr\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}):\n{}\n--- stderr\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
 
     /// stdout and stderr together, for looking for a message.
@@ -58,7 +62,10 @@ impl Run {
     #[track_caller]
     pub fn says(&self, needle: &str) -> &Self {
         let all = self.all();
-        assert!(all.contains(needle), "output does not mention {needle:?}:\n{all}");
+        assert!(
+            all.contains(needle),
+            "output does not mention {needle:?}:\n{all}"
+        );
         self
     }
 }
@@ -66,8 +73,15 @@ impl Run {
 /// One path's state in a snapshot.
 #[derive(Debug, PartialEq, Eq, Clone)]
 pub enum Node {
-    Dir { mode: u32, mtime: (i64, i64) },
-    File { mode: u32, mtime: (i64, i64), content: Vec<u8> },
+    Dir {
+        mode: u32,
+        mtime: (i64, i64),
+    },
+    File {
+        mode: u32,
+        mtime: (i64, i64),
+        content: Vec<u8>,
+    },
     Link(PathBuf),
 }
 
@@ -83,7 +97,9 @@ pub fn bin() -> &'static str {
 
 impl Env {
     pub fn new() -> Self {
-        Env { dir: tempfile::tempdir().expect("a temporary directory") }
+        Env {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -116,13 +132,20 @@ impl Env {
     }
 
     pub fn mode(&self, rel: &str) -> u32 {
-        std::fs::symlink_metadata(self.path(rel)).unwrap().permissions().mode() & 0o7777
+        std::fs::symlink_metadata(self.path(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
     }
 
     /// Set a file's modification time to `days` before the tests' clock.
     pub fn age(&self, rel: &str, days: i64) -> &Self {
         let t = filetime(NOW - days * 86_400);
-        let f = std::fs::File::options().write(true).open(self.path(rel)).unwrap();
+        let f = std::fs::File::options()
+            .write(true)
+            .open(self.path(rel))
+            .unwrap();
         f.set_modified(t).unwrap();
         self
     }
@@ -169,7 +192,10 @@ impl Env {
         if let Ok(dir) = std::fs::read_dir(self.path(".idem")) {
             for e in dir {
                 let e = e.unwrap();
-                out.insert(e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap());
+                out.insert(
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                );
             }
         }
         out
@@ -177,8 +203,11 @@ impl Env {
 
     /// Rows of a SQLite table, ordered, as text.
     pub fn rows(&self, db: &str, sql: &str) -> Vec<String> {
-        let c = rusqlite::Connection::open_with_flags(self.path(db), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap_or_else(|e| panic!("opening {db}: {e}"));
+        let c = rusqlite::Connection::open_with_flags(
+            self.path(db),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap_or_else(|e| panic!("opening {db}: {e}"));
         let mut s = c.prepare(sql).unwrap();
         let n = s.column_count();
         s.query_map([], |r| {
@@ -204,7 +233,10 @@ fn filetime(secs: i64) -> std::time::SystemTime {
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Node>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect();
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let p = e.path();
@@ -221,14 +253,25 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Node>) {
             out.insert(rel, Node::Dir { mode, mtime });
             walk(root, &p, out);
         } else {
-            out.insert(rel, Node::File { mode, mtime, content: std::fs::read(&p).unwrap() });
+            out.insert(
+                rel,
+                Node::File {
+                    mode,
+                    mtime,
+                    content: std::fs::read(&p).unwrap(),
+                },
+            );
         }
     }
 }
 
 /// Assert two snapshots are equal, naming the first difference.
 #[track_caller]
-pub fn assert_same_tree(before: &BTreeMap<String, Node>, after: &BTreeMap<String, Node>, what: &str) {
+pub fn assert_same_tree(
+    before: &BTreeMap<String, Node>,
+    after: &BTreeMap<String, Node>,
+    what: &str,
+) {
     for (k, v) in before {
         match after.get(k) {
             None => panic!("{what}: {k} disappeared"),
@@ -263,7 +306,12 @@ pub fn outcomes(report: &Value) -> Vec<(String, Value)> {
         .as_array()
         .expect("steps")
         .iter()
-        .map(|s| (s["outcome"].as_str().unwrap().to_string(), s["counters"].clone()))
+        .map(|s| {
+            (
+                s["outcome"].as_str().unwrap().to_string(),
+                s["counters"].clone(),
+            )
+        })
         .collect()
 }
 
@@ -278,17 +326,32 @@ pub fn assert_converges(env: &Env, plan_args: &[&str]) -> Value {
     args.extend(plan_args);
     let planned = env.json(&args, 0);
     assert_same_tree(&before, &env.snapshot(), "the dry run");
-    assert!(state_before == env.state_files(), "the dry run changed idem's state directory");
+    assert!(
+        state_before == env.state_files(),
+        "the dry run changed idem's state directory"
+    );
     assert_eq!(planned["dry_run"], true);
 
     args[0] = "apply";
     let applied = env.json(&args, 0);
-    assert_eq!(changes(&planned), changes(&applied), "plan predicted other changes than apply made");
-    assert_eq!(outcomes(&planned), outcomes(&applied), "plan predicted other outcomes than apply had");
+    assert_eq!(
+        changes(&planned),
+        changes(&applied),
+        "plan predicted other changes than apply made"
+    );
+    assert_eq!(
+        outcomes(&planned),
+        outcomes(&applied),
+        "plan predicted other outcomes than apply had"
+    );
 
     let converged = env.snapshot();
     let again = env.json(&args, 0);
-    assert_eq!(changes(&again), vec![], "the second apply changed something");
+    assert_eq!(
+        changes(&again),
+        vec![],
+        "the second apply changed something"
+    );
     for (o, _) in outcomes(&again) {
         assert_eq!(o, "unchanged", "the second apply reported {o}");
     }
