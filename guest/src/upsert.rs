@@ -112,6 +112,19 @@ pub fn csv_value(text: &str, affinity: Affinity) -> Value {
     }
 }
 
+/// Store `text` converted by `affinity` into `slot`, reusing the slot's string buffer when
+/// it holds one: the rows of a batch are refilled, not reallocated, for every batch.
+fn set_csv_value(slot: &mut Value, text: &str, affinity: Affinity) {
+    if matches!(affinity, Affinity::Text | Affinity::Blob)
+        && let Value::Text(s) = slot
+    {
+        s.clear();
+        s.push_str(text);
+        return;
+    }
+    *slot = csv_value(text, affinity);
+}
+
 /// A JSON value as stored: its own type; booleans as 0 and 1; arrays and objects as JSON text.
 pub fn json_value(v: &serde_json::Value) -> Value {
     use serde_json::Value as J;
@@ -260,7 +273,8 @@ fn load(
             &[Value::Text(table.clone())],
         )
         .map_err(|e| fail(format!("{db_path}: reading the columns of {table}"), e))?;
-    let affinities: Vec<Affinity> = if existing.rows.is_empty() {
+    let created = existing.rows.is_empty();
+    let affinities: Vec<Affinity> = if created {
         let types: Vec<Inferred> = columns
             .iter()
             .map(|c| {
@@ -338,7 +352,9 @@ fn load(
             _ => 0,
         })
     };
-    let before = count()?;
+    // Inserted rows are the growth of the table: a full scan before and after, skipped where
+    // the answer is known (a table just created is empty; no row written, no growth).
+    let before = if created { 0 } else { count()? };
     let statement = db
         .prepare(&upsert_sql(table, &columns, &step.key))
         .map_err(|e| fail(format!("{db_path}: preparing the upsert into {table}"), e))?;
@@ -361,12 +377,13 @@ fn load(
         positions: positions.as_deref(),
         key_index: &key_index,
         batch: Vec::with_capacity(BATCH),
+        len: 0,
         first_item: String::new(),
         total: 0,
         written: 0,
     };
     for (record, item) in &first {
-        if loader.batch.is_empty() {
+        if loader.len == 0 {
             loader.first_item.clone_from(item);
         }
         loader
@@ -375,19 +392,25 @@ fn load(
         loader.flush_if_full(&statement, &file, table)?;
     }
     drop(first);
+    // The "row N" label is formatted only where it is shown: in an error, and once per batch
+    // (its first record), not for each of a million rows.
     while let Some(record) = records.next_record()? {
-        let pushed = loader.push(record);
-        let item = records.item();
-        pushed.map_err(|m| error(format!("{file}: {item}: {m}")))?;
-        if loader.batch.len() == 1 {
-            loader.first_item = item;
+        if let Err(m) = loader.push(record) {
+            return Err(error(format!("{file}: {}: {m}", records.item())));
+        }
+        if loader.len == 1 {
+            loader.first_item = records.item();
         }
         loader.flush_if_full(&statement, &file, table)?;
     }
     loader.flush(&statement, &file, table)?;
     drop(statement);
 
-    let after = count()?;
+    let after = if loader.written == 0 {
+        before
+    } else {
+        count()?
+    };
     let inserted = after.saturating_sub(before);
     let updated = loader.written.saturating_sub(inserted);
     let unchanged = loader.total.saturating_sub(loader.written);
@@ -470,7 +493,9 @@ struct Loader<'a> {
     affinities: &'a [Affinity],
     positions: Option<&'a [usize]>,
     key_index: &'a [usize],
+    /// Rows of the current batch are `batch[..len]`; the rest are buffers kept for reuse.
     batch: Vec<Row>,
+    len: usize,
     /// The first record of the batch, for messages.
     first_item: String,
     total: u64,
@@ -480,23 +505,28 @@ struct Loader<'a> {
 impl Loader<'_> {
     /// Convert one record and add it to the batch; an error is a message about the record.
     fn push(&mut self, record: Record<'_>) -> Result<(), String> {
-        let mut row: Row = Vec::with_capacity(self.columns.len());
+        if self.len == self.batch.len() {
+            self.batch.push(vec![Value::Null; self.columns.len()]);
+        }
+        let row = &mut self.batch[self.len];
         match (record, self.positions) {
             (Record::Csv(_, values), Some(positions)) => {
-                for (&pos, &affinity) in positions.iter().zip(self.affinities) {
-                    row.push(match values.get(pos) {
-                        Some(text) => csv_value(text, affinity),
-                        None => Value::Null,
-                    });
+                for ((slot, &pos), &affinity) in row.iter_mut().zip(positions).zip(self.affinities)
+                {
+                    match values.get(pos) {
+                        Some(text) => set_csv_value(slot, text, affinity),
+                        None => *slot = Value::Null,
+                    }
                 }
             }
             (record, _) => {
-                for (c, &affinity) in self.columns.iter().zip(self.affinities) {
-                    row.push(match record.get(c) {
-                        Some(Field::Text(text)) => csv_value(text, affinity),
-                        Some(Field::Json(v)) => json_value(v),
-                        None => Value::Null,
-                    });
+                for ((slot, c), &affinity) in row.iter_mut().zip(self.columns).zip(self.affinities)
+                {
+                    match record.get(c) {
+                        Some(Field::Text(text)) => set_csv_value(slot, text, affinity),
+                        Some(Field::Json(v)) => *slot = json_value(v),
+                        None => *slot = Value::Null,
+                    }
                 }
             }
         }
@@ -510,7 +540,7 @@ impl Loader<'_> {
                 return Err(format!("the key `{}` is empty", self.columns[k]));
             }
         }
-        self.batch.push(row);
+        self.len += 1;
         self.total += 1;
         Ok(())
     }
@@ -521,7 +551,7 @@ impl Loader<'_> {
         file: &str,
         table: &str,
     ) -> Result<(), StepError> {
-        if self.batch.len() >= BATCH {
+        if self.len >= BATCH {
             self.flush(statement, file, table)?;
             log::progress(self.total, 0);
         }
@@ -534,21 +564,22 @@ impl Loader<'_> {
         file: &str,
         table: &str,
     ) -> Result<(), StepError> {
-        if self.batch.is_empty() {
+        if self.len == 0 {
             return Ok(());
         }
-        let changes = statement.execute_batch(&self.batch).map_err(|e| {
-            fail(
-                format!(
-                    "{file}: writing {} records from {} on into {table}",
-                    self.batch.len(),
-                    self.first_item
-                ),
-                e,
-            )
-        })?;
+        let changes = statement
+            .execute_batch(&self.batch[..self.len])
+            .map_err(|e| {
+                fail(
+                    format!(
+                        "{file}: writing {} records from {} on into {table}",
+                        self.len, self.first_item
+                    ),
+                    e,
+                )
+            })?;
         self.written += changes.iter().filter(|&&c| c > 0).count() as u64;
-        self.batch.clear();
+        self.len = 0;
         Ok(())
     }
 }

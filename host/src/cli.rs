@@ -317,14 +317,15 @@ fn read_plan(cfg: &mut RunConfig, plan: Option<&Path>) -> Result<()> {
 }
 
 fn print_report(g: &Global, report: &Report, diff: bool) -> Result<u8> {
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    // Stdout is line-buffered: a report of 100,000 removals would be 100,000 writes.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     if g.format == Format::Json {
         serde_json::to_writer_pretty(&mut out, &report.to_json())?;
         writeln!(out)?;
     } else if !g.quiet || !report.ok() {
         report.render_text(&mut out, use_color(g), g.verbose > 0, diff)?;
     }
+    out.flush()?;
     Ok(report.exit_code())
 }
 

@@ -10,7 +10,7 @@
 //! end of every step. A crash loses at most the marks of the last batch, whose records are
 //! then processed again (at least once).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -95,9 +95,11 @@ pub struct StateStore {
     conn: Option<Connection>,
     path: PathBuf,
     dry_run: bool,
-    pending: Vec<(String, String)>,
-    pending_set: HashSet<(String, String)>,
-    /// When the oldest mark in `pending` was buffered.
+    /// Marks not yet written, by scope (under a dry run: every mark of the run).
+    marks: HashMap<String, HashSet<String>>,
+    /// How many marks wait in `marks` to be written.
+    unwritten: usize,
+    /// When the oldest unwritten mark was buffered.
     pending_since: Option<std::time::Instant>,
     /// Under a dry run: scopes cleared during this run.
     cleared: HashSet<String>,
@@ -190,8 +192,8 @@ impl StateStore {
             conn,
             path: path.to_path_buf(),
             dry_run,
-            pending: Vec::new(),
-            pending_set: HashSet::new(),
+            marks: HashMap::new(),
+            unwritten: 0,
             pending_since: None,
             cleared: HashSet::new(),
             run_id: None,
@@ -290,9 +292,17 @@ impl StateStore {
             }
             _ => None,
         };
-        keys.iter()
+        // One read transaction for the batch: without it every lookup is a transaction of
+        // its own, with its lock and unlock calls (two fcntl per key).
+        let tx = match (&self.conn, cleared) {
+            (Some(c), false) => Some(c.unchecked_transaction()?),
+            _ => None,
+        };
+        let buffered = self.marks.get(scope);
+        let out = keys
+            .iter()
             .map(|k| {
-                if self.pending_set.contains(&(scope.to_string(), k.clone())) {
+                if buffered.is_some_and(|b| b.contains(k)) {
                     return Ok(true);
                 }
                 match &mut stmt {
@@ -300,15 +310,23 @@ impl StateStore {
                     None => Ok(false),
                 }
             })
-            .collect()
+            .collect();
+        drop(stmt);
+        if let Some(tx) = tx {
+            tx.commit()?;
+        }
+        out
     }
 
     /// Mark keys of `scope` done (buffered; see the module comment).
     pub fn mark(&mut self, scope: &str, keys: &[String]) -> Result<()> {
+        let buffered = match self.marks.get_mut(scope) {
+            Some(b) => b,
+            None => self.marks.entry(scope.to_string()).or_default(),
+        };
         for k in keys {
-            let entry = (scope.to_string(), k.clone());
-            if self.pending_set.insert(entry.clone()) && !self.dry_run {
-                self.pending.push(entry);
+            if buffered.insert(k.clone()) && !self.dry_run {
+                self.unwritten += 1;
                 self.pending_since
                     .get_or_insert_with(std::time::Instant::now);
             }
@@ -316,7 +334,7 @@ impl StateStore {
         let waited = self
             .pending_since
             .is_some_and(|t| t.elapsed() >= MARK_INTERVAL);
-        if self.pending.len() >= MARK_BATCH || waited {
+        if self.unwritten >= MARK_BATCH || waited {
             self.flush()?;
         }
         Ok(())
@@ -325,7 +343,7 @@ impl StateStore {
     /// Forget every mark of `scope`.
     pub fn clear(&mut self, scope: &str) -> Result<()> {
         self.flush()?;
-        self.pending_set.retain(|(s, _)| s != scope);
+        self.marks.remove(scope);
         if self.dry_run {
             self.cleared.insert(scope.to_string());
         } else if let Some(c) = &self.conn {
@@ -336,7 +354,7 @@ impl StateStore {
 
     /// Write buffered marks in one transaction.
     pub fn flush(&mut self) -> Result<()> {
-        if self.dry_run || self.pending.is_empty() {
+        if self.dry_run || self.unwritten == 0 {
             return Ok(());
         }
         let Some(c) = &mut self.conn else {
@@ -346,16 +364,18 @@ impl StateStore {
         {
             let mut s = tx
                 .prepare_cached("INSERT OR IGNORE INTO checkpoints (scope, key) VALUES (?1, ?2)")?;
-            for (scope, key) in &self.pending {
-                s.execute((scope, key))?;
+            for (scope, keys) in &self.marks {
+                for key in keys {
+                    s.execute((scope, key))?;
+                }
             }
         }
         tx.commit()
             .with_context(|| format!("writing checkpoints to {}", self.path.display()))?;
-        self.pending.clear();
+        self.unwritten = 0;
         self.pending_since = None;
         // Written marks are found in the table from now on.
-        self.pending_set.clear();
+        self.marks.clear();
         Ok(())
     }
 
