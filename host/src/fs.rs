@@ -9,7 +9,8 @@
 //! (dry run). The decision code is the same in both modes, and later calls see the overlay,
 //! so a dry run of dependent steps predicts exactly what an apply does.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
@@ -139,7 +140,14 @@ pub struct FsCap {
     /// Whether to compute diffs of file updates.
     diffs: bool,
     tmp_counter: u64,
+    /// Under a dry run, the kinds of the entries of recently listed directories, as on disk.
+    /// Nothing on disk changes in a dry run, so they stay true, and a cleanup's removals need
+    /// not stat again every file its listing just saw.
+    listed: RefCell<HashMap<RelPath, HashMap<String, Kind>>>,
 }
+
+/// How many directories' listings a dry run remembers.
+const LISTED_DIRS: usize = 1024;
 
 /// The result of a capability call as the guest sees it.
 pub type CapResult<T> = Result<T, Error>;
@@ -171,6 +179,22 @@ fn metadata_of(meta: &cap_std::fs::Metadata) -> Metadata {
         },
         mode: meta.mode() & 0o7777,
         modified: datetime_of(meta),
+    }
+}
+
+/// A path's view from its `lstat` on disk: absent when it (or a parent) is not there.
+fn real_view(path: &RelPath, lstat: io::Result<cap_std::fs::Metadata>) -> CapResult<View> {
+    match lstat {
+        Ok(m) => Ok(View::Real(metadata_of(&m))),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(View::Absent)
+        }
+        Err(e) => Err(io_error(path, e)),
     }
 }
 
@@ -237,6 +261,7 @@ impl FsCap {
             umask: umask(),
             diffs,
             tmp_counter: 0,
+            listed: RefCell::new(HashMap::new()),
         }
     }
 
@@ -252,11 +277,19 @@ impl FsCap {
 
     /// How this run sees `path`.
     fn view(&self, path: &RelPath) -> CapResult<View> {
+        match self.planned(path) {
+            Some(v) => Ok(v),
+            None => real_view(path, self.root.symlink_metadata(path.as_fs())),
+        }
+    }
+
+    /// What the overlay says of `path`, when it decides (under apply it never does).
+    fn planned(&self, path: &RelPath) -> Option<View> {
         if !self.overlay.is_empty() {
             let mut hidden = false;
             for anc in path.ancestors() {
                 match self.overlay.get(&anc) {
-                    Some(Node::Gone) | Some(Node::File { .. }) => return Ok(View::Absent),
+                    Some(Node::Gone) | Some(Node::File { .. }) => return Some(View::Absent),
                     Some(Node::Dir {
                         hide_real: true, ..
                     }) => hidden = true,
@@ -264,24 +297,13 @@ impl FsCap {
                 }
             }
             match self.overlay.get(path) {
-                Some(Node::Gone) => return Ok(View::Absent),
-                Some(node) => return Ok(View::Planned(node.clone())),
-                None if hidden => return Ok(View::Absent),
+                Some(Node::Gone) => return Some(View::Absent),
+                Some(node) => return Some(View::Planned(node.clone())),
+                None if hidden => return Some(View::Absent),
                 None => {}
             }
         }
-        match self.root.symlink_metadata(path.as_fs()) {
-            Ok(m) => Ok(View::Real(metadata_of(&m))),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                Ok(View::Absent)
-            }
-            Err(e) => Err(io_error(path, e)),
-        }
+        None
     }
 
     /// True when `view` is a directory, following a symbolic link on disk (as `mkdir -p` does).
@@ -369,6 +391,7 @@ impl FsCap {
             })
         );
         if real {
+            let mut kinds = self.dry_run.then(HashMap::new);
             let dir = self
                 .root
                 .read_dir(path.as_fs())
@@ -382,10 +405,22 @@ impl FsCap {
                 if path.is_root() && name == crate::policy::STATE_DIR {
                     continue;
                 }
-                let meta = entry
-                    .metadata()
-                    .map_err(|e| io_error(&path.join(&name), e))?;
-                entries.insert(name, metadata_of(&meta));
+                let meta = metadata_of(
+                    &entry
+                        .metadata()
+                        .map_err(|e| io_error(&path.join(&name), e))?,
+                );
+                if let Some(k) = &mut kinds {
+                    k.insert(name.clone(), meta.kind);
+                }
+                entries.insert(name, meta);
+            }
+            if let Some(kinds) = kinds {
+                let mut listed = self.listed.borrow_mut();
+                if listed.len() >= LISTED_DIRS {
+                    listed.clear();
+                }
+                listed.insert(path.clone(), kinds);
             }
         }
         if !self.overlay.is_empty() {
@@ -737,10 +772,52 @@ impl FsCap {
     }
 
     /// `remove-files`: remove many files in one call.
+    ///
+    /// Paths come grouped by directory (a cleanup removes a directory's files together), so
+    /// each directory is opened once and its files are looked at and removed by name, one
+    /// system call each, instead of resolving every path from the root again.
     pub fn remove_files(&mut self, paths: &[RelPath]) -> CapResult<Vec<Done>> {
         let mut out = Vec::with_capacity(paths.len());
+        let mut current: Option<(RelPath, Option<Dir>)> = None;
         for path in paths {
-            let view = self.view(path)?;
+            if path.is_root() {
+                return Err(Error::WrongKind(
+                    "the root is a directory; remove-files takes files only".into(),
+                ));
+            }
+            let parent = path.parent().unwrap_or_default();
+            if current.as_ref().is_none_or(|(p, _)| *p != parent) {
+                let dir = match self.root.open_dir(parent.as_fs()) {
+                    Ok(d) => Some(d),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                        ) =>
+                    {
+                        None
+                    }
+                    Err(e) => return Err(io_error(&parent, e)),
+                };
+                current = Some((parent.clone(), dir));
+            }
+            let dir = current.as_ref().and_then(|(_, d)| d.as_ref());
+            let listed = self
+                .listed
+                .borrow()
+                .get(&parent)
+                .map(|kinds| kinds.get(path.file_name()).copied());
+            let view = match (self.planned(path), listed, dir) {
+                (Some(v), ..) => v,
+                (None, Some(None), _) | (None, None, None) => View::Absent,
+                (None, Some(Some(kind)), _) => View::Real(Metadata {
+                    kind,
+                    size: 0,
+                    mode: 0,
+                    modified: self.now,
+                }),
+                (None, None, Some(d)) => real_view(path, d.symlink_metadata(path.file_name()))?,
+            };
             match view.kind() {
                 None => out.push(Done::Unchanged),
                 Some(Kind::Directory) => {
@@ -749,7 +826,16 @@ impl FsCap {
                     )));
                 }
                 Some(_) => {
-                    self.remove_one_file(path)?;
+                    if self.dry_run {
+                        self.overlay.insert(path.clone(), Node::Gone);
+                    } else {
+                        // Under apply the view came from the disk, so the directory is open.
+                        let d =
+                            dir.ok_or_else(|| Error::NotFound(format!("{path} does not exist")))?;
+                        d.remove_file(path.file_name())
+                            .map_err(|e| io_error(path, e))?;
+                    }
+                    self.record(Change::new(ChangeKind::RemoveFile, path.as_str()));
                     out.push(Done::Removed);
                 }
             }
