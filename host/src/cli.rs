@@ -427,7 +427,11 @@ fn run(cli: Cli) -> Result<u8> {
             println!("{}", host.schema(&cfg)?);
             Ok(exit::OK)
         }
-        Command::Init => crate::init::init(&canonical_root(&g.root)?),
+        Command::Init => {
+            let cfg = base_config(g, Mode::Plan, false)?;
+            let schema = Host::new(cache_dir(g))?.schema(&cfg)?;
+            crate::init::init(&cfg.root, &format!("{schema}\n"))
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "idem", &mut std::io::stdout());
             Ok(exit::OK)

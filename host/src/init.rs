@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 
 use crate::report::exit;
 
-const STARTER_PLAN: &str = r#"# yaml-language-server: $schema=https://raw.githubusercontent.com/idem-dev/idem/main/schema/plan.schema.json
+const STARTER_PLAN: &str = r#"# yaml-language-server: $schema=idem.schema.json
+# (completion and checking in editors; `idem schema > idem.schema.json` refreshes it)
 # idem plan: every step checks before it acts, so running it twice is safe.
 #   idem plan    # dry run: what would change
 #   idem apply   # make it so (again and again)
@@ -56,7 +57,8 @@ jobs:
       - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2
         with:
           persist-credentials: false
-      - uses: idem-dev/idem@v1
+      # Replace OWNER with the account that hosts idem (or pin a commit SHA).
+      - uses: OWNER/idem@v1
         with:
           plan: idem.yml
           mode: apply
@@ -83,9 +85,10 @@ fn write_new(root: &Path, rel: &str, content: &str) -> Result<&'static str> {
     }
 }
 
-pub fn init(root: &Path) -> Result<u8> {
+pub fn init(root: &Path, schema: &str) -> Result<u8> {
     for (rel, content) in [
         ("idem.yml", STARTER_PLAN),
+        ("idem.schema.json", schema),
         (".github/workflows/idem.yml", SAMPLE_WORKFLOW),
     ] {
         let outcome = write_new(root, rel, content)?;
