@@ -383,7 +383,7 @@ if want restored_state_files_let_a_rerun_skip_done_records; then
   action
   expect_rc 0
   [[ $(out prepare state-key) == idem-state-4242-2 ]] || fail "state-key $(out prepare state-key)"
-  counters=$(jq -c '.steps[0].counters' "$(out run report)")
+  counters=$(jq -cS '.steps[0].counters' "$(out run report)")
   [[ $counters == '{"failed":0,"processed":1,"skipped":2}' ]] || fail "attempt 2 counters $counters"
   end
 fi
