@@ -281,12 +281,7 @@ impl Host {
     /// second run would change nothing.
     pub fn run_plan(&self, cfg: &RunConfig) -> Result<Report> {
         let started = Instant::now();
-        let lock_file = lock_path(&cfg.state_path);
-        let _lock = if cfg.mode.dry_run() {
-            RunLock::shared(&lock_file, cfg.lock_timeout, &cfg.root)?
-        } else {
-            RunLock::exclusive(&lock_file, cfg.lock_timeout, &cfg.root)?
-        };
+        let _lock = lock(cfg)?;
         let mut report = self.run_once(cfg, cfg.mode, true)?;
         if cfg.verify && cfg.mode == Mode::Apply && report.ok() {
             let second = self.run_once(cfg, Mode::Plan, false)?;
@@ -323,25 +318,7 @@ impl Host {
         let mut store = self.store(cfg, mode)?;
         let mut report = Report::new(mode, &cfg.plan_name, &cfg.root);
         if record {
-            let plan_hash = crate::fs::hash(cfg.plan_source.as_bytes());
-            let interrupted =
-                store
-                    .data_mut()
-                    .state
-                    .begin_run(mode.as_str(), &cfg.plan_name, &plan_hash)?;
-            if interrupted {
-                let n = store
-                    .data()
-                    .fs
-                    .sweep_temporaries()
-                    .context("removing temporary files of an interrupted run")?;
-                tracing::info!(
-                    removed = n,
-                    "an earlier run was interrupted; removed its temporary files"
-                );
-                report.recovered_temporaries = n;
-                report.resumed = true;
-            }
+            begin_run(store.data_mut(), cfg, mode, &mut report)?;
         }
         let guest = standard::Standard::instantiate(&mut store, &self.standard, &self.linker)
             .map_err(|e| anyhow!(e))
@@ -399,36 +376,7 @@ impl Host {
             };
             let ctx = store.data_mut();
             ctx.progress.finish();
-            let left_open = ctx.dbs.abandon_open_transactions();
-            let flushed = ctx.state.flush();
-            let mut changes = ctx.fs.take_changes();
-            changes.extend(ctx.dbs.take_changes());
-            step.duration = t.elapsed();
-            match result {
-                Ok(Ok(r)) => step.absorb(r, changes),
-                Ok(Err(e)) => {
-                    step.fail(e.message, changes);
-                    stopped = true;
-                }
-                Err(msg) => {
-                    step.fail(msg, changes);
-                    stopped = true;
-                }
-            }
-            if !left_open.is_empty() && step.error.is_none() {
-                step.fail(
-                    format!(
-                        "the step left a transaction open on {}; it was rolled back",
-                        left_open.join(", ")
-                    ),
-                    Vec::new(),
-                );
-                stopped = true;
-            }
-            if let Err(e) = flushed {
-                step.fail(format!("could not write checkpoints: {e:#}"), Vec::new());
-                stopped = true;
-            }
+            stopped |= finish_step(ctx, &mut step, result, t);
             if record {
                 ctx.state.journal(step.index, &step.name, &step.changes)?;
             }
@@ -449,7 +397,7 @@ impl Host {
         call: &PluginCall,
         mode: Mode,
         cfg: &RunConfig,
-    ) -> Result<Result<GuestReport, crate::bindings::report::StepError>, String> {
+    ) -> StepResultOf {
         let policy = Policy::for_plugin(mode, &call.paths, &call.databases)
             .map_err(|e| format!("plugin {}: {e}", call.path))?;
         let bytes = {
@@ -514,33 +462,10 @@ impl Host {
     /// Run one plugin component as a whole run (`idem run`).
     pub fn run_plugin_file(&self, cfg: &RunConfig, call: PluginCall) -> Result<Report> {
         let started = Instant::now();
-        let lock_file = lock_path(&cfg.state_path);
-        let _lock = if cfg.mode.dry_run() {
-            RunLock::shared(&lock_file, cfg.lock_timeout, &cfg.root)?
-        } else {
-            RunLock::exclusive(&lock_file, cfg.lock_timeout, &cfg.root)?
-        };
+        let _lock = lock(cfg)?;
         let mut store = self.store(cfg, cfg.mode)?;
-        let interrupted = store.data_mut().state.begin_run(
-            cfg.mode.as_str(),
-            &cfg.plan_name,
-            &crate::fs::hash(cfg.plan_source.as_bytes()),
-        )?;
         let mut report = Report::new(cfg.mode, &cfg.plan_name, &cfg.root);
-        if interrupted {
-            // As for a plan: a killed run (a plugin's or a plan's) may have left temporaries.
-            let n = store
-                .data()
-                .fs
-                .sweep_temporaries()
-                .context("removing temporary files of an interrupted run")?;
-            tracing::info!(
-                removed = n,
-                "an earlier run was interrupted; removed its temporary files"
-            );
-            report.recovered_temporaries = n;
-            report.resumed = true;
-        }
+        begin_run(store.data_mut(), cfg, cfg.mode, &mut report)?;
         let info = StepInfo {
             op: "plugin".into(),
             name: format!("plugin {}", call.path),
@@ -552,25 +477,7 @@ impl Host {
         let t = Instant::now();
         let result = self.run_plugin(&mut store, &call, cfg.mode, cfg);
         let ctx = store.data_mut();
-        let left_open = ctx.dbs.abandon_open_transactions();
-        ctx.state.flush()?;
-        let mut changes = ctx.fs.take_changes();
-        changes.extend(ctx.dbs.take_changes());
-        step.duration = t.elapsed();
-        match result {
-            Ok(Ok(r)) => step.absorb(r, changes),
-            Ok(Err(e)) => step.fail(e.message, changes),
-            Err(msg) => step.fail(msg, changes),
-        }
-        if !left_open.is_empty() && step.error.is_none() {
-            step.fail(
-                format!(
-                    "the step left a transaction open on {}; it was rolled back",
-                    left_open.join(", ")
-                ),
-                Vec::new(),
-            );
-        }
+        finish_step(ctx, &mut step, result, t);
         ctx.state.journal(1, &step.name, &step.changes)?;
         report.steps.push(step);
         let outcome = if report.ok() { "ok" } else { "failed" };
@@ -579,6 +486,84 @@ impl Host {
         report.duration = started.elapsed();
         Ok(report)
     }
+}
+
+/// What running one step gave: the guest's report or its error, or the host's account of a
+/// trap, a timeout or a plugin that could not be loaded.
+type StepResultOf = std::result::Result<
+    std::result::Result<GuestReport, crate::bindings::report::StepError>,
+    String,
+>;
+
+/// Take the run lock: exclusive for an apply, shared for a dry run.
+fn lock(cfg: &RunConfig) -> Result<RunLock> {
+    let lock_file = lock_path(&cfg.state_path);
+    if cfg.mode.dry_run() {
+        RunLock::shared(&lock_file, cfg.lock_timeout, &cfg.root)
+    } else {
+        RunLock::exclusive(&lock_file, cfg.lock_timeout, &cfg.root)
+    }
+}
+
+/// Record the run's start; after an interrupted run (a plan's or a plugin's), first remove the
+/// temporary files it left.
+fn begin_run(ctx: &mut Ctx, cfg: &RunConfig, mode: Mode, report: &mut Report) -> Result<()> {
+    let plan_hash = crate::fs::hash(cfg.plan_source.as_bytes());
+    let interrupted = ctx
+        .state
+        .begin_run(mode.as_str(), &cfg.plan_name, &plan_hash)?;
+    if interrupted {
+        let n = ctx
+            .fs
+            .sweep_temporaries()
+            .context("removing temporary files of an interrupted run")?;
+        tracing::info!(
+            removed = n,
+            "an earlier run was interrupted; removed its temporary files"
+        );
+        report.recovered_temporaries = n;
+        report.resumed = true;
+    }
+    Ok(())
+}
+
+/// Close a step: roll back a transaction it left open, write its checkpoints, take the
+/// changes the host saw, and settle its outcome. True when the run must stop here.
+fn finish_step(
+    ctx: &mut Ctx,
+    step: &mut StepResult,
+    result: StepResultOf,
+    started: Instant,
+) -> bool {
+    let left_open = ctx.dbs.abandon_open_transactions();
+    let flushed = ctx.state.flush();
+    let mut changes = ctx.fs.take_changes();
+    changes.extend(ctx.dbs.take_changes());
+    step.duration = started.elapsed();
+    let mut stop = true;
+    match result {
+        Ok(Ok(r)) => {
+            step.absorb(r, changes);
+            stop = false;
+        }
+        Ok(Err(e)) => step.fail(e.message, changes),
+        Err(msg) => step.fail(msg, changes),
+    }
+    if !left_open.is_empty() && step.error.is_none() {
+        step.fail(
+            format!(
+                "the step left a transaction open on {}; it was rolled back",
+                left_open.join(", ")
+            ),
+            Vec::new(),
+        );
+        stop = true;
+    }
+    if let Err(e) = flushed {
+        step.fail(format!("could not write checkpoints: {e:#}"), Vec::new());
+        stop = true;
+    }
+    stop
 }
 
 /// Compile a component, or load it from the cache, keyed by the content's hash and the

@@ -442,14 +442,21 @@ fn usage_errors_exit_64() {
 #[test]
 fn init_writes_a_starter_that_converges_and_never_overwrites() {
     let t = Env::new();
-    t.idem(&["init"]).code(0).says("created    idem.yml").says("created    idem.schema.json");
+    t.idem(&["init"])
+        .code(0)
+        .says("created    idem.yml")
+        .says("created    idem.schema.json");
     assert!(t.exists(".github/workflows/idem.yml"));
     let schema: serde_json::Value = serde_json::from_str(&t.read("idem.schema.json")).unwrap();
     assert_eq!(schema["title"], "idem plan");
     assert_converges(&t, &[]);
     t.write("idem.yml", "steps: []\n");
     t.idem(&["init"]).code(0).says("unchanged  idem.yml");
-    assert_eq!(t.read("idem.yml"), "steps: []\n", "init overwrote an existing plan");
+    assert_eq!(
+        t.read("idem.yml"),
+        "steps: []\n",
+        "init overwrote an existing plan"
+    );
 }
 
 #[test]
