@@ -406,15 +406,10 @@ impl StateStore {
             .collect::<rusqlite::Result<Vec<_>>>()?;
         // A run that never recorded its end is either still going (it holds the run lock) or
         // was killed; the next apply marks it `interrupted`, and history says so already.
-        if runs
-            .iter()
-            .any(|r| r.ended.is_none() && r.outcome.is_none())
-            && !crate::lock::is_held(&crate::lock::lock_path(&self.path))
+        let unfinished = |r: &RunRecord| r.ended.is_none() && r.outcome.is_none();
+        if runs.iter().any(unfinished) && !crate::lock::is_held(&crate::lock::lock_path(&self.path))
         {
-            for r in runs
-                .iter_mut()
-                .filter(|r| r.ended.is_none() && r.outcome.is_none())
-            {
+            for r in runs.iter_mut().filter(|r| unfinished(r)) {
                 r.outcome = Some("interrupted".into());
             }
         }
