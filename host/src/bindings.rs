@@ -1,6 +1,6 @@
 //! The one place where the WIT contract becomes Rust: `bindgen!` for the standard guest's
 //! world, and the plugin world reusing the very same import traits, so one implementation of
-//! each capability serves both.
+//! each capability serves both. Resources map to the host types of `cap::resources`.
 
 /// Bindings of world `standard` (the standard operations guest). Its imports are the whole
 /// host API; the capability modules implement their `Host` traits.
@@ -9,10 +9,11 @@ pub mod standard {
         world: "standard",
         path: "../wit",
         imports: { default: trappable },
+        additional_derives: [PartialEq],
         with: {
-            "idem:plugin/fs.reader": crate::fs::Reader,
-            "idem:plugin/sqlite.database": crate::sqlite::DbHandle,
-            "idem:plugin/sqlite.statement": crate::sqlite::StmtHandle,
+            "idem:plugin/fs.reader": crate::cap::resources::Reader,
+            "idem:plugin/sqlite.database": crate::cap::resources::DbHandle,
+            "idem:plugin/sqlite.statement": crate::cap::resources::StmtHandle,
         },
     });
 }
@@ -39,7 +40,3 @@ pub mod plugin {
 
 pub use standard::exports::idem::plugin::plan;
 pub use standard::idem::plugin::{checkpoint, clock, fs, log, policy, report, sqlite, types};
-
-// Interfaces with types only: nothing to implement.
-impl types::Host for crate::engine::Ctx {}
-impl report::Host for crate::engine::Ctx {}

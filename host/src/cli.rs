@@ -10,9 +10,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::bindings::plan::PluginCall;
-use crate::engine::{Host, RunConfig};
 use crate::policy::Mode;
 use crate::report::{Report, exit};
+use crate::run::{Host, RunConfig};
 
 /// Make CI, cron and provisioning jobs safe to run again and again.
 ///
@@ -274,8 +274,8 @@ fn canonical_root(root: &Path) -> Result<PathBuf> {
 fn base_config(g: &Global, mode: Mode, diff: bool) -> Result<RunConfig> {
     let root = canonical_root(&g.root)?;
     let now = match &g.now {
-        Some(t) => crate::clock::parse_now(t).map_err(anyhow::Error::msg)?,
-        None => crate::clock::system_now(),
+        Some(t) => crate::cap::clock::parse_now(t).map_err(anyhow::Error::msg)?,
+        None => crate::cap::clock::system_now(),
     };
     let state_path = match &g.state {
         Some(p) => std::path::absolute(p).with_context(|| format!("state path {}", p.display()))?,

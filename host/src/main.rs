@@ -1,18 +1,18 @@
 //! `idem`: make CI, cron and provisioning jobs safe to run again and again.
+//!
+//! The modules form one direction of use: `bindings` (the WIT contract as Rust) and the
+//! leaves `policy` and `change`; `cap` (one module per capability, each on its own view of
+//! the store); `state` (runs, journal, checkpoints, the run lock); `report`; `run` (engine,
+//! stores, the plan loop, plugins); `cli` and `init` at the top. None reaches back up.
 
 mod bindings;
+mod cap;
 mod change;
-mod checkpoint;
 mod cli;
-mod clock;
-mod engine;
-mod fs;
 mod init;
-mod lock;
-mod log;
 mod policy;
 mod report;
-mod sqlite;
+mod run;
 mod state;
 
 fn main() -> std::process::ExitCode {

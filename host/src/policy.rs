@@ -1,11 +1,14 @@
-//! The run's policy: what a guest may touch and whether anything may change.
+//! A step's policy: what its guest may touch, whether anything may change, and its limits.
 //!
-//! Policy is data, built once from the command line and the plan, and asked through pure
-//! methods. Every capability calls [`Policy::resolve`] before touching a path and
-//! [`Policy::allows_database`] before opening a database; the dry-run decision lives in
-//! [`Mode`], which the capabilities consult at the single point where they would write.
+//! Policy is data, built before each step (one for the standard operations, one per plugin
+//! step) and handed to every capability view, which asks it through pure methods: every path
+//! goes through [`Policy::resolve`] before it is touched, every database through
+//! [`Policy::resolve_database`] before it is opened. The run's mode (is this a dry run?) is
+//! kept here and nowhere else; the capabilities do not consult it to decide whether to write,
+//! since the run's sink was chosen from it once (see `cap::fs::Sink`).
 
 use std::fmt;
+use std::time::Duration;
 
 /// What kind of run this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,10 +130,22 @@ pub enum PathDenied {
     Invalid(String),
 }
 
-/// What the guest may touch in this run.
+/// How much a step's guest may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock time for the step; `None` for none (the standard operations).
+    pub time: Option<Duration>,
+    /// The most the step's linear memories may grow to, in bytes.
+    pub memory: usize,
+}
+
+/// What a step's guest may touch, and how much it may use.
 #[derive(Clone, Debug)]
 pub struct Policy {
     pub mode: Mode,
+    pub limits: Limits,
+    /// Who is asking, as checkpoint scopes are prefixed: `std/`, or `plugin:PATH/`.
+    scope_prefix: String,
     /// Paths a plugin step may touch; `None` means the whole root.
     allowed_paths: Option<Vec<RelPath>>,
     /// Databases a plugin step may open; `None` means any database under the allowed paths.
@@ -140,22 +155,29 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// The policy of the standard operations: the whole root.
+    /// The policy of the standard operations: the whole root, no time limit, 2 GiB.
     pub fn new(mode: Mode) -> Self {
         Policy {
             mode,
+            limits: Limits {
+                time: None,
+                memory: 2 << 30,
+            },
+            scope_prefix: "std/".into(),
             allowed_paths: None,
             allowed_databases: None,
             allowed_text: String::new(),
         }
     }
 
-    /// A narrower policy for a plugin step: `paths` (empty: the whole root) and exactly the
-    /// `databases` named. Each entry is itself resolved against the root.
+    /// A narrower policy for the plugin at `plugin`: `paths` (empty: the whole root), exactly
+    /// the `databases` named, and `limits`. Each entry is itself resolved against the root.
     pub fn for_plugin(
         mode: Mode,
+        plugin: &str,
         paths: &[String],
         databases: &[String],
+        limits: Limits,
     ) -> Result<Self, PathDenied> {
         let base = Policy::new(mode);
         let allowed_paths = if paths.is_empty() {
@@ -176,6 +198,8 @@ impl Policy {
         );
         Ok(Policy {
             mode,
+            limits,
+            scope_prefix: format!("plugin:{plugin}/"),
             allowed_text: if paths.is_empty() {
                 "the whole root".into()
             } else {
@@ -244,6 +268,16 @@ impl Policy {
         }
     }
 
+    /// The checkpoint scope `scope` within this caller's namespace.
+    pub fn checkpoint_scope(&self, scope: &str) -> String {
+        format!("{}{scope}", self.scope_prefix)
+    }
+
+    /// The databases the step names (none for the standard operations, which may open any).
+    pub fn databases(&self) -> &[RelPath] {
+        self.allowed_databases.as_deref().unwrap_or_default()
+    }
+
     /// Whether a database at `path` (already resolved) may be opened.
     pub fn allows_database(&self, path: &RelPath) -> bool {
         match &self.allowed_databases {
@@ -287,7 +321,22 @@ mod tests {
 
     #[test]
     fn plugin_policy_narrows_paths_and_databases() {
-        let p = Policy::for_plugin(Mode::Plan, &["logs".into()], &["data/app.db".into()]).unwrap();
+        let limits = Limits {
+            time: Some(Duration::from_secs(2)),
+            memory: 1 << 20,
+        };
+        let p = Policy::for_plugin(
+            Mode::Plan,
+            "p.wasm",
+            &["logs".into()],
+            &["data/app.db".into()],
+            limits,
+        )
+        .unwrap();
+        assert_eq!(p.limits, limits);
+        assert_eq!(p.checkpoint_scope("s"), "plugin:p.wasm/s");
+        assert_eq!(Policy::new(Mode::Plan).checkpoint_scope("s"), "std/s");
+        assert_eq!(p.databases(), [p.base_resolve("data/app.db")]);
         assert!(p.resolve("logs/a.log").is_ok());
         assert!(p.resolve("logs").is_ok());
         assert!(p.resolve("logsx/a").is_err());
@@ -312,27 +361,6 @@ mod tests {
     impl Policy {
         fn base_resolve(&self, p: &str) -> RelPath {
             Policy::new(self.mode).resolve(p).unwrap()
-        }
-    }
-}
-
-// The WIT interface: the guest may ask what kind of run this is.
-mod host {
-    use super::Mode;
-    use crate::bindings::policy::{Host, RunMode};
-    use crate::engine::Ctx;
-
-    impl Host for Ctx {
-        fn mode(&mut self) -> wasmtime::Result<RunMode> {
-            Ok(match self.policy.mode {
-                Mode::Apply => RunMode::Apply,
-                Mode::Plan => RunMode::Plan,
-                Mode::Check => RunMode::Check,
-            })
-        }
-
-        fn dry_run(&mut self) -> wasmtime::Result<bool> {
-            Ok(self.policy.mode.dry_run())
         }
     }
 }

@@ -35,6 +35,72 @@ pub struct Failure {
     pub message: String,
 }
 
+impl Failure {
+    pub fn from_guest(f: crate::bindings::report::Failure) -> Self {
+        Failure {
+            item: f.item,
+            message: f.message,
+        }
+    }
+}
+
+/// What kind of failure stopped a step: a stable code (`error_kind` in the JSON report).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// The guest trapped: a panic, an `unreachable`, a crash.
+    Trap,
+    /// A time or memory limit stopped it.
+    Limit,
+    /// A plugin could not be loaded: unreadable, not a component, or not of idem's contract.
+    Load,
+    /// The guest returned an error for the step.
+    Guest,
+    /// The host failed around the step (writing checkpoints, a transaction left open).
+    Host,
+}
+
+/// Why a step failed: its kind, the message for a person, and for a guest's error the kind
+/// of host error that caused it (`denied`, `not-found`, ...), when one did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepFailure {
+    pub kind: FailureKind,
+    pub message: String,
+    pub cause: Option<&'static str>,
+}
+
+impl StepFailure {
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        StepFailure {
+            kind,
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// A step error the guest returned.
+    pub fn guest(e: crate::bindings::report::StepError) -> Self {
+        StepFailure {
+            kind: FailureKind::Guest,
+            message: e.message,
+            cause: e.cause.as_ref().map(error_code),
+        }
+    }
+}
+
+/// The stable code of a host error's kind, as the WIT variant names it.
+pub fn error_code(e: &Error) -> &'static str {
+    match e {
+        Error::Denied(_) => "denied",
+        Error::NotFound(_) => "not-found",
+        Error::WrongKind(_) => "wrong-kind",
+        Error::NotEmpty(_) => "not-empty",
+        Error::Invalid(_) => "invalid",
+        Error::Sqlite(_) => "sqlite",
+        Error::Io(_) => "io",
+    }
+}
+
 /// Named counts, serialised as a JSON object in their order.
 #[derive(Clone, Debug, Default)]
 pub struct Counters(pub Vec<(String, u64)>);
@@ -66,6 +132,12 @@ pub struct StepResult {
     pub failures: Vec<Failure>,
     pub message: Option<String>,
     pub error: Option<String>,
+    /// What kind of failure `error` is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<FailureKind>,
+    /// For a guest's error caused by a host error, that error's kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_cause: Option<&'static str>,
     pub changes: Vec<Change>,
     #[serde(rename = "duration_ms", serialize_with = "ms")]
     pub duration: Duration,
@@ -84,6 +156,8 @@ impl StepResult {
             failures: Vec::new(),
             message: None,
             error: None,
+            error_kind: None,
+            error_cause: None,
             changes: Vec::new(),
             duration: Duration::ZERO,
         }
@@ -102,9 +176,11 @@ impl StepResult {
     }
 
     /// The step failed as a whole; what it changed before failing is still reported.
-    pub fn fail(&mut self, message: String, changes: Vec<Change>) {
+    pub fn fail(&mut self, failure: StepFailure, changes: Vec<Change>) {
         self.outcome = Outcome::Failed;
-        self.error = Some(message);
+        self.error = Some(failure.message);
+        self.error_kind = Some(failure.kind);
+        self.error_cause = failure.cause;
         self.changes.extend(changes);
     }
 }
@@ -146,11 +222,22 @@ pub struct VerifyChange {
     pub change: Change,
 }
 
+/// A step of the second run of `apply --verify` that failed instead of reporting.
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifyError {
+    pub step: usize,
+    pub name: String,
+    pub message: String,
+}
+
 /// The result of `apply --verify`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Verify {
     pub ok: bool,
     pub changes: Vec<VerifyChange>,
+    /// Steps whose second run failed: then nothing proves convergence.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<VerifyError>,
 }
 
 /// The whole run.
@@ -414,11 +501,26 @@ impl Report {
                     paint("32", "verified: a second run changes nothing")
                 )?;
             } else {
-                writeln!(
-                    out,
-                    "{}",
-                    paint("31;1", "NOT IDEMPOTENT: a second run would still change:")
-                )?;
+                if !v.changes.is_empty() {
+                    writeln!(
+                        out,
+                        "{}",
+                        paint("31;1", "NOT IDEMPOTENT: a second run would still change:")
+                    )?;
+                }
+                for e in &v.errors {
+                    writeln!(
+                        out,
+                        "{}",
+                        paint(
+                            "31;1",
+                            &format!(
+                                "NOT VERIFIED: the second run failed at step {} ({}): {}",
+                                e.step, e.name, e.message
+                            )
+                        )
+                    )?;
+                }
                 for c in &v.changes {
                     writeln!(
                         out,

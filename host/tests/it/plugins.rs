@@ -771,3 +771,214 @@ fn compiled_plugins_are_cached_so_a_second_run_does_not_compile() {
     uncached.code(0).says("compiled a component");
     assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), cached);
 }
+
+// One store per plugin step (issue 11): a plugin step's stderr, memory, resources and
+// database connections are its own and end with it.
+
+/// Run idem on `t` with `args`, and return the run and the peak resident memory of the idem
+/// process in MiB (from `wait4`, so other tests' processes do not count).
+fn idem_with_peak_rss(t: &Env, args: &[&str], nofile: Option<u64>) -> (Run, u64) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = t.cmd();
+    cmd.args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(n) = nofile {
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    // Reaped below with wait4, which also gives its resource usage.
+    #[allow(clippy::zombie_processes)]
+    let mut child = cmd.spawn().expect("running idem");
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut err, &mut s).unwrap();
+        s
+    });
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut out, &mut stdout).unwrap();
+    let stderr = reader.join().unwrap();
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value for wait4 to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: the pid is our own unwaited child; the pointers are valid for the call.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32, "wait4");
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    // Linux reports ru_maxrss in KiB.
+    let peak = usage.ru_maxrss as u64 / 1024;
+    (
+        Run {
+            code,
+            stdout,
+            stderr,
+        },
+        peak,
+    )
+}
+
+#[test]
+fn plugin_that_writes_200_kb_to_stderr_succeeds() {
+    let s = Sandbox::new();
+    let cfg = json!({"mode": "stderr", "size": 200 * 1024, "path": "out.txt", "content": "done\n"});
+    let r = s.run(cfg, &["--format", "json"]);
+    r.code(0);
+    let written = r.json()["steps"][0]["counters"]["stderr-bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(written >= 200 * 1024, "{written}");
+    assert_eq!(s.t.read("root/out.txt"), "done\n");
+}
+
+#[test]
+fn a_second_plugin_step_does_not_see_the_first_ones_stderr() {
+    let t = Env::new();
+    t.write("p.wasm", &built().hostile);
+    t.write(
+        "idem.yml",
+        "steps:\n  - plugin: p.wasm\n    config: { mode: stderr, path: one.txt, content: said-by-step-one }\n  - plugin: p.wasm\n    config: { mode: panic, content: said-by-step-two }\n",
+    );
+    let r = t.json(&["apply"], 1);
+    let err = r["steps"][1]["error"].as_str().unwrap();
+    assert!(err.contains("said-by-step-two"), "{err}");
+    assert!(err.contains("panicking as asked"), "{err}");
+    assert!(
+        !err.contains("said-by-step-one"),
+        "step 1's stderr leaked: {err}"
+    );
+    assert_eq!(r["steps"][1]["error_kind"], "trap");
+}
+
+#[test]
+fn each_plugin_step_frees_its_memory_when_it_ends() {
+    let t = Env::new();
+    t.write("p.wasm", &built().hostile);
+    let mut plan = String::from("steps:\n");
+    for _ in 0..6 {
+        plan.push_str("  - plugin: p.wasm\n    config: { mode: hold-memory, size: 120 }\n");
+    }
+    t.write("idem.yml", &plan);
+    let (r, peak) = idem_with_peak_rss(&t, &["apply"], None);
+    r.code(0);
+    // Six steps of 120 MiB each: kept until the run ended, they took the host past 700 MiB.
+    assert!(
+        peak < 400,
+        "host peak RSS {peak} MiB over six 120 MiB steps"
+    );
+}
+
+#[test]
+fn each_plugin_step_closes_the_handles_it_leaked() {
+    let t = Env::new();
+    t.write("p.wasm", &built().hostile);
+    t.write("data.txt", "x\n");
+    let mut plan = String::from("steps:\n");
+    for _ in 0..4 {
+        plan.push_str(
+            "  - plugin: p.wasm\n    config: { mode: leak-readers, path: data.txt, count: 150 }\n",
+        );
+    }
+    t.write("idem.yml", &plan);
+    // 600 readers in all against 256 descriptors: only if each step's resources end with it.
+    let (r, _) = idem_with_peak_rss(&t, &["apply"], Some(256));
+    r.code(0);
+}
+
+#[test]
+fn connection_state_a_plugin_creates_ends_with_its_step() {
+    let t = Env::new();
+    t.write("p.wasm", &built().hostile);
+    t.write(
+        "idem.yml",
+        "steps:\n  - plugin: p.wasm\n    config: { mode: upsert, database: app.db, items: [a] }\n    databases: [app.db]\n  - plugin: p.wasm\n    config: { mode: sql, database: app.db, sql: \"CREATE TEMP TRIGGER dup AFTER INSERT ON items BEGIN INSERT OR IGNORE INTO items VALUES (new.name || '-dup', 0); END\" }\n    databases: [app.db]\n  - plugin: p.wasm\n    config: { mode: upsert, database: app.db, items: [a, bb] }\n    databases: [app.db]\n",
+    );
+    for mode in ["plan", "apply"] {
+        let r = t.json(&[mode], 0);
+        assert_eq!(
+            r["steps"][2]["counters"],
+            json!({"written": 1, "unchanged": 1}),
+            "{mode}"
+        );
+    }
+    assert_eq!(
+        t.rows("app.db", "SELECT name, len FROM items ORDER BY name"),
+        ["a|1", "bb|2"],
+        "the TEMP trigger of step 2 fired in step 3"
+    );
+}
+
+/// Issue 11: a second run that fails is an error of `--verify`, not a made-up change.
+#[test]
+fn verify_reports_a_failed_second_run_as_an_error_not_as_a_change() {
+    let t = Env::new();
+    t.write("p.wasm", &built().hostile);
+    t.write(
+        "idem.yml",
+        "steps:\n  - plugin: p.wasm\n    config: { mode: once-only, path: once.txt }\n",
+    );
+    let r = t.json(&["apply", "--verify"], 3);
+    assert_eq!(r["verify"]["ok"], false);
+    assert_eq!(r["verify"]["changes"], json!([]));
+    assert_eq!(r["verify"]["errors"][0]["step"], 1);
+    let msg = r["verify"]["errors"][0]["message"].as_str().unwrap();
+    assert!(msg.contains("once.txt is there already"), "{msg}");
+    std::fs::remove_file(t.path("once.txt")).unwrap();
+    t.idem(&["apply", "--verify"])
+        .code(3)
+        .says("NOT VERIFIED: the second run failed at step 1");
+}
+
+/// Issue 11: failures are typed in the report: what stopped a step, and what caused a guest's
+/// error, as stable codes rather than words to match.
+#[test]
+fn failures_carry_their_kind_and_cause_in_the_json_report() {
+    let s = Sandbox::new();
+    let kind = |config: Value, extra: &[&str]| {
+        let mut args = vec!["--format", "json"];
+        args.extend(extra);
+        let r = s.run(config, &args);
+        r.code(1);
+        let step = &r.json()["steps"][0];
+        (
+            step["error_kind"].as_str().unwrap_or("").to_string(),
+            step["error_cause"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    assert_eq!(
+        kind(json!({"mode": "write", "path": "../x"}), &[]),
+        ("guest".into(), "denied".into())
+    );
+    assert_eq!(
+        kind(json!({"mode": "read", "path": "none.txt"}), &[]),
+        ("guest".into(), "not-found".into())
+    );
+    assert_eq!(
+        kind(json!({"mode": "loop"}), &["--plugin-timeout", "1"]),
+        ("limit".into(), String::new())
+    );
+    assert_eq!(
+        kind(json!({"mode": "panic", "content": "x"}), &[]),
+        ("trap".into(), String::new())
+    );
+    s.t.write("root/junk.wasm", "not wasm");
+    let r =
+        s.t.idem(&["-C", "root", "run", "junk.wasm", "--format", "json"]);
+    r.code(1);
+    assert_eq!(r.json()["steps"][0]["error_kind"], "load");
+}

@@ -17,6 +17,13 @@
 //! - `checkpoint`: for each of `items` not yet done, write `path/ITEM.txt` and mark it done;
 //!   fail at `fail-at` when given.
 //! - `well-behaved`: ensure `path` holds `content`.
+//! - `stderr`: write `size` bytes of noise and then `content` to standard error, then behave
+//!   as `well-behaved`.
+//! - `panic`: write `content` to standard error, then panic.
+//! - `hold-memory`: allocate and touch `size` MiB, keep it, and succeed.
+//! - `leak-readers`: open `count` readers of `path` and never close them, and succeed.
+//! - `once-only`: write `path`, but fail when it is already there (a step that never
+//!   converges: its second run fails).
 //! - `upsert`: ensure table `items (name, len)` of `database` holds one row per item, in one
 //!   transaction, writing only rows that differ (a well-behaved database step).
 
@@ -38,6 +45,8 @@ struct Config {
     content: String,
     items: Vec<String>,
     fail_at: Option<String>,
+    size: u64,
+    count: u64,
 }
 
 /// The component: the `step` export.
@@ -204,6 +213,41 @@ impl Guest for Hostile {
             "well-behaved" => {
                 fs::write_atomic(&c.path, c.content.as_bytes(), None)
                     .map_err(|e| host(&c.path, e))?;
+                Ok(report(&[]))
+            }
+            "stderr" => {
+                let line = "noise noise noise noise noise noise noise noise noise noise\n";
+                let mut written = 0;
+                while written < c.size {
+                    eprint!("{line}");
+                    written += line.len() as u64;
+                }
+                eprintln!("{}", c.content);
+                fs::write_atomic(&c.path, c.content.as_bytes(), None)
+                    .map_err(|e| host(&c.path, e))?;
+                Ok(report(&[("stderr-bytes", written)]))
+            }
+            "panic" => {
+                eprintln!("{}", c.content);
+                panic!("hostile plugin: panicking as asked");
+            }
+            "hold-memory" => {
+                let held: Vec<u8> = std::hint::black_box(vec![1u8; (c.size as usize) << 20]);
+                std::mem::forget(held);
+                Ok(report(&[("held-mib", c.size)]))
+            }
+            "leak-readers" => {
+                for _ in 0..c.count {
+                    let r = fs::open_reader(&c.path).map_err(|e| host(&c.path, e))?;
+                    std::mem::forget(r);
+                }
+                Ok(report(&[("readers", c.count)]))
+            }
+            "once-only" => {
+                if fs::stat(&c.path).map_err(|e| host(&c.path, e))?.is_some() {
+                    return Err(own(format!("{} is there already", c.path)));
+                }
+                fs::write_atomic(&c.path, b"once\n", None).map_err(|e| host(&c.path, e))?;
                 Ok(report(&[]))
             }
             other => Err(own(format!("unknown mode {other:?}"))),

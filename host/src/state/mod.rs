@@ -17,7 +17,10 @@ use anyhow::{Context, Result};
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
+use crate::cap::checkpoint::Marks;
 use crate::change::Change;
+
+pub mod lock;
 
 /// Marks buffered before they are written in one transaction.
 const MARK_BATCH: usize = 4096;
@@ -61,6 +64,20 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     PRIMARY KEY (scope, key)
 ) WITHOUT ROWID;
 ";
+
+impl Marks for StateStore {
+    fn done(&self, scope: &str, keys: &[String]) -> Result<Vec<bool>> {
+        StateStore::done(self, scope, keys)
+    }
+
+    fn mark(&mut self, scope: &str, keys: &[String]) -> Result<()> {
+        StateStore::mark(self, scope, keys)
+    }
+
+    fn clear(&mut self, scope: &str) -> Result<()> {
+        StateStore::clear(self, scope)
+    }
+}
 
 /// One run, as `idem history` shows it.
 #[derive(Debug, Serialize)]
@@ -226,7 +243,7 @@ impl StateStore {
                 plan,
                 plan_hash,
                 std::process::id(),
-                crate::lock::hostname(),
+                lock::hostname(),
                 std::env::var("GITHUB_RUN_ID").ok(),
                 std::env::var("GITHUB_RUN_ATTEMPT").ok(),
             ],
@@ -407,8 +424,7 @@ impl StateStore {
         // A run that never recorded its end is either still going (it holds the run lock) or
         // was killed; the next apply marks it `interrupted`, and history says so already.
         let unfinished = |r: &RunRecord| r.ended.is_none() && r.outcome.is_none();
-        if runs.iter().any(unfinished) && !crate::lock::is_held(&crate::lock::lock_path(&self.path))
-        {
+        if runs.iter().any(unfinished) && !lock::is_held(&lock::lock_path(&self.path)) {
             for r in runs.iter_mut().filter(|r| unfinished(r)) {
                 r.outcome = Some("interrupted".into());
             }
@@ -517,8 +533,8 @@ mod tests {
     fn history_shows_an_unfinished_run_as_running_only_while_the_lock_is_held() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
-        let lock = crate::lock::RunLock::exclusive(
-            &crate::lock::lock_path(&path),
+        let lock = lock::RunLock::exclusive(
+            &lock::lock_path(&path),
             std::time::Duration::ZERO,
             dir.path(),
         )

@@ -57,7 +57,7 @@ impl RunLock {
             "pid {} on {} since {}",
             std::process::id(),
             hostname(),
-            crate::state::timestamp()
+            super::timestamp()
         );
         file.set_len(0)?;
         file.rewind()?;

@@ -8,7 +8,11 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use crate::bindings::log::{Host, Level};
-use crate::engine::Ctx;
+
+/// What the `log` interface sees of the store: the run's progress display.
+pub struct LogView<'a> {
+    pub progress: &'a mut Progress,
+}
 
 /// Progress display state for the current step.
 pub struct Progress {
@@ -81,7 +85,7 @@ impl Progress {
     }
 }
 
-impl Host for Ctx {
+impl Host for LogView<'_> {
     fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         match level {
             Level::Trace => tracing::trace!(target: "idem::guest", "{message}"),

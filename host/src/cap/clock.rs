@@ -4,7 +4,11 @@
 
 use crate::bindings::clock::Host;
 use crate::bindings::types::Datetime;
-use crate::engine::Ctx;
+
+/// What the `clock` interface sees of the store: the run's one instant.
+pub struct ClockView {
+    pub now: Datetime,
+}
 
 /// Parse `--now`: Unix seconds, or RFC 3339 in UTC (`2026-01-31T12:00:00Z`).
 pub fn parse_now(text: &str) -> Result<Datetime, String> {
@@ -60,7 +64,7 @@ pub fn system_now() -> Datetime {
     }
 }
 
-impl Host for Ctx {
+impl Host for ClockView {
     fn now(&mut self) -> wasmtime::Result<Datetime> {
         Ok(self.now)
     }

@@ -1,0 +1,49 @@
+//! The checkpoint capability: progress marks in the state store, so a retried run resumes.
+//!
+//! Scopes are namespaced by who asks (the standard operations, or a plugin by its path: the
+//! step's [`Policy`] says which), so two plugins never see each other's marks. The store
+//! itself is reached through the narrow [`Marks`] trait, which the state store implements;
+//! under a dry run it keeps marks in memory only.
+
+use crate::bindings::checkpoint::Host;
+use crate::bindings::types::Error;
+use crate::policy::Policy;
+
+/// What the checkpoint capability needs of a store of marks.
+pub trait Marks {
+    /// Which of `keys` are marked done in `scope`, one answer per key.
+    fn done(&self, scope: &str, keys: &[String]) -> anyhow::Result<Vec<bool>>;
+    /// Mark `keys` done in `scope`.
+    fn mark(&mut self, scope: &str, keys: &[String]) -> anyhow::Result<()>;
+    /// Forget every mark of `scope`.
+    fn clear(&mut self, scope: &str) -> anyhow::Result<()>;
+}
+
+/// What the `checkpoint` interface sees of the store.
+pub struct CheckpointView<'a> {
+    pub marks: &'a mut dyn Marks,
+    pub policy: &'a Policy,
+}
+
+type R<T> = wasmtime::Result<Result<T, Error>>;
+
+fn state_error(e: anyhow::Error) -> Error {
+    Error::Io(format!("state store: {e:#}"))
+}
+
+impl Host for CheckpointView<'_> {
+    fn done(&mut self, scope: String, keys: Vec<String>) -> R<Vec<bool>> {
+        let scope = self.policy.checkpoint_scope(&scope);
+        Ok(self.marks.done(&scope, &keys).map_err(state_error))
+    }
+
+    fn mark(&mut self, scope: String, keys: Vec<String>) -> R<()> {
+        let scope = self.policy.checkpoint_scope(&scope);
+        Ok(self.marks.mark(&scope, &keys).map_err(state_error))
+    }
+
+    fn clear(&mut self, scope: String) -> R<()> {
+        let scope = self.policy.checkpoint_scope(&scope);
+        Ok(self.marks.clear(&scope).map_err(state_error))
+    }
+}

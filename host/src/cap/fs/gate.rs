@@ -1,0 +1,292 @@
+//! The write gate: the only door from the file capability's decision code to its [`Sink`],
+//! recording every change that goes through.
+//!
+//! A change is recorded when, and only when, the sink carried it out (or planned it): a
+//! failed mutation records nothing, and no mutation reaches the sink unrecorded. What is
+//! recorded is what the host saw, so a step's outcome never rests on the guest's word.
+
+use std::io;
+
+use cap_std::fs::Dir;
+
+use super::sink::{Found, Sink};
+use crate::bindings::fs::Metadata;
+use crate::change::{Change, ChangeKind};
+use crate::policy::RelPath;
+
+/// Files larger than this get no diff, only a note.
+const DIFF_LIMIT: usize = 1 << 20;
+
+/// The sink of this run and the changes made through it since they were last taken.
+pub struct Gate {
+    sink: Box<dyn Sink + Send>,
+    changes: Vec<Change>,
+    /// Whether to compute diffs of file updates (`--diff`).
+    diffs: bool,
+}
+
+/// SHA-256 of `data`, in hex.
+pub fn hash(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(data);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A unified diff of two versions of `path`, or a note when one cannot be shown.
+pub fn diff(path: &str, old: &[u8], new: &[u8]) -> String {
+    if old.len() > DIFF_LIMIT || new.len() > DIFF_LIMIT {
+        return format!("(no diff: {path} is larger than 1 MiB)\n");
+    }
+    match (std::str::from_utf8(old), std::str::from_utf8(new)) {
+        (Ok(o), Ok(n)) if !o.contains('\0') && !n.contains('\0') => {
+            similar::TextDiff::from_lines(o, n)
+                .unified_diff()
+                .context_radius(3)
+                .header(&format!("a/{path}"), &format!("b/{path}"))
+                .to_string()
+        }
+        _ => format!("Binary file {path} differs\n"),
+    }
+}
+
+impl Gate {
+    pub fn new(sink: Box<dyn Sink + Send>, diffs: bool) -> Self {
+        Gate {
+            sink,
+            changes: Vec::new(),
+            diffs,
+        }
+    }
+
+    /// The changes since the last call.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
+    fn record(&mut self, change: Change) {
+        tracing::debug!(kind = change.kind.as_str(), path = %change.path, "change");
+        self.changes.push(change);
+    }
+
+    // Queries: what the sink itself holds.
+
+    pub fn planned(&self, path: &RelPath) -> Option<Found> {
+        self.sink.planned(path)
+    }
+
+    pub fn planned_children(&self, dir: &RelPath) -> Vec<(String, Option<Metadata>)> {
+        self.sink.planned_children(dir)
+    }
+
+    pub fn disk_is_frozen(&self) -> bool {
+        self.sink.disk_is_frozen()
+    }
+
+    // Mutations: each carried out by the sink, then recorded.
+
+    pub fn mkdir(
+        &mut self,
+        root: &Dir,
+        path: &RelPath,
+        mode: Option<u32>,
+        effective: u32,
+    ) -> io::Result<()> {
+        self.sink.mkdir(root, path, mode, effective)?;
+        self.record(Change::new(ChangeKind::CreateDir, path.as_str()));
+        Ok(())
+    }
+
+    /// Write `content` over `old` (the current content, `None` for a new file).
+    pub fn write_file(
+        &mut self,
+        root: &Dir,
+        parent: &RelPath,
+        path: &RelPath,
+        content: Vec<u8>,
+        mode: u32,
+        old: Option<&[u8]>,
+    ) -> io::Result<()> {
+        let mut change = Change::new(
+            if old.is_some() {
+                ChangeKind::UpdateFile
+            } else {
+                ChangeKind::CreateFile
+            },
+            path.as_str(),
+        );
+        change.before = old.map(hash);
+        change.after = Some(hash(&content));
+        if self.diffs {
+            change.diff = Some(diff(path.as_str(), old.unwrap_or_default(), &content));
+        }
+        self.sink.replace_file(root, parent, path, content, mode)?;
+        self.record(change);
+        Ok(())
+    }
+
+    pub fn chmod(
+        &mut self,
+        root: &Dir,
+        path: &RelPath,
+        mode: u32,
+        current: &Found,
+    ) -> io::Result<()> {
+        self.sink.chmod(root, path, mode, current)?;
+        self.record(Change::new(ChangeKind::SetMode, path.as_str()));
+        Ok(())
+    }
+
+    pub fn unlink(&mut self, root: &Dir, dir: Option<&Dir>, path: &RelPath) -> io::Result<()> {
+        self.sink.unlink(root, dir, path)?;
+        self.record(Change::new(ChangeKind::RemoveFile, path.as_str()));
+        Ok(())
+    }
+
+    pub fn rmdir(&mut self, root: &Dir, path: &RelPath, recursive: bool) -> io::Result<()> {
+        if recursive {
+            self.sink.rmtree(root, path)?;
+        } else {
+            self.sink.rmdir(root, path)?;
+        }
+        self.record(Change::new(ChangeKind::RemoveDir, path.as_str()));
+        Ok(())
+    }
+
+    /// Not a change of the tree's planned state: cleaning up after a killed run.
+    pub fn sweep_temporaries(&mut self, root: &Dir) -> io::Result<usize> {
+        self.sink.sweep_temporaries(root)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::disk::Disk;
+    use super::super::overlay::Overlay;
+    use super::*;
+    use crate::bindings::types::Datetime;
+    use crate::policy::{Mode, Policy};
+
+    fn p(s: &str) -> RelPath {
+        Policy::new(Mode::Apply).resolve(s).unwrap()
+    }
+
+    fn sinks() -> Vec<(&'static str, Box<dyn Sink + Send>)> {
+        vec![
+            ("disk", Box::new(Disk::default())),
+            (
+                "overlay",
+                Box::new(Overlay::new(Datetime {
+                    seconds: 0,
+                    nanoseconds: 0,
+                })),
+            ),
+        ]
+    }
+
+    /// Every mutation, through either sink, records exactly one change of its kind; the
+    /// overlay leaves the directory as it was, the disk does what it says.
+    #[test]
+    fn every_mutation_is_recorded_once_whichever_the_sink() {
+        for (name, sink) in sinks() {
+            let t = tempfile::tempdir().unwrap();
+            std::fs::write(t.path().join("old"), "old").unwrap();
+            std::fs::create_dir(t.path().join("full")).unwrap();
+            std::fs::write(t.path().join("full/x"), "x").unwrap();
+            let root = Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
+            let mut g = Gate::new(sink, true);
+            let real = Found::Real(Metadata {
+                kind: crate::bindings::fs::Kind::File,
+                size: 3,
+                mode: 0o644,
+                modified: Datetime {
+                    seconds: 0,
+                    nanoseconds: 0,
+                },
+            });
+            g.mkdir(&root, &p("d"), Some(0o700), 0o700).unwrap();
+            g.write_file(&root, &p(""), &p("new"), b"n\n".to_vec(), 0o644, None)
+                .unwrap();
+            g.write_file(
+                &root,
+                &p(""),
+                &p("old"),
+                b"o2\n".to_vec(),
+                0o644,
+                Some(b"old"),
+            )
+            .unwrap();
+            g.chmod(&root, &p("old"), 0o600, &real).unwrap();
+            g.unlink(&root, None, &p("new")).unwrap();
+            g.rmdir(&root, &p("d"), false).unwrap();
+            g.rmdir(&root, &p("full"), true).unwrap();
+            let kinds: Vec<(&str, String)> = g
+                .take_changes()
+                .iter()
+                .map(|c| (c.kind.as_str(), c.path.clone()))
+                .collect();
+            let want: Vec<(&str, String)> = [
+                ("create-dir", "d"),
+                ("create-file", "new"),
+                ("update-file", "old"),
+                ("set-mode", "old"),
+                ("remove-file", "new"),
+                ("remove-dir", "d"),
+                ("remove-dir", "full"),
+            ]
+            .iter()
+            .map(|(k, p)| (*k, p.to_string()))
+            .collect();
+            assert_eq!(kinds, want, "sink {name}");
+            assert!(g.take_changes().is_empty(), "taken once");
+            let mut left: Vec<String> = std::fs::read_dir(t.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            left.sort();
+            match name {
+                "disk" => {
+                    assert_eq!(left, ["old"]);
+                    assert_eq!(std::fs::read(t.path().join("old")).unwrap(), b"o2\n");
+                }
+                _ => {
+                    assert_eq!(left, ["full", "old"]);
+                    assert_eq!(std::fs::read(t.path().join("old")).unwrap(), b"old");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_mutation_records_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
+        let mut g = Gate::new(Box::new(Disk::default()), false);
+        assert!(g.unlink(&root, None, &p("missing")).is_err());
+        assert!(g.mkdir(&root, &p("no/parent"), None, 0o755).is_err());
+        assert!(
+            g.write_file(&root, &p("no"), &p("no/f"), vec![], 0o644, None)
+                .is_err()
+        );
+        assert!(g.take_changes().is_empty());
+        assert_eq!(
+            std::fs::read_dir(t.path()).unwrap().count(),
+            0,
+            "no temporary left"
+        );
+    }
+
+    #[test]
+    fn file_writes_carry_hashes_and_a_diff_when_asked() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
+        let mut g = Gate::new(Box::new(Disk::default()), true);
+        g.write_file(&root, &p(""), &p("f"), b"b\n".to_vec(), 0o644, Some(b"a\n"))
+            .unwrap();
+        let c = &g.take_changes()[0];
+        assert_eq!(c.before.as_deref(), Some(hash(b"a\n").as_str()));
+        assert_eq!(c.after.as_deref(), Some(hash(b"b\n").as_str()));
+        let d = c.diff.as_deref().unwrap();
+        assert!(d.contains("-a\n") && d.contains("+b\n"), "{d}");
+        assert_eq!(diff("x", b"\0", b"y"), "Binary file x differs\n");
+    }
+}

@@ -1,0 +1,677 @@
+//! The file capability: files and directories under the root, and nothing else.
+//!
+//! It owns a `cap_std` handle on the root, so every open is resolved beneath it by the
+//! operating system: absolute paths and `..` are refused lexically by the step's
+//! [`Policy`](crate::policy::Policy), and symbolic links that lead out of the root are refused
+//! by `cap_std` when they are followed.
+//!
+//! Every mutating method starts with its guard (mode bits, kind of what is there, parent),
+//! decides from the [`Found`] state of the path, and then calls the one write [`Gate`], which
+//! hands the change to the run's [`Sink`] (the disk under apply, the [`Overlay`] under a dry
+//! run) and records it. The decision code is the same in both modes and never asks which
+//! one it is in; later calls see the overlay, so a dry run of dependent steps predicts
+//! exactly what an apply does.
+
+mod disk;
+mod gate;
+mod host;
+mod overlay;
+mod sink;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::Arc;
+
+use cap_std::fs::{Dir, MetadataExt};
+
+pub use disk::Disk;
+pub use gate::hash;
+pub use host::FsView;
+pub use overlay::Overlay;
+pub use sink::{Found, Planned, Sink};
+
+use self::gate::Gate;
+use crate::bindings::fs::{Change as Done, Entry, Kind, Metadata};
+use crate::bindings::types::{Datetime, Error};
+use crate::cap::resources::Reader;
+use crate::change::Change;
+use crate::policy::RelPath;
+
+/// The result of a capability call as the guest sees it.
+pub type CapResult<T> = Result<T, Error>;
+
+/// How many directories' listings a dry run remembers.
+const LISTED_DIRS: usize = 1024;
+
+/// The file capability's state for one run.
+pub struct FsCap {
+    root: Dir,
+    gate: Gate,
+    /// The run's clock.
+    now: Datetime,
+    /// The process umask, for the mode of new files and directories.
+    umask: u32,
+    /// While the disk is frozen (a dry run), the kinds of the entries of recently listed
+    /// directories, as on disk: they stay true, so a cleanup's removals need not stat again
+    /// every file its listing just saw.
+    listed: RefCell<HashMap<RelPath, HashMap<String, Kind>>>,
+}
+
+fn datetime_of(meta: &cap_std::fs::Metadata) -> Datetime {
+    Datetime {
+        seconds: meta.mtime(),
+        nanoseconds: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
+    }
+}
+
+fn metadata_of(meta: &cap_std::fs::Metadata) -> Metadata {
+    let ft = meta.file_type();
+    let kind = if ft.is_symlink() {
+        Kind::Symlink
+    } else if ft.is_dir() {
+        Kind::Directory
+    } else if ft.is_file() {
+        Kind::File
+    } else {
+        Kind::Other
+    };
+    Metadata {
+        kind,
+        size: if kind == Kind::Directory {
+            0
+        } else {
+            meta.len()
+        },
+        mode: meta.mode() & 0o7777,
+        modified: datetime_of(meta),
+    }
+}
+
+/// A path's state from its `lstat` on disk: absent when it (or a parent) is not there.
+fn real_state(path: &RelPath, lstat: io::Result<cap_std::fs::Metadata>) -> CapResult<Found> {
+    match lstat {
+        Ok(m) => Ok(Found::Real(metadata_of(&m))),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(Found::Absent)
+        }
+        Err(e) => Err(io_error(path, e)),
+    }
+}
+
+/// True for `cap_std`'s refusal of a path that leads out of the root. It is the one
+/// `PermissionDenied` that carries no OS error code (a real EACCES always has one).
+fn is_escape(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::PermissionDenied && e.raw_os_error().is_none()
+}
+
+/// Map an I/O error on `path` to the error the guest sees, by kind.
+pub fn io_error(path: &RelPath, e: io::Error) -> Error {
+    if is_escape(&e) {
+        return Error::Denied(format!(
+            "{path} leads outside the root through a symbolic link"
+        ));
+    }
+    let msg = format!("{path}: {e}");
+    match e.kind() {
+        io::ErrorKind::NotFound => Error::NotFound(msg),
+        io::ErrorKind::AlreadyExists
+        | io::ErrorKind::NotADirectory
+        | io::ErrorKind::IsADirectory => Error::WrongKind(msg),
+        io::ErrorKind::DirectoryNotEmpty => Error::NotEmpty(msg),
+        _ => Error::Io(msg),
+    }
+}
+
+fn umask() -> u32 {
+    // SAFETY: umask only swaps the process mask; it is read and restored at once, before any
+    // other thread creates files.
+    unsafe {
+        let old = libc::umask(0o022);
+        libc::umask(old);
+        old as u32
+    }
+}
+
+fn check_mode(mode: Option<u32>) -> CapResult<()> {
+    match mode {
+        Some(m) if m > 0o7777 => Err(Error::Invalid(format!("mode {m:o} has bits beyond 0o7777"))),
+        _ => Ok(()),
+    }
+}
+
+impl FsCap {
+    /// The capability over `root`, opened by the caller (the only ambient-authority step),
+    /// with changes going to `sink`.
+    pub fn new(root: Dir, sink: Box<dyn Sink + Send>, now: Datetime, diffs: bool) -> Self {
+        FsCap {
+            root,
+            gate: Gate::new(sink, diffs),
+            now,
+            umask: umask(),
+            listed: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The changes since the last call.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        self.gate.take_changes()
+    }
+
+    /// How this run sees `path`.
+    fn found(&self, path: &RelPath) -> CapResult<Found> {
+        match self.gate.planned(path) {
+            Some(f) => Ok(f),
+            None => real_state(path, self.root.symlink_metadata(path.as_fs())),
+        }
+    }
+
+    /// True when `found` is a directory, following a symbolic link on disk (as `mkdir -p`
+    /// does). A link that leads out of the root is `denied`, so the guest hears why, not "not
+    /// a directory".
+    fn is_dir(&self, path: &RelPath, found: &Found) -> CapResult<bool> {
+        match found {
+            Found::Real(m) if m.kind == Kind::Symlink => match self.root.metadata(path.as_fs()) {
+                Ok(m) => Ok(m.is_dir()),
+                Err(e) => match io_error(path, e) {
+                    denied @ Error::Denied(_) => Err(denied),
+                    _ => Ok(false),
+                },
+            },
+            f => Ok(f.kind() == Some(Kind::Directory)),
+        }
+    }
+
+    /// The current content of a file as this run sees it.
+    fn content(&self, path: &RelPath, found: &Found) -> CapResult<Arc<Vec<u8>>> {
+        match found {
+            Found::Planned(Planned::File { data: Some(d), .. }) => Ok(d.clone()),
+            Found::Planned(Planned::File { data: None, .. }) | Found::Real(_) => {
+                if found.kind() != Some(Kind::File) {
+                    return Err(Error::WrongKind(format!("{path} is not a regular file")));
+                }
+                self.root
+                    .read(path.as_fs())
+                    .map(Arc::new)
+                    .map_err(|e| io_error(path, e))
+            }
+            Found::Planned(Planned::Dir { .. }) => {
+                Err(Error::WrongKind(format!("{path} is a directory")))
+            }
+            Found::Absent => Err(Error::NotFound(format!("{path} does not exist"))),
+        }
+    }
+
+    /// `stat`: the metadata of a path, or none.
+    pub fn stat(&self, path: &RelPath) -> CapResult<Option<Metadata>> {
+        Ok(self.found(path)?.metadata())
+    }
+
+    /// `read`: the whole content of a file.
+    pub fn read(&self, path: &RelPath) -> CapResult<Vec<u8>> {
+        let found = self.found(path)?;
+        Ok(Arc::unwrap_or_clone(self.content(path, &found)?))
+    }
+
+    /// `open-reader`: a chunked reader over a file.
+    pub fn open_reader(&self, path: &RelPath) -> CapResult<Reader> {
+        let found = self.found(path)?;
+        match &found {
+            Found::Planned(Planned::File { data: Some(d), .. }) => Ok(Reader::Memory {
+                data: d.clone(),
+                pos: 0,
+            }),
+            f if f.kind() == Some(Kind::File) => self
+                .root
+                .open(path.as_fs())
+                .map(Reader::File)
+                .map_err(|e| io_error(path, e)),
+            f if f.kind().is_none() => Err(Error::NotFound(format!("{path} does not exist"))),
+            _ => Err(Error::WrongKind(format!("{path} is not a regular file"))),
+        }
+    }
+
+    /// `list-dir`: every entry of a directory with metadata, sorted by name.
+    pub fn list_dir(&self, path: &RelPath) -> CapResult<Vec<Entry>> {
+        let found = self.found(path)?;
+        if found.kind().is_none() {
+            return Err(Error::NotFound(format!("{path} does not exist")));
+        }
+        if !self.is_dir(path, &found)? {
+            return Err(Error::WrongKind(format!("{path} is not a directory")));
+        }
+        let mut entries: BTreeMap<String, Metadata> = BTreeMap::new();
+        let real = !matches!(
+            found,
+            Found::Planned(Planned::Dir {
+                hide_real: true,
+                ..
+            })
+        );
+        if real {
+            let mut kinds = self.gate.disk_is_frozen().then(HashMap::new);
+            let dir = self
+                .root
+                .read_dir(path.as_fs())
+                .map_err(|e| io_error(path, e))?;
+            for entry in dir {
+                let entry = entry.map_err(|e| io_error(path, e))?;
+                let Ok(name) = entry.file_name().into_string() else {
+                    tracing::warn!(dir = %path, "skipping an entry whose name is not UTF-8");
+                    continue;
+                };
+                if path.is_root() && name == crate::policy::STATE_DIR {
+                    continue;
+                }
+                let meta = metadata_of(
+                    &entry
+                        .metadata()
+                        .map_err(|e| io_error(&path.join(&name), e))?,
+                );
+                if let Some(k) = &mut kinds {
+                    k.insert(name.clone(), meta.kind);
+                }
+                entries.insert(name, meta);
+            }
+            if let Some(kinds) = kinds {
+                let mut listed = self.listed.borrow_mut();
+                if listed.len() >= LISTED_DIRS {
+                    listed.clear();
+                }
+                listed.insert(path.clone(), kinds);
+            }
+        }
+        for (name, meta) in self.gate.planned_children(path) {
+            match meta {
+                Some(m) => entries.insert(name, m),
+                None => entries.remove(&name),
+            };
+        }
+        Ok(entries
+            .into_iter()
+            .map(|(name, metadata)| Entry { name, metadata })
+            .collect())
+    }
+
+    /// `create-dir`: ensure a directory and its parents.
+    pub fn create_dir(&mut self, path: &RelPath, mode: Option<u32>) -> CapResult<Done> {
+        check_mode(mode)?;
+        let mut result = Done::Unchanged;
+        let chain: Vec<RelPath> = path
+            .ancestors()
+            .chain((!path.is_root()).then(|| path.clone()))
+            .collect();
+        for dir in &chain {
+            let is_target = dir == path;
+            let found = self.found(dir)?;
+            if found.kind().is_none() {
+                let mode = if is_target { mode } else { None };
+                let effective = mode.unwrap_or(0o777 & !self.umask);
+                self.gate
+                    .mkdir(&self.root, dir, mode, effective)
+                    .map_err(|e| io_error(dir, e))?;
+                if is_target {
+                    result = Done::Created;
+                }
+            } else if !self.is_dir(dir, &found)? {
+                return Err(Error::WrongKind(format!(
+                    "{dir} exists and is not a directory"
+                )));
+            }
+        }
+        if result == Done::Unchanged
+            && let Some(m) = mode
+            && self.set_mode(path, m)? != Done::Unchanged
+        {
+            result = Done::Updated;
+        }
+        Ok(result)
+    }
+
+    /// `write-atomic`: ensure a file's content (and mode), atomically.
+    pub fn write_atomic(
+        &mut self,
+        path: &RelPath,
+        content: Vec<u8>,
+        mode: Option<u32>,
+    ) -> CapResult<Done> {
+        check_mode(mode)?;
+        let Some(parent) = path.parent() else {
+            return Err(Error::WrongKind(
+                "the root is a directory, not a file".into(),
+            ));
+        };
+        let pfound = self.found(&parent)?;
+        if pfound.kind().is_none() {
+            return Err(Error::NotFound(format!(
+                "{path}: parent directory {parent} does not exist"
+            )));
+        }
+        if !self.is_dir(&parent, &pfound)? {
+            return Err(Error::WrongKind(format!(
+                "{path}: {parent} is not a directory"
+            )));
+        }
+        let found = self.found(path)?;
+        let (old, old_mode) = match found.kind() {
+            None => (None, None),
+            Some(Kind::File) => (
+                Some(self.content(path, &found)?),
+                found.metadata().map(|m| m.mode),
+            ),
+            Some(Kind::Directory) => {
+                return Err(Error::WrongKind(format!("{path} is a directory")));
+            }
+            Some(_) => {
+                return Err(Error::WrongKind(format!(
+                    "{path} is a symbolic link or special file; remove it first"
+                )));
+            }
+        };
+        let new_mode = mode.or(old_mode).unwrap_or(0o666 & !self.umask);
+        if let Some(old) = &old
+            && old.as_slice() == content.as_slice()
+        {
+            return if old_mode == Some(new_mode) {
+                Ok(Done::Unchanged)
+            } else {
+                self.set_mode(path, new_mode)
+            };
+        }
+        self.gate
+            .write_file(
+                &self.root,
+                &parent,
+                path,
+                content,
+                new_mode,
+                old.as_deref().map(|o| o.as_slice()),
+            )
+            .map_err(|e| io_error(path, e))?;
+        Ok(if old.is_some() {
+            Done::Updated
+        } else {
+            Done::Created
+        })
+    }
+
+    /// `set-mode`: ensure the permission bits of an existing path.
+    pub fn set_mode(&mut self, path: &RelPath, mode: u32) -> CapResult<Done> {
+        check_mode(Some(mode))?;
+        let found = self.found(path)?;
+        let Some(meta) = found.metadata() else {
+            return Err(Error::NotFound(format!("{path} does not exist")));
+        };
+        if meta.kind == Kind::Symlink || meta.kind == Kind::Other {
+            return Err(Error::WrongKind(format!(
+                "{path} is a symbolic link or special file; its mode cannot be set"
+            )));
+        }
+        if meta.mode == mode {
+            return Ok(Done::Unchanged);
+        }
+        self.gate
+            .chmod(&self.root, path, mode, &found)
+            .map_err(|e| io_error(path, e))?;
+        Ok(Done::Updated)
+    }
+
+    /// `remove`: ensure nothing is at `path`.
+    pub fn remove(&mut self, path: &RelPath, recursive: bool) -> CapResult<Done> {
+        if path.is_root() {
+            return Err(Error::Denied("refusing to remove the root itself".into()));
+        }
+        let found = self.found(path)?;
+        let Some(kind) = found.kind() else {
+            return Ok(Done::Unchanged);
+        };
+        if kind == Kind::Directory {
+            if !recursive && !self.list_dir(path)?.is_empty() {
+                return Err(Error::NotEmpty(format!(
+                    "{path} is a directory that is not empty; set recursive to remove it"
+                )));
+            }
+            self.gate
+                .rmdir(&self.root, path, recursive)
+                .map_err(|e| io_error(path, e))?;
+        } else {
+            self.gate
+                .unlink(&self.root, None, path)
+                .map_err(|e| io_error(path, e))?;
+        }
+        Ok(Done::Removed)
+    }
+
+    /// `remove-files`: remove many files in one call.
+    ///
+    /// Paths come grouped by directory (a cleanup removes a directory's files together), so
+    /// each directory is opened once and its files are looked at and removed by name, one
+    /// system call each, instead of resolving every path from the root again.
+    pub fn remove_files(&mut self, paths: &[RelPath]) -> CapResult<Vec<Done>> {
+        let mut out = Vec::with_capacity(paths.len());
+        let mut current: Option<(RelPath, Option<Dir>)> = None;
+        for path in paths {
+            if path.is_root() {
+                return Err(Error::WrongKind(
+                    "the root is a directory; remove-files takes files only".into(),
+                ));
+            }
+            let parent = path.parent().unwrap_or_default();
+            if current.as_ref().is_none_or(|(p, _)| *p != parent) {
+                let dir = match self.root.open_dir(parent.as_fs()) {
+                    Ok(d) => Some(d),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                        ) =>
+                    {
+                        None
+                    }
+                    Err(e) => return Err(io_error(&parent, e)),
+                };
+                current = Some((parent.clone(), dir));
+            }
+            let dir = current.as_ref().and_then(|(_, d)| d.as_ref());
+            let listed = self
+                .listed
+                .borrow()
+                .get(&parent)
+                .map(|kinds| kinds.get(path.file_name()).copied());
+            let found = match (self.gate.planned(path), listed, dir) {
+                (Some(f), ..) => f,
+                (None, Some(None), _) | (None, None, None) => Found::Absent,
+                (None, Some(Some(kind)), _) => Found::Real(Metadata {
+                    kind,
+                    size: 0,
+                    mode: 0,
+                    modified: self.now,
+                }),
+                (None, None, Some(d)) => real_state(path, d.symlink_metadata(path.file_name()))?,
+            };
+            match found.kind() {
+                None => out.push(Done::Unchanged),
+                Some(Kind::Directory) => {
+                    return Err(Error::WrongKind(format!(
+                        "{path} is a directory; remove-files takes files only"
+                    )));
+                }
+                Some(_) => {
+                    self.gate
+                        .unlink(&self.root, dir, path)
+                        .map_err(|e| io_error(path, e))?;
+                    out.push(Done::Removed);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remove temporary files that a killed run left behind, anywhere under the root (a dry
+    /// run's sink removes none).
+    pub fn sweep_temporaries(&mut self) -> io::Result<usize> {
+        self.gate.sweep_temporaries(&self.root)
+    }
+}
+
+impl crate::cap::PathProbe for FsCap {
+    fn probe(&self, path: &RelPath) -> CapResult<Option<Metadata>> {
+        self.stat(path)
+    }
+}
+
+impl Default for RelPath {
+    fn default() -> Self {
+        RelPath::root()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Mode, Policy};
+
+    fn p(s: &str) -> RelPath {
+        Policy::new(Mode::Apply).resolve(s).unwrap()
+    }
+
+    const NOW: Datetime = Datetime {
+        seconds: 1_000,
+        nanoseconds: 0,
+    };
+
+    /// A root on disk with a few entries, and the capability over it with either sink.
+    fn cap(dry_run: bool) -> (tempfile::TempDir, FsCap) {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("d/sub")).unwrap();
+        std::fs::write(t.path().join("d/f"), "f\n").unwrap();
+        std::fs::write(t.path().join("top"), "top\n").unwrap();
+        std::os::unix::fs::symlink("/etc", t.path().join("out")).unwrap();
+        let root = Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
+        let sink: Box<dyn Sink + Send> = if dry_run {
+            Box::new(Overlay::new(NOW))
+        } else {
+            Box::new(Disk::default())
+        };
+        (t, FsCap::new(root, sink, NOW, false))
+    }
+
+    fn names(fs: &FsCap, dir: &str) -> Vec<String> {
+        fs.list_dir(&p(dir))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect()
+    }
+
+    /// The same calls give the same answers and the same changes under either sink, and
+    /// later calls see earlier ones: what makes a dry run predict its apply.
+    #[test]
+    fn both_sinks_answer_alike_and_later_calls_see_earlier_ones() {
+        let mut seen = Vec::new();
+        for dry in [false, true] {
+            let (_t, mut fs) = cap(dry);
+            let mut log = Vec::new();
+            log.push(format!("{:?}", fs.create_dir(&p("d/new/deep"), None)));
+            log.push(format!(
+                "{:?}",
+                fs.write_atomic(&p("d/new/deep/x"), b"1".to_vec(), Some(0o600))
+            ));
+            log.push(format!("{:?}", fs.read(&p("d/new/deep/x"))));
+            log.push(format!(
+                "{:?}",
+                fs.write_atomic(&p("d/new/deep/x"), b"1".to_vec(), None)
+            ));
+            log.push(format!(
+                "{:?}",
+                fs.stat(&p("d/new/deep/x")).map(|m| m.map(|m| m.mode))
+            ));
+            log.push(format!("{:?}", fs.remove(&p("d/sub"), false)));
+            log.push(format!("{:?}", names(&fs, "d")));
+            log.push(format!("{:?}", fs.remove_files(&[p("d/f"), p("d/none")])));
+            log.push(format!("{:?}", names(&fs, "d")));
+            log.push(format!("{:?}", fs.remove(&p("d"), true)));
+            log.push(format!("{:?}", fs.stat(&p("d/new"))));
+            log.push(format!("{:?}", fs.create_dir(&p("d"), Some(0o700))));
+            log.push(format!("{:?}", names(&fs, "d")));
+            let changes: Vec<String> = fs
+                .take_changes()
+                .iter()
+                .map(|c| format!("{} {}", c.kind.as_str(), c.path))
+                .collect();
+            seen.push((log, changes));
+        }
+        assert_eq!(seen[0], seen[1], "apply vs dry run");
+        let (log, changes) = &seen[0];
+        assert_eq!(log[2], "Ok([49])");
+        assert_eq!(log[3], "Ok(Change::Unchanged)");
+        assert_eq!(log[6], r#"["f", "new"]"#);
+        assert_eq!(log[7], "Ok([Change::Removed, Change::Unchanged])");
+        assert_eq!(log[10], "Ok(None)");
+        assert_eq!(log[12], "[]");
+        assert_eq!(
+            changes,
+            &[
+                "create-dir d/new",
+                "create-dir d/new/deep",
+                "create-file d/new/deep/x",
+                "remove-dir d/sub",
+                "remove-file d/f",
+                "remove-dir d",
+                "create-dir d",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_dry_run_leaves_the_disk_as_it_was() {
+        let (t, mut fs) = cap(true);
+        fs.write_atomic(&p("top"), b"new\n".to_vec(), Some(0o600))
+            .unwrap();
+        fs.remove(&p("d"), true).unwrap();
+        fs.create_dir(&p("e/f"), None).unwrap();
+        assert_eq!(fs.read(&p("top")).unwrap(), b"new\n");
+        assert_eq!(std::fs::read(t.path().join("top")).unwrap(), b"top\n");
+        assert!(t.path().join("d/f").exists());
+        assert!(!t.path().join("e").exists());
+    }
+
+    #[test]
+    fn guards_come_before_any_change() {
+        for dry in [false, true] {
+            let (_t, mut fs) = cap(dry);
+            let table: Vec<(&str, CapResult<Done>)> = vec![
+                ("mode", fs.write_atomic(&p("m"), vec![], Some(0o10000))),
+                ("no parent", fs.write_atomic(&p("no/f"), vec![], None)),
+                ("parent file", fs.write_atomic(&p("top/f"), vec![], None)),
+                ("over dir", fs.write_atomic(&p("d"), vec![], None)),
+                ("over link", fs.write_atomic(&p("out"), vec![], None)),
+                ("dir over file", fs.create_dir(&p("top/x"), None)),
+                ("not empty", fs.remove(&p("d"), false)),
+                ("root", fs.remove(&RelPath::root(), true)),
+                ("link mode", fs.set_mode(&p("out"), 0o700)),
+                ("missing mode", fs.set_mode(&p("none"), 0o700)),
+            ];
+            for (what, r) in table {
+                assert!(r.is_err(), "{what} (dry run {dry}): {r:?}");
+            }
+            assert!(fs.take_changes().is_empty(), "dry run {dry}");
+        }
+    }
+
+    #[test]
+    fn a_symlink_out_of_the_root_is_denied_by_kind_not_by_message() {
+        let (_t, fs) = cap(false);
+        match fs.read(&p("out/passwd")) {
+            Err(Error::Denied(m)) => assert!(m.contains("outside the root"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let eacces = io::Error::from_raw_os_error(libc::EACCES);
+        assert!(matches!(io_error(&p("x"), eacces), Error::Io(_)));
+    }
+}

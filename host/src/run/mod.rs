@@ -1,0 +1,112 @@
+//! Running things: the wasmtime engine and its linker ([`engine`]), the compiled-component
+//! cache ([`cache`]), the store and the views capabilities see of it ([`store`]), the plan
+//! loop ([`plan`]), plugin steps in stores of their own ([`plugin`]), and how a guest's
+//! failure is worded ([`failure`]).
+//!
+//! Data flows one way: the CLI hands a validated [`RunConfig`]; [`Host`] builds stores with
+//! the step's policy; guests call capabilities; a [`Report`](crate::report::Report) comes
+//! back.
+
+mod cache;
+mod engine;
+mod failure;
+mod plan;
+mod plugin;
+mod stderr;
+mod store;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use wasmtime::Engine;
+use wasmtime::component::{Component, Linker};
+
+use crate::bindings::report::StepReport as GuestReport;
+use crate::bindings::standard;
+use crate::bindings::types::Datetime;
+use crate::policy::{Mode, Policy};
+use crate::report::StepFailure;
+use store::{Ctx, RunState, new_store};
+
+/// The standard operations guest, built by `build.rs` from `guest/`.
+const STANDARD_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/idem_guest.wasm"));
+/// SHA-256 of [`STANDARD_GUEST`], computed at build time so start-up does not hash 1 MiB.
+const STANDARD_GUEST_HASH: &str = include_str!(concat!(env!("OUT_DIR"), "/idem_guest.sha256"));
+
+/// Everything a run needs, validated by the CLI.
+pub struct RunConfig {
+    pub mode: Mode,
+    /// The root, canonical.
+    pub root: PathBuf,
+    /// The plan's text and the name it is shown by.
+    pub plan_source: String,
+    pub plan_name: String,
+    pub state_path: PathBuf,
+    pub now: Datetime,
+    pub diff: bool,
+    pub progress: bool,
+    pub lock_timeout: Duration,
+    /// Per plugin step.
+    pub plugin_timeout: Duration,
+    pub plugin_memory: usize,
+    /// For the standard operations.
+    pub memory: usize,
+    pub verify: bool,
+}
+
+/// What running one step gave: the guest's report, or why the step failed.
+type StepEnd = std::result::Result<GuestReport, StepFailure>;
+
+/// The wasmtime engine with the standard guest compiled and the host API linked.
+pub struct Host {
+    engine: Engine,
+    linker: Linker<Ctx>,
+    standard: Component,
+    cache_dir: Option<PathBuf>,
+}
+
+impl Host {
+    /// Build the engine, link the host API and load the standard guest (from the compiled
+    /// cache in `cache_dir` when it is there).
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self> {
+        let engine = engine::engine().context("starting wasmtime")?;
+        let linker = store::linker(&engine)?;
+        let standard = cache::load_component(
+            &engine,
+            cache_dir.as_deref(),
+            STANDARD_GUEST,
+            STANDARD_GUEST_HASH.trim(),
+        )
+        .context("loading the standard operations component")?;
+        Ok(Host {
+            engine,
+            linker,
+            standard,
+            cache_dir,
+        })
+    }
+
+    fn load_component(&self, bytes: &[u8], content_hash: &str) -> Result<Component> {
+        cache::load_component(&self.engine, self.cache_dir.as_deref(), bytes, content_hash)
+    }
+
+    /// The plan format's JSON Schema, from the standard guest.
+    pub fn schema(&self, cfg: &RunConfig) -> Result<String> {
+        let run = RunState::open(
+            &cfg.root,
+            &cfg.state_path,
+            Mode::Plan,
+            cfg.now,
+            false,
+            false,
+        )?;
+        let mut store = new_store(&self.engine, run, Policy::new(Mode::Plan));
+        let guest = standard::Standard::instantiate(&mut store, &self.standard, &self.linker)
+            .map_err(|e| anyhow!(e))?;
+        guest
+            .idem_plugin_plan()
+            .call_schema(&mut store)
+            .map_err(|e| anyhow!(e))
+    }
+}

@@ -1,0 +1,255 @@
+//! The plan loop: lock the root, record the run, load the plan with the standard guest, run
+//! each step (plugin steps in stores of their own), close each step (transactions left open,
+//! checkpoints, changes, journal), and with `--verify` prove that a second run changes
+//! nothing.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+
+use super::failure::describe_trap;
+use super::store::{RunState, new_store};
+use super::{Host, RunConfig, StepEnd};
+use crate::bindings::plan::{PluginCall, StepInfo};
+use crate::bindings::standard;
+use crate::change::Outcome;
+use crate::policy::{Mode, Policy};
+use crate::report::{
+    FailureKind, PlanErrorReport, Report, StepFailure, StepResult, Verify, VerifyChange,
+    VerifyError,
+};
+use crate::state::lock::{RunLock, lock_path};
+
+impl Host {
+    /// Run a plan: lock, load, run every step, record, and (with `verify`) prove that a
+    /// second run would change nothing.
+    pub fn run_plan(&self, cfg: &RunConfig) -> Result<Report> {
+        let started = Instant::now();
+        let _lock = lock(cfg)?;
+        let mut report = self.run_once(cfg, cfg.mode, true)?;
+        if cfg.verify && cfg.mode == Mode::Apply && report.ok() {
+            let second = self.run_once(cfg, Mode::Plan, false)?;
+            let mut changes = Vec::new();
+            let mut errors = Vec::new();
+            for step in &second.steps {
+                for c in &step.changes {
+                    changes.push(VerifyChange {
+                        step: step.index,
+                        name: step.name.clone(),
+                        change: c.clone(),
+                    });
+                }
+                if let Some(e) = &step.error {
+                    errors.push(VerifyError {
+                        step: step.index,
+                        name: step.name.clone(),
+                        message: e.clone(),
+                    });
+                }
+            }
+            report.verify = Some(Verify {
+                ok: changes.is_empty() && errors.is_empty(),
+                changes,
+                errors,
+            });
+        }
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    fn run_once(&self, cfg: &RunConfig, mode: Mode, record: bool) -> Result<Report> {
+        let mut run = RunState::open(
+            &cfg.root,
+            &cfg.state_path,
+            mode,
+            cfg.now,
+            cfg.diff,
+            cfg.progress,
+        )?;
+        let mut report = Report::new(mode, &cfg.plan_name, &cfg.root);
+        if record {
+            begin_run(&mut run, cfg, mode, &mut report)?;
+        }
+        let mut policy = Policy::new(mode);
+        policy.limits.memory = cfg.memory;
+        let mut store = new_store(&self.engine, run, policy);
+        let guest = standard::Standard::instantiate(&mut store, &self.standard, &self.linker)
+            .map_err(|e| anyhow!(e))
+            .context("instantiating the standard operations")?;
+        let loaded = guest
+            .idem_plugin_plan()
+            .call_load(&mut store, &cfg.plan_source, &cfg.plan_name)
+            .map_err(|e| {
+                anyhow!(describe_trap(&e, store.data(), "the plan loader", false).message)
+            })?;
+        let steps = match loaded {
+            Ok(steps) => steps,
+            Err(e) => {
+                report.error = Some(PlanErrorReport::from_guest(
+                    &cfg.plan_name,
+                    &cfg.plan_source,
+                    e,
+                ));
+                if record {
+                    store.data_mut().run().state.finish_run("plan-error", 0)?;
+                }
+                return Ok(report);
+            }
+        };
+        let mut stopped = false;
+        for (i, info) in steps.iter().enumerate() {
+            let mut step = StepResult::new(i + 1, info);
+            if stopped {
+                step.outcome = Outcome::NotRun;
+                report.steps.push(step);
+                continue;
+            }
+            let t = Instant::now();
+            store.data_mut().run().progress.start(&info.name);
+            let result = match &info.plugin {
+                Some(call) => {
+                    let run = store.data_mut().take_run();
+                    let (run, result) = self.run_plugin(run, call, cfg);
+                    store.data_mut().put_run(run);
+                    result
+                }
+                None => match guest.idem_plugin_plan().call_run_step(&mut store, i as u32) {
+                    Ok(Ok(r)) => Ok(r),
+                    Ok(Err(e)) => Err(StepFailure::guest(e)),
+                    Err(e) => Err(describe_trap(
+                        &e,
+                        store.data(),
+                        "the standard operations",
+                        false,
+                    )),
+                },
+            };
+            let run = store.data_mut().run();
+            run.progress.finish();
+            stopped |= finish_step(run, &mut step, result, t);
+            if record {
+                run.state.journal(step.index, &step.name, &step.changes)?;
+            }
+            report.steps.push(step);
+        }
+        if record {
+            let outcome = if report.ok() { "ok" } else { "failed" };
+            let n = report.change_count();
+            store.data_mut().run().state.finish_run(outcome, n)?;
+        }
+        Ok(report)
+    }
+
+    /// Run one plugin component as a whole run (`idem run`).
+    pub fn run_plugin_file(&self, cfg: &RunConfig, call: PluginCall) -> Result<Report> {
+        let started = Instant::now();
+        let _lock = lock(cfg)?;
+        let mut run = RunState::open(
+            &cfg.root,
+            &cfg.state_path,
+            cfg.mode,
+            cfg.now,
+            cfg.diff,
+            cfg.progress,
+        )?;
+        let mut report = Report::new(cfg.mode, &cfg.plan_name, &cfg.root);
+        begin_run(&mut run, cfg, cfg.mode, &mut report)?;
+        let info = StepInfo {
+            op: "plugin".into(),
+            name: format!("plugin {}", call.path),
+            target: call.path.clone(),
+            location: None,
+            plugin: Some(call.clone()),
+        };
+        let mut step = StepResult::new(1, &info);
+        let t = Instant::now();
+        let (mut run, result) = self.run_plugin(run, &call, cfg);
+        finish_step(&mut run, &mut step, result, t);
+        run.state.journal(1, &step.name, &step.changes)?;
+        report.steps.push(step);
+        let outcome = if report.ok() { "ok" } else { "failed" };
+        let n = report.change_count();
+        run.state.finish_run(outcome, n)?;
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+}
+
+/// Take the run lock: exclusive for an apply, shared for a dry run.
+fn lock(cfg: &RunConfig) -> Result<RunLock> {
+    let lock_file = lock_path(&cfg.state_path);
+    if cfg.mode.dry_run() {
+        RunLock::shared(&lock_file, cfg.lock_timeout, &cfg.root)
+    } else {
+        RunLock::exclusive(&lock_file, cfg.lock_timeout, &cfg.root)
+    }
+}
+
+/// Record the run's start; after an interrupted run (a plan's or a plugin's), first remove the
+/// temporary files it left.
+fn begin_run(run: &mut RunState, cfg: &RunConfig, mode: Mode, report: &mut Report) -> Result<()> {
+    let plan_hash = crate::cap::fs::hash(cfg.plan_source.as_bytes());
+    let interrupted = run
+        .state
+        .begin_run(mode.as_str(), &cfg.plan_name, &plan_hash)?;
+    if interrupted {
+        let n = run
+            .fs
+            .sweep_temporaries()
+            .context("removing temporary files of an interrupted run")?;
+        tracing::info!(
+            removed = n,
+            "an earlier run was interrupted; removed its temporary files"
+        );
+        report.recovered_temporaries = n;
+        report.resumed = true;
+    }
+    Ok(())
+}
+
+/// Close a step: roll back a transaction it left open, write its checkpoints, take the
+/// changes the host saw, and settle its outcome. True when the run must stop here.
+fn finish_step(
+    run: &mut RunState,
+    step: &mut StepResult,
+    result: StepEnd,
+    started: Instant,
+) -> bool {
+    let left_open = run.dbs.abandon_open_transactions();
+    let flushed = run.state.flush();
+    let mut changes = run.fs.take_changes();
+    changes.extend(run.dbs.take_changes());
+    step.duration = started.elapsed();
+    let mut stop = true;
+    match result {
+        Ok(r) => {
+            step.absorb(r, changes);
+            stop = false;
+        }
+        Err(failure) => step.fail(failure, changes),
+    }
+    if !left_open.is_empty() && step.error.is_none() {
+        step.fail(
+            StepFailure::new(
+                FailureKind::Host,
+                format!(
+                    "the step left a transaction open on {}; it was rolled back",
+                    left_open.join(", ")
+                ),
+            ),
+            Vec::new(),
+        );
+        stop = true;
+    }
+    if let Err(e) = flushed {
+        step.fail(
+            StepFailure::new(
+                FailureKind::Host,
+                format!("could not write checkpoints: {e:#}"),
+            ),
+            Vec::new(),
+        );
+        stop = true;
+    }
+    stop
+}

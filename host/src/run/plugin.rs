@@ -1,0 +1,95 @@
+//! A plugin step: its component loaded (from the compiled cache when it can be), confined by
+//! its own policy, and run in a store of its own that holds the run's state only for the
+//! step. Its instances, memory, resource table, stderr and database connections end with it.
+
+use super::failure::{describe_trap, is_trap, not_a_component};
+use super::store::{RunState, new_store};
+use super::{Host, RunConfig, StepEnd};
+use crate::bindings::plan::PluginCall;
+use crate::bindings::plugin;
+use crate::policy::{Limits, Policy};
+use crate::report::{FailureKind, StepFailure, error_text};
+
+impl Host {
+    /// Run the plugin step `call` with the run's state, which comes back with the result.
+    pub(super) fn run_plugin(
+        &self,
+        mut run: RunState,
+        call: &PluginCall,
+        cfg: &RunConfig,
+    ) -> (RunState, StepEnd) {
+        let what = format!("plugin {}", call.path);
+        let load = |m: String| StepFailure::new(FailureKind::Load, m);
+        let limits = Limits {
+            time: Some(cfg.plugin_timeout),
+            memory: cfg.plugin_memory,
+        };
+        let policy =
+            match Policy::for_plugin(cfg.mode, &call.path, &call.paths, &call.databases, limits) {
+                Ok(p) => p,
+                Err(e) => return (run, Err(load(format!("{what}: {e}")))),
+            };
+        // The component is read as the standard operations would read it: through the run's
+        // view of the tree, so a plugin written by an earlier step of a dry run is found.
+        let bytes = match Policy::new(cfg.mode)
+            .resolve(&call.path)
+            .map_err(|e| format!("denied: {e}"))
+            .and_then(|rel| run.fs.read(&rel).map_err(|e| error_text(&e)))
+        {
+            Ok(b) => b,
+            Err(e) => return (run, Err(load(format!("{what}: {e}")))),
+        };
+        if let Some(problem) = not_a_component(&bytes) {
+            return (run, Err(load(format!("{what} {problem}"))));
+        }
+        let component = match self.load_component(&bytes, &crate::cap::fs::hash(&bytes)) {
+            Ok(c) => c,
+            Err(e) => {
+                return (
+                    run,
+                    Err(load(format!(
+                        "{what} is not a WebAssembly component idem can load: {e:#}"
+                    ))),
+                );
+            }
+        };
+        let step_dbs = match run.dbs.lend(policy.databases()) {
+            Ok(d) => d,
+            Err(e) => {
+                let m = format!("{what}: preparing its databases: {}", error_text(&e));
+                return (run, Err(StepFailure::new(FailureKind::Host, m)));
+            }
+        };
+        let run_dbs = std::mem::replace(&mut run.dbs, step_dbs);
+        let mut store = new_store(&self.engine, run, policy);
+        let result = match plugin::Plugin::instantiate(&mut store, &component, &self.linker) {
+            Ok(instance) => match instance
+                .idem_plugin_step()
+                .call_run(&mut store, &call.config)
+            {
+                Ok(Ok(report)) => Ok(report),
+                Ok(Err(e)) => Err(StepFailure::guest(e)),
+                Err(e) => Err(describe_trap(&e, store.data(), &what, true)),
+            },
+            // A trap while starting up is the plugin's failure like any other.
+            Err(e) if is_trap(&e, store.data()) => {
+                Err(describe_trap(&e, store.data(), &what, true))
+            }
+            // Anything else is a mismatch of imports or exports, which wasmtime names.
+            Err(e) => Err(load(format!(
+                "{what} does not fit idem's contract (idem:plugin@0.1.0, world `plugin`): {e:#}"
+            ))),
+        };
+        let mut run = store.into_data().into_run();
+        let step_dbs = std::mem::replace(&mut run.dbs, run_dbs);
+        let adopted = run.dbs.adopt(step_dbs);
+        let result = match (result, adopted) {
+            (Ok(_), Err(e)) => Err(StepFailure::new(
+                FailureKind::Host,
+                format!("{what}: taking back its databases: {}", error_text(&e)),
+            )),
+            (r, _) => r,
+        };
+        (run, result)
+    }
+}

@@ -1,0 +1,255 @@
+//! The store's data and the views each capability sees of it.
+//!
+//! [`RunState`] is what a run carries from step to step: the file capability (with its
+//! overlay under a dry run), the databases, the state store, the progress display, the clock.
+//! It lives in the standard guest's store for the whole run, and moves into a plugin step's
+//! own store for that step and back. Everything else in a [`Ctx`] (the WASI context and its
+//! stderr, the resource table, the memory limiter, the step's policy) belongs to one store:
+//! for a plugin step, it ends with the step. The [`linker`] joins each WIT interface to its
+//! view.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow};
+use wasmtime::component::{HasData, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::engine::{EPOCH_TICK, Limiter};
+use super::stderr::TailPipe;
+use crate::bindings::types::Datetime;
+use crate::bindings::{checkpoint, clock, fs, log, policy, report, sqlite, types};
+use crate::cap::checkpoint::CheckpointView;
+use crate::cap::clock::ClockView;
+use crate::cap::fs::{Disk, FsCap, FsView, Overlay, Sink};
+use crate::cap::log::{LogView, Progress};
+use crate::cap::policy::PolicyView;
+use crate::cap::sqlite::{Backing, Databases, SqliteView};
+use crate::policy::{Mode, Policy};
+use crate::state::StateStore;
+
+/// What a run carries from step to step, whichever store runs the step.
+pub struct RunState {
+    pub fs: FsCap,
+    pub dbs: Databases,
+    pub state: StateStore,
+    pub progress: Progress,
+    pub now: Datetime,
+}
+
+impl RunState {
+    /// Open the run's state over `root`. The one place where the run's mode chooses how
+    /// changes are made: to disk and to the database files under apply, to an overlay and
+    /// private database copies under a dry run.
+    pub fn open(
+        root: &Path,
+        state_path: &Path,
+        mode: Mode,
+        now: Datetime,
+        diffs: bool,
+        progress: bool,
+    ) -> Result<Self> {
+        let dir = cap_std::fs::Dir::open_ambient_dir(root, cap_std::ambient_authority())
+            .with_context(|| format!("opening the root {}", root.display()))?;
+        let (sink, backing): (Box<dyn Sink + Send>, Backing) = if mode.dry_run() {
+            (Box::new(Overlay::new(now)), Backing::PrivateCopy)
+        } else {
+            (Box::new(Disk::default()), Backing::File)
+        };
+        Ok(RunState {
+            fs: FsCap::new(dir, sink, now, diffs),
+            dbs: Databases::new(root.to_path_buf(), backing),
+            state: StateStore::open(state_path, mode.dry_run())?,
+            progress: Progress::new(progress),
+            now,
+        })
+    }
+}
+
+/// The `T` in `Store<T>`: one store's own state, the step's policy, and (while a guest of
+/// this store runs) the run's state.
+pub struct Ctx {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    /// The guest's standard error, kept for error messages.
+    pub stderr: TailPipe,
+    pub policy: Policy,
+    pub limiter: Limiter,
+    run: Option<RunState>,
+}
+
+impl Ctx {
+    /// The run's state. It is absent only while a plugin step has it, when this store's guest
+    /// is not running: reaching for it then is a host bug.
+    pub fn run(&mut self) -> &mut RunState {
+        self.run
+            .as_mut()
+            .expect("the run's state is in this store while its guest runs")
+    }
+
+    /// Hand the run's state to another store (a plugin step's).
+    pub fn take_run(&mut self) -> RunState {
+        self.run.take().expect("the run's state is in this store")
+    }
+
+    /// Take the run's state back.
+    pub fn put_run(&mut self, run: RunState) {
+        self.run = Some(run);
+    }
+
+    /// Give up the store's data, keeping the run's state.
+    pub fn into_run(mut self) -> RunState {
+        self.take_run()
+    }
+
+    pub fn fs_view(&mut self) -> FsView<'_> {
+        let run = self.run.as_mut().expect("the run's state is in this store");
+        FsView {
+            fs: &mut run.fs,
+            policy: &self.policy,
+            table: &mut self.table,
+        }
+    }
+
+    pub fn sqlite_view(&mut self) -> SqliteView<'_> {
+        let run = self.run.as_mut().expect("the run's state is in this store");
+        SqliteView {
+            dbs: &mut run.dbs,
+            paths: &run.fs,
+            policy: &self.policy,
+            table: &mut self.table,
+        }
+    }
+
+    pub fn checkpoint_view(&mut self) -> CheckpointView<'_> {
+        let run = self.run.as_mut().expect("the run's state is in this store");
+        CheckpointView {
+            marks: &mut run.state,
+            policy: &self.policy,
+        }
+    }
+
+    pub fn log_view(&mut self) -> LogView<'_> {
+        LogView {
+            progress: &mut self.run().progress,
+        }
+    }
+
+    pub fn clock_view(&mut self) -> ClockView {
+        ClockView {
+            now: self.run().now,
+        }
+    }
+
+    pub fn policy_view(&mut self) -> PolicyView<'_> {
+        PolicyView {
+            policy: &self.policy,
+        }
+    }
+}
+
+impl WasiView for Ctx {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The WASI wall clock a guest sees: the run's one instant.
+struct FixedClock(Datetime);
+
+impl wasmtime_wasi::HostWallClock for FixedClock {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
+
+    fn now(&self) -> std::time::Duration {
+        std::time::Duration::new(self.0.seconds.max(0) as u64, self.0.nanoseconds)
+    }
+}
+
+/// A store of its own for one guest under `policy`, holding the run's state: a fresh WASI
+/// context (no files, no network, no environment; its own stderr), a fresh resource table,
+/// the policy's memory limit and, when it has one, its time limit, in force from
+/// instantiation on.
+pub fn new_store(engine: &Engine, run: RunState, policy: Policy) -> Store<Ctx> {
+    let stderr = TailPipe::default();
+    let wasi = WasiCtxBuilder::new()
+        .stderr(stderr.clone())
+        .wall_clock(FixedClock(run.now))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build();
+    let limits = policy.limits;
+    let ctx = Ctx {
+        table: ResourceTable::new(),
+        wasi,
+        stderr,
+        policy,
+        limiter: Limiter {
+            memory: limits.memory,
+            hit: false,
+        },
+        run: Some(run),
+    };
+    let mut store = Store::new(engine, ctx);
+    store.limiter(|c| &mut c.limiter);
+    let ticks = match limits.time {
+        Some(t) => (t.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64,
+        None => u64::MAX / 2,
+    };
+    store.set_epoch_deadline(ticks);
+    store.epoch_deadline_trap();
+    store
+}
+
+// The `D` of each interface's `add_to_linker`: which view of the store it sees.
+struct HasFs;
+impl HasData for HasFs {
+    type Data<'a> = FsView<'a>;
+}
+struct HasSqlite;
+impl HasData for HasSqlite {
+    type Data<'a> = SqliteView<'a>;
+}
+struct HasCheckpoint;
+impl HasData for HasCheckpoint {
+    type Data<'a> = CheckpointView<'a>;
+}
+struct HasLog;
+impl HasData for HasLog {
+    type Data<'a> = LogView<'a>;
+}
+struct HasClock;
+impl HasData for HasClock {
+    type Data<'a> = ClockView;
+}
+struct HasPolicy;
+impl HasData for HasPolicy {
+    type Data<'a> = PolicyView<'a>;
+}
+
+// Interfaces with types only: nothing to implement, nothing to see.
+impl types::Host for Ctx {}
+impl report::Host for Ctx {}
+
+/// The host API, each interface linked to its view of the store, and the sandboxed WASI that
+/// language runtimes need. One linker serves both worlds (`standard` and `plugin` import the
+/// same interfaces).
+pub fn linker(engine: &Engine) -> Result<Linker<Ctx>> {
+    let mut l: Linker<Ctx> = Linker::new(engine);
+    let e = |e: wasmtime::Error| anyhow!(e);
+    types::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut l, |c| c).map_err(e)?;
+    report::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut l, |c| c).map_err(e)?;
+    fs::add_to_linker::<Ctx, HasFs>(&mut l, Ctx::fs_view).map_err(e)?;
+    sqlite::add_to_linker::<Ctx, HasSqlite>(&mut l, Ctx::sqlite_view).map_err(e)?;
+    checkpoint::add_to_linker::<Ctx, HasCheckpoint>(&mut l, Ctx::checkpoint_view).map_err(e)?;
+    log::add_to_linker::<Ctx, HasLog>(&mut l, Ctx::log_view).map_err(e)?;
+    clock::add_to_linker::<Ctx, HasClock>(&mut l, Ctx::clock_view).map_err(e)?;
+    policy::add_to_linker::<Ctx, HasPolicy>(&mut l, Ctx::policy_view).map_err(e)?;
+    wasmtime_wasi::p2::add_to_linker_sync(&mut l).map_err(e)?;
+    Ok(l)
+}
