@@ -27,7 +27,7 @@ export IDEM_CACHE_DIR="$work/cache"
 ms() { # run idem once, print its wall time in ms
   local start end
   start=$(date +%s%N)
-  "$idem" -C "$work/root" -q run "$1" --config-json '{"dir": "dist"}' >/dev/null
+  "$idem" -C "$work/root" -q run "$1" --path dist --config-json '{"dir": "dist"}' >/dev/null
   end=$(date +%s%N)
   echo $(((end - start) / 1000000))
 }

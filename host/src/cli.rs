@@ -147,7 +147,7 @@ enum Command {
         /// The plugin's config, as JSON text.
         #[arg(long)]
         config_json: Option<String>,
-        /// Paths the plugin may touch (repeat); default the whole root.
+        /// Paths the plugin may touch (repeat); none by default, `.` for the whole root.
         #[arg(long = "path")]
         paths: Vec<String>,
         /// Databases the plugin may open (repeat).
@@ -286,6 +286,7 @@ fn base_config(g: &Global, mode: Mode, diff: bool) -> Result<RunConfig> {
         root,
         plan_source: String::new(),
         plan_name: String::new(),
+        plan_file: None,
         state_path,
         now,
         diff,
@@ -313,6 +314,7 @@ fn read_plan(cfg: &mut RunConfig, plan: Option<&Path>) -> Result<()> {
     cfg.plan_source = String::from_utf8(bytes)
         .map_err(|_| anyhow::anyhow!("plan {} is not UTF-8 text", path.display()))?;
     cfg.plan_name = name;
+    cfg.plan_file = path.canonicalize().ok();
     Ok(())
 }
 

@@ -126,8 +126,20 @@ pub enum PathDenied {
     StateDir(String),
     #[error("{0:?} is outside the paths this step may touch ({1})")]
     NotAllowed(String, String),
+    #[error("{0:?} is under {1}, which a plugin may touch only when its step names it in `paths`")]
+    Reserved(String, String),
+    #[error(
+        "{0:?} is a database the step names: reach it through the sqlite interface, not as a file"
+    )]
+    DatabaseFile(String),
     #[error("{0:?} is not a valid path (empty component or NUL byte)")]
     Invalid(String),
+    #[error("mode {1:o} on {0:?} sets setuid, setgid or sticky bits, which plugins may not set")]
+    SpecialMode(String, u32),
+    #[error(
+        "{0:?} is the root or the top of a path the step was granted; its mode is not the step's to change"
+    )]
+    GrantTop(String),
 }
 
 /// How much a step's guest may use.
@@ -146,8 +158,14 @@ pub struct Policy {
     pub limits: Limits,
     /// Who is asking, as checkpoint scopes are prefixed: `std/`, or `plugin:PATH/`.
     scope_prefix: String,
+    /// Whether modes may carry setuid, setgid and sticky bits, and the root's and the
+    /// grants' own modes may change (the plan's own steps: yes; plugins: no).
+    trusted_modes: bool,
     /// Paths a plugin step may touch; `None` means the whole root.
     allowed_paths: Option<Vec<RelPath>>,
+    /// Subtrees a plugin may not touch although a grant covers them (the repository's
+    /// `.git`, the plan file): a path in one needs a grant inside it (`paths: [.git/hooks]`).
+    reserved: Vec<RelPath>,
     /// Databases a plugin step may open; `None` means any database under the allowed paths.
     allowed_databases: Option<Vec<RelPath>>,
     /// The user's words for the allowed paths, for messages.
@@ -164,14 +182,18 @@ impl Policy {
                 memory: 2 << 30,
             },
             scope_prefix: "std/".into(),
+            trusted_modes: true,
             allowed_paths: None,
+            reserved: Vec::new(),
             allowed_databases: None,
             allowed_text: String::new(),
         }
     }
 
-    /// A narrower policy for the plugin at `plugin`: `paths` (empty: the whole root), exactly
-    /// the `databases` named, and `limits`. Each entry is itself resolved against the root.
+    /// A narrower policy for the plugin at `plugin`: exactly the `paths` named (none: no file
+    /// at all; `.` for the whole root), exactly the `databases` named, and `limits`. Each
+    /// entry is itself resolved against the root. `plan` is the plan file, when it lies under
+    /// the root: like `.git`, a plugin may touch it only when a grant names it.
     pub fn for_plugin(
         mode: Mode,
         plugin: &str,
@@ -180,34 +202,37 @@ impl Policy {
         limits: Limits,
     ) -> Result<Self, PathDenied> {
         let base = Policy::new(mode);
-        let allowed_paths = if paths.is_empty() {
-            None
-        } else {
-            Some(
-                paths
-                    .iter()
-                    .map(|p| base.resolve(p))
-                    .collect::<Result<Vec<_>, _>>()?,
-            )
-        };
-        let allowed_databases = Some(
-            databases
-                .iter()
-                .map(|p| base.resolve(p))
-                .collect::<Result<Vec<_>, _>>()?,
-        );
+        let allowed_paths = paths
+            .iter()
+            .map(|p| base.resolve(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let allowed_databases = databases
+            .iter()
+            .map(|p| base.resolve(p))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Policy {
             mode,
             limits,
             scope_prefix: format!("plugin:{plugin}/"),
+            trusted_modes: false,
             allowed_text: if paths.is_empty() {
-                "the whole root".into()
+                "none: the step names no `paths` (use `paths: [.]` for the whole root)".into()
             } else {
                 paths.join(", ")
             },
-            allowed_paths,
-            allowed_databases,
+            reserved: vec![RelPath(".git".into())],
+            allowed_paths: Some(allowed_paths),
+            allowed_databases: Some(allowed_databases),
         })
+    }
+
+    /// Reserve the plan file at `plan` (relative to the root) from plugins, unless a grant
+    /// names it.
+    pub fn reserve(mut self, plan: RelPath) -> Self {
+        if !self.reserved.contains(&plan) {
+            self.reserved.push(plan);
+        }
+        self
     }
 
     /// Turn a guest's path into a normalised path inside the root, or say why not. Purely
@@ -231,17 +256,33 @@ impl Policy {
                 p => parts.push(p),
             }
         }
-        if parts.first() == Some(&STATE_DIR) {
+        // Case-insensitively: on a case-folding file system (macOS) `.IDEM` is `.idem`.
+        if parts
+            .first()
+            .is_some_and(|p| p.eq_ignore_ascii_case(STATE_DIR))
+        {
             return Err(PathDenied::StateDir(path.into()));
         }
         let rel = RelPath(parts.join("/"));
-        if let Some(allowed) = &self.allowed_paths
-            && !allowed.iter().any(|a| rel.starts_with(a))
-        {
-            return Err(PathDenied::NotAllowed(
-                path.into(),
-                self.allowed_text.clone(),
-            ));
+        if let Some(allowed) = &self.allowed_paths {
+            if !allowed.iter().any(|a| rel.starts_with(a)) {
+                return Err(PathDenied::NotAllowed(
+                    path.into(),
+                    self.allowed_text.clone(),
+                ));
+            }
+            for r in &self.reserved {
+                if rel.starts_with(r)
+                    && !allowed
+                        .iter()
+                        .any(|a| a.starts_with(r) && rel.starts_with(a))
+                {
+                    return Err(PathDenied::Reserved(path.into(), r.to_string()));
+                }
+            }
+            if self.is_database_file(&rel) {
+                return Err(PathDenied::DatabaseFile(path.into()));
+            }
         }
         Ok(rel)
     }
@@ -268,6 +309,33 @@ impl Policy {
         }
     }
 
+    /// Whether the step may set `mode` on `path` (already resolved). Plugins may not set
+    /// setuid, setgid or sticky bits (dangerous when idem runs as root, as provisioning does),
+    /// nor change the mode of the root or of a path they were granted as a whole.
+    pub fn check_mode(&self, path: &RelPath, given: &str, mode: u32) -> Result<(), PathDenied> {
+        if self.trusted_modes {
+            return Ok(());
+        }
+        if mode & 0o7000 != 0 {
+            return Err(PathDenied::SpecialMode(given.into(), mode));
+        }
+        let top = path.is_root()
+            || self
+                .allowed_paths
+                .as_ref()
+                .is_some_and(|grants| grants.contains(path));
+        if top {
+            return Err(PathDenied::GrantTop(given.into()));
+        }
+        Ok(())
+    }
+
+    /// True for a plugin's policy: its reads are bounded by its memory limit, as the host
+    /// would otherwise allocate what the guest could never hold.
+    pub fn confined(&self) -> bool {
+        !self.trusted_modes
+    }
+
     /// The checkpoint scope `scope` within this caller's namespace.
     pub fn checkpoint_scope(&self, scope: &str) -> String {
         format!("{}{scope}", self.scope_prefix)
@@ -276,6 +344,22 @@ impl Policy {
     /// The databases the step names (none for the standard operations, which may open any).
     pub fn databases(&self) -> &[RelPath] {
         self.allowed_databases.as_deref().unwrap_or_default()
+    }
+
+    /// Whether `path` is one of the step's databases or a side file of one (`-wal`, `-shm`,
+    /// `-journal`), which the step reaches through sqlite only.
+    fn is_database_file(&self, path: &RelPath) -> bool {
+        self.databases().iter().any(|d| {
+            path == d
+                || ["-wal", "-shm", "-journal"]
+                    .iter()
+                    .any(|side| path.as_str().strip_suffix(side) == Some(d.as_str()))
+        })
+    }
+
+    /// The paths the step was granted (`None`: the whole root).
+    pub fn grants(&self) -> Option<&[RelPath]> {
+        self.allowed_paths.as_deref()
     }
 
     /// Whether a database at `path` (already resolved) may be opened.
@@ -341,9 +425,100 @@ mod tests {
         assert!(p.resolve("logs").is_ok());
         assert!(p.resolve("logsx/a").is_err());
         assert!(p.resolve("etc/x").is_err());
+        assert!(
+            p.resolve(".IDEM/state.db").is_err(),
+            "case-folded state dir"
+        );
         assert!(p.allows_database(&p.base_resolve("data/app.db")));
         assert!(!p.allows_database(&p.base_resolve("data/other.db")));
         assert!(p.mode.dry_run());
+    }
+
+    #[test]
+    fn plugins_get_only_what_their_step_names() {
+        let limits = Limits {
+            time: None,
+            memory: 1,
+        };
+        let none =
+            Policy::for_plugin(Mode::Apply, "p.wasm", &[], &["app.db".into()], limits).unwrap();
+        let all = Policy::for_plugin(
+            Mode::Apply,
+            "p.wasm",
+            &[".".into()],
+            &["app.db".into()],
+            limits,
+        )
+        .unwrap()
+        .reserve(Policy::new(Mode::Apply).resolve("idem.yml").unwrap());
+        let git = Policy::for_plugin(
+            Mode::Apply,
+            "p.wasm",
+            &[".".into(), ".git/hooks".into()],
+            &[],
+            limits,
+        )
+        .unwrap();
+        // (policy, path, allowed)
+        let table: &[(&Policy, &str, bool)] = &[
+            (&none, "a.txt", false),
+            (&none, "app.db", false),
+            (&all, "a.txt", true),
+            (&all, "dist/x", true),
+            (&all, ".git/config", false),
+            (&all, ".git", false),
+            (&all, ".gitignore", true),
+            (&all, "idem.yml", false),
+            (&all, "app.db", false),
+            (&all, "app.db-wal", false),
+            (&all, "app.db.bak", true),
+            (&git, ".git/hooks/pre-commit", true),
+            (&git, ".git/config", false),
+        ];
+        for (policy, path, ok) in table {
+            assert_eq!(
+                policy.resolve(path).is_ok(),
+                *ok,
+                "{path}: {:?}",
+                policy.resolve(path)
+            );
+        }
+        assert!(
+            none.resolve_database("app.db").is_ok(),
+            "databases through sqlite"
+        );
+    }
+
+    #[test]
+    fn plugins_may_not_set_special_bits_or_the_mode_of_a_grant() {
+        let limits = Limits {
+            time: None,
+            memory: 1,
+        };
+        let plugin =
+            Policy::for_plugin(Mode::Apply, "p.wasm", &["dist".into()], &[], limits).unwrap();
+        let plan = Policy::new(Mode::Apply);
+        let r = |s: &str| plan.resolve(s).unwrap();
+        // (path, mode, plugin allowed)
+        let table: &[(&str, u32, bool)] = &[
+            ("dist/a", 0o644, true),
+            ("dist/a", 0o4755, false),
+            ("dist/a", 0o2755, false),
+            ("dist/d", 0o1777, false),
+            ("dist", 0o700, false),
+            ("", 0o700, false),
+        ];
+        for (path, mode, ok) in table {
+            assert_eq!(
+                plugin.check_mode(&r(path), path, *mode).is_ok(),
+                *ok,
+                "{path} {mode:o}"
+            );
+            assert!(
+                plan.check_mode(&r(path), path, *mode).is_ok(),
+                "the plan's own steps"
+            );
+        }
     }
 
     #[test]

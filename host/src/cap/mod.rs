@@ -24,4 +24,8 @@ use crate::policy::RelPath;
 pub trait PathProbe {
     /// The path's metadata as this run sees it, or `None` when nothing is there.
     fn probe(&self, path: &RelPath) -> Result<Option<Metadata>, Error>;
+
+    /// Refuse a path that really leads (through links) into idem's own state, or out of the
+    /// step's `grants` when it has some.
+    fn check(&self, path: &RelPath, grants: Option<&[RelPath]>) -> Result<(), Error>;
 }

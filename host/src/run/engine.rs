@@ -27,26 +27,57 @@ pub fn engine() -> Result<Engine> {
     Ok(engine)
 }
 
+/// How many instances, memories and tables one store may hold. A component is a handful of
+/// core instances (componentize-py's, the largest seen, about a dozen); wasmtime's default
+/// of 10,000 would let a guest multiply its memory limit.
+const STORE_ITEMS: usize = 100;
+
 /// The store's memory limits, from the step's policy.
 pub struct Limiter {
-    /// The most one linear memory may grow to, in bytes.
+    /// The most all linear memories of the store together may grow to, in bytes.
     pub memory: usize,
+    /// What they hold now.
+    pub used: usize,
     /// Set when a guest asked for more.
     pub hit: bool,
+}
+
+impl Limiter {
+    pub fn new(memory: usize) -> Self {
+        Limiter {
+            memory,
+            used: 0,
+            hit: false,
+        }
+    }
 }
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory {
+        let total = self.used - current.min(self.used) + desired;
+        if total > self.memory {
             self.hit = true;
             return Ok(false);
         }
+        self.used = total;
         Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        STORE_ITEMS
+    }
+
+    fn memories(&self) -> usize {
+        STORE_ITEMS
+    }
+
+    fn tables(&self) -> usize {
+        STORE_ITEMS
     }
 
     fn table_growing(

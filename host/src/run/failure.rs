@@ -16,11 +16,7 @@ pub fn describe_trap(err: &wasmtime::Error, ctx: &Ctx, what: &str, plugin: bool)
         } else {
             ""
         };
-        let secs = limits.time.unwrap_or(Duration::ZERO).as_secs();
-        return StepFailure::new(
-            FailureKind::Limit,
-            format!("{what} ran longer than its time limit of {secs} s and was stopped{hint}"),
-        );
+        return time_limit(what, limits.time, ctx.cut_short, hint);
     }
     if ctx.limiter.hit {
         // The guest's own account (an allocation failure, a backtrace) adds nothing here.
@@ -51,6 +47,23 @@ pub fn describe_trap(err: &wasmtime::Error, ctx: &Ctx, what: &str, plugin: bool)
         format!("{what} crashed: {tail}")
     };
     StepFailure::new(FailureKind::Trap, message)
+}
+
+/// The failure of a step stopped at its time limit; `blocked` says where it was waiting.
+pub fn time_limit(
+    what: &str,
+    limit: Option<Duration>,
+    blocked: Option<&str>,
+    hint: &str,
+) -> StepFailure {
+    let secs = limit.unwrap_or(Duration::ZERO).as_secs();
+    let at = blocked
+        .map(|b| format!(" (blocked in {b})"))
+        .unwrap_or_default();
+    StepFailure::new(
+        FailureKind::Limit,
+        format!("{what} ran longer than its time limit of {secs} s and was stopped{at}{hint}"),
+    )
 }
 
 /// True when `err` is a trap, or a limit hit, rather than a mismatch found by the linker.

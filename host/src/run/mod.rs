@@ -42,6 +42,8 @@ pub struct RunConfig {
     /// The plan's text and the name it is shown by.
     pub plan_source: String,
     pub plan_name: String,
+    /// The plan file, canonical, when it is a file (plugins may not touch it unless named).
+    pub plan_file: Option<PathBuf>,
     pub state_path: PathBuf,
     pub now: Datetime,
     pub diff: bool,

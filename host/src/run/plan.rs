@@ -177,6 +177,7 @@ impl Host {
 
 /// Take the run lock: exclusive for an apply, shared for a dry run.
 fn lock(cfg: &RunConfig) -> Result<RunLock> {
+    super::store::refuse_linked_state_dir(&cfg.root, &cfg.state_path)?;
     let lock_file = lock_path(&cfg.state_path);
     if cfg.mode.dry_run() {
         RunLock::shared(&lock_file, cfg.lock_timeout, &cfg.root)

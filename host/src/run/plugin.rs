@@ -2,7 +2,7 @@
 //! its own policy, and run in a store of its own that holds the run's state only for the
 //! step. Its instances, memory, resource table, stderr and database connections end with it.
 
-use super::failure::{describe_trap, is_trap, not_a_component};
+use super::failure::{describe_trap, is_trap, not_a_component, time_limit};
 use super::store::{RunState, new_store};
 use super::{Host, RunConfig, StepEnd};
 use crate::bindings::plan::PluginCall;
@@ -24,11 +24,19 @@ impl Host {
             time: Some(cfg.plugin_timeout),
             memory: cfg.plugin_memory,
         };
-        let policy =
+        let mut policy =
             match Policy::for_plugin(cfg.mode, &call.path, &call.paths, &call.databases, limits) {
                 Ok(p) => p,
                 Err(e) => return (run, Err(load(format!("{what}: {e}")))),
             };
+        if let Some(plan) = cfg
+            .plan_file
+            .as_ref()
+            .and_then(|f| f.strip_prefix(&cfg.root).ok())
+            .and_then(|rel| Policy::new(cfg.mode).resolve(&rel.to_string_lossy()).ok())
+        {
+            policy = policy.reserve(plan);
+        }
         // The component is read as the standard operations would read it: through the run's
         // view of the tree, so a plugin written by an earlier step of a dry run is found.
         let bytes = match Policy::new(cfg.mode)
@@ -53,7 +61,8 @@ impl Host {
                 );
             }
         };
-        let step_dbs = match run.dbs.lend(policy.databases()) {
+        let deadline = Some(std::time::Instant::now() + cfg.plugin_timeout);
+        let step_dbs = match run.dbs.lend(policy.databases(), deadline) {
             Ok(d) => d,
             Err(e) => {
                 let m = format!("{what}: preparing its databases: {}", error_text(&e));
@@ -80,8 +89,31 @@ impl Host {
                 "{what} does not fit idem's contract (idem:plugin@0.1.0, world `plugin`): {e:#}"
             ))),
         };
+        // A wait cut short at the deadline means the guest's time ran out, whatever it did
+        // after it woke (it believes it waited as long as it asked).
+        let result = match (result, store.data().cut_short) {
+            (Err(f), _) if f.kind == FailureKind::Limit => Err(f),
+            (_, Some(blocked)) => Err(time_limit(
+                &what,
+                Some(cfg.plugin_timeout),
+                Some(blocked),
+                " (raise it with --plugin-timeout)",
+            )),
+            (r, None) => r,
+        };
         let mut run = store.into_data().into_run();
         let step_dbs = std::mem::replace(&mut run.dbs, run_dbs);
+        // A statement interrupted at the deadline comes back to the guest as an error it may
+        // report as its own: the step ran out of time all the same.
+        let result = match result {
+            Err(f) if step_dbs.interrupted() && f.kind != FailureKind::Limit => Err(time_limit(
+                &what,
+                Some(cfg.plugin_timeout),
+                Some("an SQL statement"),
+                " (raise it with --plugin-timeout)",
+            )),
+            r => r,
+        };
         let adopted = run.dbs.adopt(step_dbs);
         let result = match (result, adopted) {
             (Ok(_), Err(e)) => Err(StepFailure::new(

@@ -51,19 +51,61 @@ impl RunState {
     ) -> Result<Self> {
         let dir = cap_std::fs::Dir::open_ambient_dir(root, cap_std::ambient_authority())
             .with_context(|| format!("opening the root {}", root.display()))?;
+        let in_state_dir = refuse_linked_state_dir(root, state_path)?;
         let (sink, backing): (Box<dyn Sink + Send>, Backing) = if mode.dry_run() {
             (Box::new(Overlay::new(now)), Backing::PrivateCopy)
         } else {
             (Box::new(Disk::default()), Backing::File)
         };
+        let state = StateStore::open(state_path, mode.dry_run())?;
+        let mut fs = FsCap::new(dir, sink, now, diffs);
+        fs.protect(protected(root, state_path, in_state_dir));
         Ok(RunState {
-            fs: FsCap::new(dir, sink, now, diffs),
+            fs,
             dbs: Databases::new(root.to_path_buf(), backing),
-            state: StateStore::open(state_path, mode.dry_run())?,
+            state,
             progress: Progress::new(progress),
             now,
         })
     }
+}
+
+/// Refuse a state directory under the root that is a symbolic link (before anything, the run
+/// lock included, is opened through it). Returns whether the state store lies in it.
+pub fn refuse_linked_state_dir(root: &Path, state_path: &Path) -> Result<bool> {
+    let state_dir = root.join(crate::policy::STATE_DIR);
+    let in_state_dir = state_path.starts_with(&state_dir);
+    if in_state_dir
+        && std::fs::symlink_metadata(&state_dir).is_ok_and(|m| m.file_type().is_symlink())
+    {
+        anyhow::bail!(
+            "{} is a symbolic link; idem keeps its state there and does not follow links \
+             for it (a repository shipping `.idem` as a link could send the state anywhere). \
+             Remove the link, or keep the state elsewhere with --state",
+            state_dir.display()
+        );
+    }
+    Ok(in_state_dir)
+}
+
+/// Where no step may lead, however it spells the path: the state directory under the root,
+/// or (for a `--state` elsewhere under the root) the state store's own files.
+fn protected(root: &Path, state_path: &Path, in_state_dir: bool) -> Vec<std::path::PathBuf> {
+    if in_state_dir {
+        return vec![root.join(crate::policy::STATE_DIR)];
+    }
+    let (Some(dir), Some(name)) = (state_path.parent(), state_path.file_name()) else {
+        return Vec::new();
+    };
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    if !dir.starts_with(root) {
+        return Vec::new();
+    }
+    let name = name.to_string_lossy();
+    ["", "-wal", "-shm", "-journal", ".lock"]
+        .iter()
+        .map(|side| dir.join(format!("{name}{side}")))
+        .collect()
 }
 
 /// The `T` in `Store<T>`: one store's own state, the step's policy, and (while a guest of
@@ -75,6 +117,14 @@ pub struct Ctx {
     pub stderr: TailPipe,
     pub policy: Policy,
     pub limiter: Limiter,
+    /// When the step's time runs out, from its policy's limit (none for the standard
+    /// operations). Epoch interruption stops compiled code then; waits in the host are
+    /// clamped to it.
+    pub deadline: Option<std::time::Instant>,
+    /// The guest's monotonic clock counts from here.
+    clock_start: std::time::Instant,
+    /// Set when a wait of the guest was cut short at the deadline: where the time ran out.
+    pub cut_short: Option<&'static str>,
     run: Option<RunState>,
 }
 
@@ -157,6 +207,52 @@ impl WasiView for Ctx {
     }
 }
 
+/// The WASI monotonic clock a guest sees: nanoseconds since its store was made.
+struct StepClock(std::time::Instant);
+
+impl wasmtime_wasi::HostMonotonicClock for StepClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        self.0.elapsed().as_nanos() as u64
+    }
+}
+
+/// A guest's sleep, ending at `at`: a wait the host can cut short at the step's deadline.
+struct Sleep(tokio::time::Instant);
+
+#[wasmtime_wasi::async_trait]
+impl wasmtime_wasi::p2::Pollable for Sleep {
+    async fn ready(&mut self) {
+        tokio::time::sleep_until(self.0).await;
+    }
+}
+
+impl Ctx {
+    /// A pollable for a sleep of `wanted`, ending no later than the step's deadline.
+    fn subscribe(
+        &mut self,
+        wanted: std::time::Duration,
+    ) -> wasmtime::Result<wasmtime::component::Resource<wasmtime_wasi::p2::DynPollable>> {
+        let now = std::time::Instant::now();
+        let mut end = now
+            .checked_add(wanted)
+            .unwrap_or(now + std::time::Duration::from_secs(1 << 40));
+        if let Some(deadline) = self.deadline
+            && end > deadline
+        {
+            end = deadline.max(now);
+            self.cut_short = Some("a sleep or wait (wasi:clocks)");
+        }
+        let sleep = self
+            .table
+            .push(Sleep(tokio::time::Instant::from_std(end)))?;
+        wasmtime_wasi::p2::subscribe(&mut self.table, sleep)
+    }
+}
+
 /// The WASI wall clock a guest sees: the run's one instant.
 struct FixedClock(Datetime);
 
@@ -176,9 +272,11 @@ impl wasmtime_wasi::HostWallClock for FixedClock {
 /// instantiation on.
 pub fn new_store(engine: &Engine, run: RunState, policy: Policy) -> Store<Ctx> {
     let stderr = TailPipe::default();
+    let clock_start = std::time::Instant::now();
     let wasi = WasiCtxBuilder::new()
         .stderr(stderr.clone())
         .wall_clock(FixedClock(run.now))
+        .monotonic_clock(StepClock(clock_start))
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false)
@@ -189,10 +287,10 @@ pub fn new_store(engine: &Engine, run: RunState, policy: Policy) -> Store<Ctx> {
         wasi,
         stderr,
         policy,
-        limiter: Limiter {
-            memory: limits.memory,
-            hit: false,
-        },
+        limiter: Limiter::new(limits.memory),
+        deadline: limits.time.map(|t| clock_start + t),
+        clock_start,
+        cut_short: None,
         run: Some(run),
     };
     let mut store = Store::new(engine, ctx);
@@ -205,6 +303,10 @@ pub fn new_store(engine: &Engine, run: RunState, policy: Policy) -> Store<Ctx> {
     store.epoch_deadline_trap();
     store
 }
+
+/// The monotonic clock interface as wasmtime-wasi defines it (a component importing any
+/// 0.2.x version links to it).
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
 
 // The `D` of each interface's `add_to_linker`: which view of the store it sees.
 struct HasFs;
@@ -251,5 +353,24 @@ pub fn linker(engine: &Engine) -> Result<Linker<Ctx>> {
     clock::add_to_linker::<Ctx, HasClock>(&mut l, Ctx::clock_view).map_err(e)?;
     policy::add_to_linker::<Ctx, HasPolicy>(&mut l, Ctx::policy_view).map_err(e)?;
     wasmtime_wasi::p2::add_to_linker_sync(&mut l).map_err(e)?;
+    // A guest's sleeps are cut short at its step's deadline: epoch interruption only stops
+    // compiled code, and a guest blocked in the host's poll would otherwise outlast its limit.
+    l.allow_shadowing(true);
+    let mut clocks = l.instance(MONOTONIC_CLOCK).map_err(e)?;
+    clocks
+        .func_wrap("subscribe-duration", |mut s, (ns,): (u64,)| {
+            Ok((s
+                .data_mut()
+                .subscribe(std::time::Duration::from_nanos(ns))?,))
+        })
+        .map_err(e)?;
+    clocks
+        .func_wrap("subscribe-instant", |mut s, (at,): (u64,)| {
+            let ctx: &mut Ctx = s.data_mut();
+            let now = ctx.clock_start.elapsed().as_nanos() as u64;
+            Ok((ctx.subscribe(std::time::Duration::from_nanos(at.saturating_sub(now)))?,))
+        })
+        .map_err(e)?;
+    l.allow_shadowing(false);
     Ok(l)
 }

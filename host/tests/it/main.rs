@@ -7,4 +7,5 @@ mod core;
 mod crash;
 mod fidelity;
 mod plugins;
+mod sandbox;
 mod state;

@@ -25,15 +25,15 @@ fn workspace() -> PathBuf {
 }
 
 /// The components built from this workspace's plugin crates.
-struct Built {
-    hostile: Vec<u8>,
-    manifest: Vec<u8>,
+pub struct Built {
+    pub hostile: Vec<u8>,
+    pub manifest: Vec<u8>,
     /// The standard operations guest: a component of another world (`standard`).
-    standard: Vec<u8>,
+    pub standard: Vec<u8>,
 }
 
 /// Build the Rust plugins (and the standard guest, for its other world) once per test run.
-fn built() -> &'static Built {
+pub fn built() -> &'static Built {
     static BUILT: OnceLock<Built> = OnceLock::new();
     BUILT.get_or_init(|| {
         let target_dir = workspace().join("target").join("guest");
@@ -136,6 +136,8 @@ impl Sandbox {
             "root",
             "run",
             "hostile.wasm",
+            "--path",
+            ".",
             "--config-json",
             &config,
         ];
@@ -311,6 +313,8 @@ fn plugin_timeout_is_also_taken_from_the_environment() {
                 "root",
                 "run",
                 "hostile.wasm",
+                "--path",
+                ".",
                 "--config-json",
                 r#"{"mode":"loop"}"#,
             ])
@@ -340,6 +344,8 @@ fn plugin_that_traps_halfway_leaves_whole_files_and_a_working_state_store() {
             "root",
             "run",
             "hostile.wasm",
+            "--path",
+            ".",
             "--config-json",
             r#"{"mode":"trap-halfway","path":"half"}"#,
         ],
@@ -402,6 +408,8 @@ fn plugin_writes_under_dry_run_are_reported_but_not_made() {
                 "root",
                 "run",
                 "hostile.wasm",
+                "--path",
+                ".",
                 "--config-json",
                 &config,
                 "--database",
@@ -436,6 +444,8 @@ fn plugin_writes_under_dry_run_are_reported_but_not_made() {
             "root",
             "run",
             "hostile.wasm",
+            "--path",
+            ".",
             "--config-json",
             &config,
             "--database",
@@ -473,6 +483,8 @@ fn plugin_checkpoints_resume_where_a_failed_run_stopped() {
             "root".into(),
             "run".into(),
             "hostile.wasm".into(),
+            "--path".into(),
+            ".".into(),
             "--config-json".into(),
             cfg,
         ];
@@ -686,7 +698,7 @@ fn rust_example_plugin_converges() {
     t.write("site/deep/b.txt", "bb");
     t.write(
         "idem.yml",
-        "steps:\n  - plugin: manifest.wasm\n    config: { dir: site }\n",
+        "steps:\n  - plugin: manifest.wasm\n    config: { dir: site }\n    paths: [site]\n",
     );
     assert_converges(&t, &[]);
     assert_eq!(
@@ -694,12 +706,26 @@ fn rust_example_plugin_converges() {
         "# manifest of site: 2 files, 5 bytes\n3\ta.txt\n2\tdeep/b.txt\n"
     );
     // `idem run` too, and a bad config is an error naming the field.
-    t.idem(&["run", "manifest.wasm", "--config-json", r#"{"dir":"site"}"#])
-        .code(0)
-        .says("unchanged");
-    t.idem(&["run", "manifest.wasm", "--config-json", r#"{"dri":"site"}"#])
-        .code(1)
-        .says("unknown field `dri`");
+    t.idem(&[
+        "run",
+        "manifest.wasm",
+        "--path",
+        "site",
+        "--config-json",
+        r#"{"dir":"site"}"#,
+    ])
+    .code(0)
+    .says("unchanged");
+    t.idem(&[
+        "run",
+        "manifest.wasm",
+        "--path",
+        "site",
+        "--config-json",
+        r#"{"dri":"site"}"#,
+    ])
+    .code(1)
+    .says("unknown field `dri`");
 }
 
 #[test]
@@ -711,7 +737,7 @@ fn python_example_plugin_converges_and_writes_what_the_rust_one_writes() {
     t.write("site/deep/b.txt", "bb");
     t.write(
         "idem.yml",
-        "steps:\n  - plugin: py.wasm\n    config: { dir: site, output: py.txt }\n",
+        "steps:\n  - plugin: py.wasm\n    config: { dir: site, output: py.txt }\n    paths: [site, py.txt]\n",
     );
     let r = assert_converges(&t, &[]);
     assert_eq!(
@@ -721,6 +747,10 @@ fn python_example_plugin_converges_and_writes_what_the_rust_one_writes() {
     t.idem(&[
         "run",
         "rs.wasm",
+        "--path",
+        "site",
+        "--path",
+        "rs.txt",
         "--config-json",
         r#"{"dir":"site","output":"rs.txt"}"#,
     ])
@@ -740,7 +770,7 @@ fn compiled_plugins_are_cached_so_a_second_run_does_not_compile() {
         let out = t
             .cmd()
             .env("IDEM_CACHE_DIR", cache.path())
-            .args(["run", "hostile.wasm", "-vv", "--config-json"])
+            .args(["run", "hostile.wasm", "--path", ".", "-vv", "--config-json"])
             .arg(r#"{"mode":"well-behaved","path":"x.txt","content":"x"}"#)
             .output()
             .unwrap();
@@ -763,6 +793,8 @@ fn compiled_plugins_are_cached_so_a_second_run_does_not_compile() {
     let uncached = t.idem(&[
         "run",
         "hostile.wasm",
+        "--path",
+        ".",
         "-vv",
         "--no-cache",
         "--config-json",
@@ -777,7 +809,7 @@ fn compiled_plugins_are_cached_so_a_second_run_does_not_compile() {
 
 /// Run idem on `t` with `args`, and return the run and the peak resident memory of the idem
 /// process in MiB (from `wait4`, so other tests' processes do not count).
-fn idem_with_peak_rss(t: &Env, args: &[&str], nofile: Option<u64>) -> (Run, u64) {
+pub fn idem_with_peak_rss(t: &Env, args: &[&str], nofile: Option<u64>) -> (Run, u64) {
     use std::os::unix::process::CommandExt;
     let mut cmd = t.cmd();
     cmd.args(args)
@@ -852,7 +884,7 @@ fn a_second_plugin_step_does_not_see_the_first_ones_stderr() {
     t.write("p.wasm", &built().hostile);
     t.write(
         "idem.yml",
-        "steps:\n  - plugin: p.wasm\n    config: { mode: stderr, path: one.txt, content: said-by-step-one }\n  - plugin: p.wasm\n    config: { mode: panic, content: said-by-step-two }\n",
+        "steps:\n  - plugin: p.wasm\n    config: { mode: stderr, path: one.txt, content: said-by-step-one }\n    paths: [one.txt]\n  - plugin: p.wasm\n    config: { mode: panic, content: said-by-step-two }\n",
     );
     let r = t.json(&["apply"], 1);
     let err = r["steps"][1]["error"].as_str().unwrap();
@@ -891,7 +923,7 @@ fn each_plugin_step_closes_the_handles_it_leaked() {
     let mut plan = String::from("steps:\n");
     for _ in 0..4 {
         plan.push_str(
-            "  - plugin: p.wasm\n    config: { mode: leak-readers, path: data.txt, count: 150 }\n",
+            "  - plugin: p.wasm\n    config: { mode: leak-readers, path: data.txt, count: 150 }\n    paths: [data.txt]\n",
         );
     }
     t.write("idem.yml", &plan);
@@ -930,7 +962,7 @@ fn verify_reports_a_failed_second_run_as_an_error_not_as_a_change() {
     t.write("p.wasm", &built().hostile);
     t.write(
         "idem.yml",
-        "steps:\n  - plugin: p.wasm\n    config: { mode: once-only, path: once.txt }\n",
+        "steps:\n  - plugin: p.wasm\n    config: { mode: once-only, path: once.txt }\n    paths: [once.txt]\n",
     );
     let r = t.json(&["apply", "--verify"], 3);
     assert_eq!(r["verify"]["ok"], false);
@@ -981,4 +1013,79 @@ fn failures_carry_their_kind_and_cause_in_the_json_report() {
         s.t.idem(&["-C", "root", "run", "junk.wasm", "--format", "json"]);
     r.code(1);
     assert_eq!(r.json()["steps"][0]["error_kind"], "load");
+}
+
+/// Run `idem -C root run hostile.wasm` with `config` and `extra`, killing it (and failing the
+/// test) if it outlives `limit`: a test of a time limit must not hang when the limit fails.
+fn run_within(s: &Sandbox, config: Value, extra: &[&str], limit: Duration) -> (Run, Duration) {
+    let config = config.to_string();
+    let mut cmd = s.t.cmd();
+    cmd.args([
+        "-C",
+        "root",
+        "run",
+        "hostile.wasm",
+        "--path",
+        ".",
+        "--config-json",
+        &config,
+    ])
+    .args(extra)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let started = Instant::now();
+    let mut child = cmd.spawn().unwrap();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("idem was still running after {limit:?}: the time limit did not hold");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        },
+        started.elapsed(),
+    )
+}
+
+/// Issue 12, item 1: a plugin waiting in the host (a WASI sleep) is stopped at its limit.
+#[test]
+fn plugin_that_sleeps_is_stopped_by_the_timeout() {
+    let s = Sandbox::new();
+    let (r, took) = run_within(
+        &s,
+        json!({"mode": "sleep", "size": 3600}),
+        &["--plugin-timeout", "1"],
+        Duration::from_secs(60),
+    );
+    r.code(1)
+        .says("ran longer than its time limit of 1 s and was stopped")
+        .says("blocked in a sleep");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    s.assert_still_works();
+}
+
+/// Issue 12, item 1: one endless SQL statement (the host is inside SQLite) is interrupted.
+#[test]
+fn plugin_with_an_endless_sql_query_is_stopped_by_the_timeout() {
+    let s = Sandbox::new();
+    let sql =
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+    let (r, took) = run_within(
+        &s,
+        json!({"mode": "sql", "database": "app.db", "sql": sql}),
+        &["--plugin-timeout", "1", "--database", "app.db"],
+        Duration::from_secs(60),
+    );
+    r.code(1)
+        .says("ran longer than its time limit of 1 s and was stopped")
+        .says("blocked in an SQL statement");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    s.assert_still_works();
 }

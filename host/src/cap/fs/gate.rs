@@ -15,7 +15,14 @@ use crate::change::{Change, ChangeKind};
 use crate::policy::RelPath;
 
 /// Files larger than this get no diff, only a note.
-const DIFF_LIMIT: usize = 1 << 20;
+pub const DIFF_LIMIT: usize = 1 << 20;
+
+/// The file a write replaces: its hash (computed from `data` when not given) and its bytes
+/// when the caller has them (without them, a diff is only a note).
+pub struct Prior<'a> {
+    pub hash: Option<String>,
+    pub data: Option<&'a [u8]>,
+}
 
 /// The sink of this run and the changes made through it since they were last taken.
 pub struct Gate {
@@ -96,7 +103,12 @@ impl Gate {
         Ok(())
     }
 
-    /// Write `content` over `old` (the current content, `None` for a new file).
+    /// Whether changes carry diffs, so that callers fetch the old bytes only then.
+    pub fn wants_diffs(&self) -> bool {
+        self.diffs
+    }
+
+    /// Write `content` over `old` (`None` for a new file).
     pub fn write_file(
         &mut self,
         root: &Dir,
@@ -104,7 +116,7 @@ impl Gate {
         path: &RelPath,
         content: Vec<u8>,
         mode: u32,
-        old: Option<&[u8]>,
+        old: Option<Prior<'_>>,
     ) -> io::Result<()> {
         let mut change = Change::new(
             if old.is_some() {
@@ -114,10 +126,18 @@ impl Gate {
             },
             path.as_str(),
         );
-        change.before = old.map(hash);
+        change.before = old
+            .as_ref()
+            .and_then(|o| o.hash.clone().or_else(|| o.data.map(hash)));
         change.after = Some(hash(&content));
         if self.diffs {
-            change.diff = Some(diff(path.as_str(), old.unwrap_or_default(), &content));
+            change.diff = Some(match &old {
+                None => diff(path.as_str(), b"", &content),
+                Some(Prior { data: Some(d), .. }) => diff(path.as_str(), d, &content),
+                Some(Prior { data: None, .. }) => {
+                    format!("(no diff: {path} is larger than 1 MiB)\n")
+                }
+            });
         }
         self.sink.replace_file(root, parent, path, content, mode)?;
         self.record(change);
@@ -212,7 +232,10 @@ mod tests {
                 &p("old"),
                 b"o2\n".to_vec(),
                 0o644,
-                Some(b"old"),
+                Some(Prior {
+                    hash: None,
+                    data: Some(b"old"),
+                }),
             )
             .unwrap();
             g.chmod(&root, &p("old"), 0o600, &real).unwrap();
@@ -280,8 +303,18 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
         let mut g = Gate::new(Box::new(Disk::default()), true);
-        g.write_file(&root, &p(""), &p("f"), b"b\n".to_vec(), 0o644, Some(b"a\n"))
-            .unwrap();
+        g.write_file(
+            &root,
+            &p(""),
+            &p("f"),
+            b"b\n".to_vec(),
+            0o644,
+            Some(Prior {
+                hash: None,
+                data: Some(b"a\n"),
+            }),
+        )
+        .unwrap();
         let c = &g.take_changes()[0];
         assert_eq!(c.before.as_deref(), Some(hash(b"a\n").as_str()));
         assert_eq!(c.after.as_deref(), Some(hash(b"b\n").as_str()));

@@ -20,10 +20,31 @@ pub struct FsView<'a> {
 type R<T> = wasmtime::Result<CapResult<T>>;
 
 impl FsView<'_> {
-    fn path(&self, p: &str) -> CapResult<RelPath> {
-        self.policy
+    /// The guest's path, resolved by the policy, and refused when it really leads (through
+    /// links inside the root) into idem's state or out of the step's grants. `follow`: the
+    /// call follows a link at the path itself (listing, creating under it).
+    fn resolve(&self, p: &str, follow: bool) -> CapResult<RelPath> {
+        let rel = self
+            .policy
             .resolve(p)
-            .map_err(|e| Error::Denied(e.to_string()))
+            .map_err(|e| Error::Denied(e.to_string()))?;
+        self.fs.check_real(&rel, follow, self.policy.grants())?;
+        Ok(rel)
+    }
+
+    fn path(&self, p: &str) -> CapResult<RelPath> {
+        self.resolve(p, false)
+    }
+
+    /// The path, when the step may also set `mode` on it.
+    fn path_for_mode(&self, p: &str, mode: Option<u32>) -> CapResult<RelPath> {
+        let rel = self.path(p)?;
+        if let Some(m) = mode {
+            self.policy
+                .check_mode(&rel, p, m)
+                .map_err(|e| Error::Denied(e.to_string()))?;
+        }
+        Ok(rel)
     }
 }
 
@@ -45,7 +66,24 @@ impl Host for FsView<'_> {
     }
 
     fn read(&mut self, path: String) -> R<Vec<u8>> {
-        Ok(self.path(&path).and_then(|p| self.fs.read(&p)))
+        let p = match self.path(&path) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        if self.policy.confined() {
+            let cap = self.policy.limits.memory as u64;
+            if let Ok(Some(m)) = self.fs.stat(&p)
+                && m.size > cap
+            {
+                return Ok(Err(Error::Invalid(format!(
+                    "{p} is {} MiB, more than `read` hands a plugin (its memory limit, {} MiB): \
+                     read it in chunks with `open-reader`",
+                    m.size >> 20,
+                    cap >> 20
+                ))));
+            }
+        }
+        Ok(self.fs.read(&p))
     }
 
     fn open_reader(&mut self, path: String) -> R<Resource<Reader>> {
@@ -57,21 +95,26 @@ impl Host for FsView<'_> {
     }
 
     fn list_dir(&mut self, path: String) -> R<Vec<Entry>> {
-        Ok(self.path(&path).and_then(|p| self.fs.list_dir(&p)))
+        Ok(self.resolve(&path, true).and_then(|p| self.fs.list_dir(&p)))
     }
 
     fn create_dir(&mut self, path: String, mode: Option<u32>) -> R<Done> {
-        Ok(self.path(&path).and_then(|p| self.fs.create_dir(&p, mode)))
+        Ok(self
+            .resolve(&path, true)
+            .and_then(|_| self.path_for_mode(&path, mode))
+            .and_then(|p| self.fs.create_dir(&p, mode)))
     }
 
     fn write_atomic(&mut self, path: String, content: Vec<u8>, mode: Option<u32>) -> R<Done> {
         Ok(self
-            .path(&path)
+            .path_for_mode(&path, mode)
             .and_then(|p| self.fs.write_atomic(&p, content, mode)))
     }
 
     fn set_mode(&mut self, path: String, mode: u32) -> R<Done> {
-        Ok(self.path(&path).and_then(|p| self.fs.set_mode(&p, mode)))
+        Ok(self
+            .path_for_mode(&path, Some(mode))
+            .and_then(|p| self.fs.set_mode(&p, mode)))
     }
 
     fn remove(&mut self, path: String, recursive: bool) -> R<Done> {

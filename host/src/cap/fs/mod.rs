@@ -21,6 +21,8 @@ mod sink;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cap_std::fs::{Dir, MetadataExt};
@@ -41,6 +43,14 @@ use crate::policy::RelPath;
 /// The result of a capability call as the guest sees it.
 pub type CapResult<T> = Result<T, Error>;
 
+/// What a write replaces: whether it holds the new content already, its hash when known
+/// without reading it again, and its bytes when they are at hand (for a diff).
+struct Before {
+    same: bool,
+    hash: Option<String>,
+    data: Option<Arc<Vec<u8>>>,
+}
+
 /// How many directories' listings a dry run remembers.
 const LISTED_DIRS: usize = 1024;
 
@@ -56,6 +66,16 @@ pub struct FsCap {
     /// directories, as on disk: they stay true, so a cleanup's removals need not stat again
     /// every file its listing just saw.
     listed: RefCell<HashMap<RelPath, HashMap<String, Kind>>>,
+    /// Where paths must never lead, however they are spelt: idem's own state (the state
+    /// directory, or the state store's files), as real absolute paths.
+    protected: Vec<PathBuf>,
+    /// Real locations of directories, by path, as the kernel resolved them.
+    real_dirs: RefCell<HashMap<RelPath, PathBuf>>,
+}
+
+/// The real path of an open directory, as the kernel knows it.
+fn real_path_of(dir: &Dir) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())).ok()
 }
 
 fn datetime_of(meta: &cap_std::fs::Metadata) -> Datetime {
@@ -155,7 +175,94 @@ impl FsCap {
             now,
             umask: umask(),
             listed: RefCell::new(HashMap::new()),
+            protected: Vec::new(),
+            real_dirs: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// Never let a path lead to `paths` (real absolute paths), through whatever links.
+    pub fn protect(&mut self, paths: Vec<PathBuf>) {
+        self.protected = paths;
+    }
+
+    /// Where `path` really is: the real location of its nearest directory that exists on disk
+    /// (with `follow`, starting from `path` itself, as listing or creating under it would follow
+    /// a link there), with the rest of the path appended. `None` when the kernel cannot say.
+    pub fn real_location(&self, path: &RelPath, follow: bool) -> Option<PathBuf> {
+        let mut dir = if follow {
+            Some(path.clone())
+        } else {
+            path.parent()
+        };
+        let full = path.as_str();
+        while let Some(d) = dir {
+            let known = self.real_dirs.borrow().get(&d).cloned();
+            let real = match known {
+                Some(r) => Some(r),
+                None => match self.root.open_dir(d.as_fs()) {
+                    Ok(handle) => {
+                        let r = real_path_of(&handle)?;
+                        self.real_dirs.borrow_mut().insert(d.clone(), r.clone());
+                        Some(r)
+                    }
+                    Err(_) => None,
+                },
+            };
+            if let Some(mut r) = real {
+                let consumed = d.as_str().len();
+                let tail = full[consumed..].trim_start_matches('/');
+                if !tail.is_empty() {
+                    r.push(tail);
+                }
+                return Some(r);
+            }
+            dir = d.parent();
+        }
+        None
+    }
+
+    /// Refuse `path` when it really leads into idem's state, or (for a step with `grants`)
+    /// out of every path the step was granted: a link inside the root (`up -> .`,
+    /// `dist/x -> ../secret`) can lead where the path's spelling does not say.
+    pub fn check_real(
+        &self,
+        path: &RelPath,
+        follow: bool,
+        grants: Option<&[RelPath]>,
+    ) -> CapResult<()> {
+        if self.protected.is_empty() && grants.is_none() {
+            return Ok(());
+        }
+        let Some(real) = self.real_location(path, follow) else {
+            return Ok(());
+        };
+        if let Some(p) = self.protected.iter().find(|p| real.starts_with(p)) {
+            return Err(Error::Denied(format!(
+                "{path} leads into idem's own state ({}), which steps may not touch",
+                p.display()
+            )));
+        }
+        if let Some(grants) = grants {
+            let inside = grants.iter().any(|g| {
+                self.real_location(g, true)
+                    .is_some_and(|top| real.starts_with(top))
+            });
+            if !inside {
+                return Err(Error::Denied(format!(
+                    "{path} leads outside the paths this step may touch through a symbolic link"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// True when removing the directory at real location `dir` would remove idem's state.
+    fn holds_protected(&self, path: &RelPath) -> Option<&Path> {
+        let real = self.real_location(path, false)?;
+        self.protected
+            .iter()
+            .find(|p| p.starts_with(&real))
+            .map(|p| p.as_path())
     }
 
     /// The changes since the last call.
@@ -195,16 +302,76 @@ impl FsCap {
                 if found.kind() != Some(Kind::File) {
                     return Err(Error::WrongKind(format!("{path} is not a regular file")));
                 }
-                self.root
-                    .read(path.as_fs())
-                    .map(Arc::new)
-                    .map_err(|e| io_error(path, e))
+                let mut f = self.open_regular(path)?;
+                let mut data = Vec::new();
+                std::io::Read::read_to_end(&mut f, &mut data).map_err(|e| io_error(path, e))?;
+                Ok(Arc::new(data))
             }
             Found::Planned(Planned::Dir { .. }) => {
                 Err(Error::WrongKind(format!("{path} is a directory")))
             }
             Found::Absent => Err(Error::NotFound(format!("{path} does not exist"))),
         }
+    }
+
+    /// Open a file for reading that was a regular file when looked at: without blocking (a
+    /// FIFO swapped in meanwhile would block an ordinary open forever), and checked again on
+    /// the open handle, which is what is then read.
+    fn open_regular(&self, path: &RelPath) -> CapResult<cap_std::fs::File> {
+        use cap_std::fs::OpenOptionsExt as _;
+        let f = self
+            .root
+            .open_with(
+                path.as_fs(),
+                cap_std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY),
+            )
+            .map_err(|e| io_error(path, e))?;
+        let meta = f.metadata().map_err(|e| io_error(path, e))?;
+        if !meta.is_file() {
+            return Err(Error::WrongKind(format!(
+                "{path} is not a regular file (it changed while idem looked at it)"
+            )));
+        }
+        Ok(f)
+    }
+
+    /// Whether the file at `path` (a regular file of `size` bytes on disk) holds exactly
+    /// `content`, compared in chunks: a multi-gigabyte file is never read into memory.
+    fn same_content(&self, path: &RelPath, size: u64, content: &[u8]) -> CapResult<bool> {
+        if size != content.len() as u64 {
+            return Ok(false);
+        }
+        let mut f = self.open_regular(path)?;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut at = 0;
+        loop {
+            let n = std::io::Read::read(&mut f, &mut buf).map_err(|e| io_error(path, e))?;
+            if n == 0 {
+                return Ok(at == content.len());
+            }
+            if at + n > content.len() || buf[..n] != content[at..at + n] {
+                return Ok(false);
+            }
+            at += n;
+        }
+    }
+
+    /// SHA-256 of a file on disk, read in chunks.
+    fn digest_of(&self, path: &RelPath) -> CapResult<String> {
+        use sha2::{Digest, Sha256};
+        let mut f = self.open_regular(path)?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = std::io::Read::read(&mut f, &mut buf).map_err(|e| io_error(path, e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
     }
 
     /// `stat`: the metadata of a path, or none.
@@ -226,11 +393,7 @@ impl FsCap {
                 data: d.clone(),
                 pos: 0,
             }),
-            f if f.kind() == Some(Kind::File) => self
-                .root
-                .open(path.as_fs())
-                .map(Reader::File)
-                .map_err(|e| io_error(path, e)),
+            f if f.kind() == Some(Kind::File) => self.open_regular(path).map(Reader::File),
             f if f.kind().is_none() => Err(Error::NotFound(format!("{path} does not exist"))),
             _ => Err(Error::WrongKind(format!("{path} is not a regular file"))),
         }
@@ -254,6 +417,9 @@ impl FsCap {
             })
         );
         if real {
+            let real_dir = (!self.protected.is_empty())
+                .then(|| self.real_location(path, true))
+                .flatten();
             let mut kinds = self.gate.disk_is_frozen().then(HashMap::new);
             let dir = self
                 .root
@@ -266,6 +432,13 @@ impl FsCap {
                     continue;
                 };
                 if path.is_root() && name == crate::policy::STATE_DIR {
+                    continue;
+                }
+                if !self.protected.is_empty()
+                    && real_dir
+                        .as_ref()
+                        .is_some_and(|r| self.protected.contains(&r.join(&name)))
+                {
                     continue;
                 }
                 let meta = metadata_of(
@@ -358,12 +531,32 @@ impl FsCap {
             )));
         }
         let found = self.found(path)?;
-        let (old, old_mode) = match found.kind() {
-            None => (None, None),
-            Some(Kind::File) => (
-                Some(self.content(path, &found)?),
-                found.metadata().map(|m| m.mode),
-            ),
+        let old_mode = found.metadata().map(|m| m.mode);
+        let old = match found.kind() {
+            None => None,
+            Some(Kind::File) => Some(match &found {
+                Found::Planned(Planned::File { data: Some(d), .. }) => Before {
+                    same: d.as_slice() == content.as_slice(),
+                    hash: None,
+                    data: Some(d.clone()),
+                },
+                // On disk: compared in chunks, so a huge file is never held in memory; its
+                // bytes are read whole only for a diff of at most DIFF_LIMIT.
+                _ => {
+                    let size = found.metadata().map_or(0, |m| m.size);
+                    let same = self.same_content(path, size, &content)?;
+                    let data =
+                        (!same && self.gate.wants_diffs() && size <= gate::DIFF_LIMIT as u64)
+                            .then(|| self.content(path, &found))
+                            .transpose()?;
+                    let hash = if same {
+                        None
+                    } else {
+                        Some(self.digest_of(path)?)
+                    };
+                    Before { same, hash, data }
+                }
+            }),
             Some(Kind::Directory) => {
                 return Err(Error::WrongKind(format!("{path} is a directory")));
             }
@@ -374,9 +567,7 @@ impl FsCap {
             }
         };
         let new_mode = mode.or(old_mode).unwrap_or(0o666 & !self.umask);
-        if let Some(old) = &old
-            && old.as_slice() == content.as_slice()
-        {
+        if old.as_ref().is_some_and(|o| o.same) {
             return if old_mode == Some(new_mode) {
                 Ok(Done::Unchanged)
             } else {
@@ -390,7 +581,10 @@ impl FsCap {
                 path,
                 content,
                 new_mode,
-                old.as_deref().map(|o| o.as_slice()),
+                old.as_ref().map(|o| gate::Prior {
+                    hash: o.hash.clone(),
+                    data: o.data.as_deref().map(|d| d.as_slice()),
+                }),
             )
             .map_err(|e| io_error(path, e))?;
         Ok(if old.is_some() {
@@ -415,6 +609,23 @@ impl FsCap {
         if meta.mode == mode {
             return Ok(Done::Unchanged);
         }
+        // chmod follows a hard link to wherever else the file is: a link from inside the root
+        // to a file outside it would let a step change that file's permissions.
+        if let Found::Real(m) = &found
+            && m.kind == Kind::File
+        {
+            let links = self
+                .root
+                .symlink_metadata(path.as_fs())
+                .map_err(|e| io_error(path, e))?
+                .nlink();
+            if links > 1 {
+                return Err(Error::Denied(format!(
+                    "{path} has {links} hard links; idem does not change the mode of a file \
+                     that other paths share (write its content to give it a file of its own)"
+                )));
+            }
+        }
         self.gate
             .chmod(&self.root, path, mode, &found)
             .map_err(|e| io_error(path, e))?;
@@ -431,6 +642,12 @@ impl FsCap {
             return Ok(Done::Unchanged);
         };
         if kind == Kind::Directory {
+            if let Some(p) = self.holds_protected(path) {
+                return Err(Error::Denied(format!(
+                    "{path} holds idem's own state ({}); refusing to remove it",
+                    p.display()
+                )));
+            }
             if !recursive && !self.list_dir(path)?.is_empty() {
                 return Err(Error::NotEmpty(format!(
                     "{path} is a directory that is not empty; set recursive to remove it"
@@ -439,6 +656,8 @@ impl FsCap {
             self.gate
                 .rmdir(&self.root, path, recursive)
                 .map_err(|e| io_error(path, e))?;
+            // Directories under it may come back as other directories (or links).
+            self.real_dirs.borrow_mut().clear();
         } else {
             self.gate
                 .unlink(&self.root, None, path)
@@ -522,6 +741,10 @@ impl FsCap {
 impl crate::cap::PathProbe for FsCap {
     fn probe(&self, path: &RelPath) -> CapResult<Option<Metadata>> {
         self.stat(path)
+    }
+
+    fn check(&self, path: &RelPath, grants: Option<&[RelPath]>) -> CapResult<()> {
+        self.check_real(path, false, grants)
     }
 }
 

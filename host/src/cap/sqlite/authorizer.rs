@@ -43,6 +43,16 @@ const ALLOWED_PRAGMAS: &[&str] = &[
     "compile_options",
 ];
 
+/// Pragmas that read a value of the database header when given no value, and write it when
+/// given one: a guest may read them only. A write would change the file (`user_version`,
+/// `application_id`) or corrupt it (`schema_version`), and SQLite reports no rows changed.
+const HEADER_PRAGMAS: &[&str] = &[
+    "user_version",
+    "application_id",
+    "schema_version",
+    "page_size",
+];
+
 /// Shared between a connection's authorizer and the capability that owns the connection.
 #[derive(Clone, Default)]
 pub struct Guard {
@@ -86,8 +96,14 @@ fn decide(action: &AuthAction<'_>) -> Authorization {
         | AuthAction::Detach { .. }
         | AuthAction::Transaction { .. }
         | AuthAction::Savepoint { .. } => Authorization::Deny,
-        AuthAction::Pragma { pragma_name, .. } => {
-            if ALLOWED_PRAGMAS.contains(&pragma_name.to_ascii_lowercase().as_str()) {
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value,
+        } => {
+            let name = pragma_name.to_ascii_lowercase();
+            if HEADER_PRAGMAS.contains(&name.as_str()) && pragma_value.is_some() {
+                Authorization::Deny
+            } else if ALLOWED_PRAGMAS.contains(&name.as_str()) {
                 Authorization::Allow
             } else {
                 Authorization::Deny
@@ -142,6 +158,41 @@ mod tests {
                 AuthAction::Pragma {
                     pragma_name: "TABLE_INFO",
                     pragma_value: Some("t"),
+                },
+                Allow,
+            ),
+            (
+                AuthAction::Pragma {
+                    pragma_name: "user_version",
+                    pragma_value: None,
+                },
+                Allow,
+            ),
+            (
+                AuthAction::Pragma {
+                    pragma_name: "user_version",
+                    pragma_value: Some("5"),
+                },
+                Deny,
+            ),
+            (
+                AuthAction::Pragma {
+                    pragma_name: "Schema_Version",
+                    pragma_value: Some("1"),
+                },
+                Deny,
+            ),
+            (
+                AuthAction::Pragma {
+                    pragma_name: "page_size",
+                    pragma_value: Some("512"),
+                },
+                Deny,
+            ),
+            (
+                AuthAction::Pragma {
+                    pragma_name: "foreign_keys",
+                    pragma_value: Some("ON"),
                 },
                 Allow,
             ),

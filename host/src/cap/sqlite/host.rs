@@ -107,6 +107,9 @@ impl Host for SqliteView<'_> {
             Ok(p) => p,
             Err(e) => return Ok(Err(Error::Denied(e.to_string()))),
         };
+        if let Err(e) = self.paths.check(&rel, None) {
+            return Ok(Err(e));
+        }
         let exists = match self.paths.probe(&rel) {
             Ok(None) => false,
             Ok(Some(m)) if m.kind == Kind::File => true,

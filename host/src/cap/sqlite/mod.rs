@@ -19,7 +19,11 @@ mod host;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
+use rusqlite::config::DbConfig;
 use rusqlite::limits::Limit;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, ToSql};
@@ -35,6 +39,14 @@ use crate::policy::RelPath;
 
 /// The result of a capability call as the guest sees it.
 pub type CapResult<T> = Result<T, Error>;
+
+/// The most a query's result may hold, in bytes of values: the host holds the whole result
+/// before handing it over, so a query of huge blobs must not take the host's memory.
+const QUERY_BYTES: usize = 64 << 20;
+
+/// The longest string or blob a plugin's statement may make (`SQLITE_LIMIT_LENGTH`):
+/// `zeroblob(10_000_000_000)` needs no table.
+const PLUGIN_VALUE_BYTES: i32 = 64 << 20;
 
 /// What a database handle opens: chosen once per run from its mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +81,10 @@ pub struct Databases {
     adopted: Vec<Change>,
     /// Databases on which a finished plugin step left a transaction open (rolled back).
     abandoned: Vec<String>,
+    /// When this scope's time runs out: statements still running then are interrupted.
+    deadline: Option<Instant>,
+    /// Set when a statement was interrupted at the deadline.
+    interrupted: Arc<AtomicBool>,
 }
 
 impl ToSql for Value {
@@ -164,7 +180,14 @@ impl Databases {
             root_path,
             adopted: Vec::new(),
             abandoned: Vec::new(),
+            deadline: None,
+            interrupted: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Whether a statement of this scope was interrupted at its deadline.
+    pub fn interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::Relaxed)
     }
 
     fn db(&mut self, h: usize) -> CapResult<&mut Db> {
@@ -174,19 +197,47 @@ impl Databases {
     }
 
     /// A fresh connection, configured for guests: busy timeout, no attachments, the
-    /// authorizer.
-    fn configure(path: &RelPath, mut conn: Connection) -> CapResult<(Connection, Guard)> {
+    /// authorizer, and the scope's deadline.
+    fn configure(&self, path: &RelPath, mut conn: Connection) -> CapResult<(Connection, Guard)> {
         let guard = Guard::default();
         let g = guard.clone();
         let e = |e| sql_error(path, e, false);
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(e)?;
         conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0).map_err(e)?;
+        // Defensive: no writable_schema, no writes to shadow tables, nothing that can corrupt
+        // the file by design; and functions named in a schema run only if harmless.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)
+            .map_err(e)?;
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)
+            .map_err(e)?;
         conn.set_prepared_statement_cache_capacity(64);
         conn.authorizer(Some(move |ctx: rusqlite::hooks::AuthContext<'_>| {
             g.authorize(ctx)
         }))
         .map_err(e)?;
+        if self.deadline.is_some() {
+            conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, PLUGIN_VALUE_BYTES)
+                .map_err(e)?;
+            conn.set_limit(Limit::SQLITE_LIMIT_SQL_LENGTH, PLUGIN_VALUE_BYTES)
+                .map_err(e)?;
+        }
+        if let Some(deadline) = self.deadline {
+            // A statement that is still running at the deadline (an endless recursive query,
+            // say) is interrupted: the host is blocked in it, where no epoch reaches.
+            let flag = self.interrupted.clone();
+            conn.progress_handler(
+                1000,
+                Some(move || {
+                    let late = Instant::now() >= deadline;
+                    if late {
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                    late
+                }),
+            )
+            .map_err(e)?;
+        }
         Ok((conn, guard))
     }
 
@@ -239,7 +290,7 @@ impl Databases {
             )
             .map_err(e)?,
         };
-        let (conn, guard) = Self::configure(&path, conn)?;
+        let (conn, guard) = self.configure(&path, conn)?;
         // Verify it is a database now, not at the first statement: a clear error at open.
         if exists {
             let check = guard
@@ -259,8 +310,9 @@ impl Databases {
     /// A set of connections of its own for one plugin step, for the databases it names.
     /// Under a dry run each starts as a copy of this scope's planned database, so the step
     /// sees what earlier steps planned; under apply it opens the files afresh.
-    pub fn lend(&self, names: &[RelPath]) -> CapResult<Databases> {
+    pub fn lend(&self, names: &[RelPath], deadline: Option<Instant>) -> CapResult<Databases> {
         let mut child = Databases::new(self.root_path.clone(), self.backing);
+        child.deadline = deadline;
         if self.backing == Backing::PrivateCopy {
             for name in names {
                 let Some(&i) = self.by_path.get(name) else {
@@ -273,7 +325,7 @@ impl Databases {
                     .guard
                     .as_host(|| copy_database(&parent.conn, &mut mem))
                     .map_err(e)?;
-                let (conn, guard) = Self::configure(name, mem)?;
+                let (conn, guard) = child.configure(name, mem)?;
                 child.push(name.clone(), conn, guard, false);
             }
         }
@@ -294,7 +346,7 @@ impl Databases {
                     None => {
                         let e = |e| sql_error(&db.path, e, false);
                         let mem = Connection::open_in_memory().map_err(e)?;
-                        let (conn, guard) = Self::configure(&db.path, mem)?;
+                        let (conn, guard) = self.configure(&db.path, mem)?;
                         self.push(db.path.clone(), conn, guard, false)
                     }
                 };
@@ -338,13 +390,25 @@ impl Databases {
         }
         let columns: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
         let n = columns.len();
+        let mut bytes = 0usize;
+        let mut too_big = false;
         let result = (|| {
             let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
                 let mut r: Row = Vec::with_capacity(n);
                 for i in 0..n {
-                    r.push(value_of(row.get_ref(i)?));
+                    let v = row.get_ref(i)?;
+                    bytes += 16
+                        + match v {
+                            ValueRef::Text(t) | ValueRef::Blob(t) => t.len(),
+                            _ => 0,
+                        };
+                    if bytes > QUERY_BYTES {
+                        too_big = true;
+                        return Ok(out);
+                    }
+                    r.push(value_of(v));
                 }
                 out.push(r);
             }
@@ -352,6 +416,14 @@ impl Databases {
         })();
         drop(stmt);
         let rows = result.map_err(|e| db.error(e))?;
+        if too_big {
+            return Err(Error::Invalid(format!(
+                "{}: the query's result is larger than {} MiB; page through it (LIMIT and OFFSET, \
+                 or a WHERE on the key)",
+                db.path,
+                QUERY_BYTES >> 20
+            )));
+        }
         Ok(Rows { columns, rows })
     }
 
@@ -538,7 +610,7 @@ mod tests {
         run.execute(h, "CREATE TABLE t (x)", &[]).unwrap();
         run.execute(h, "INSERT INTO t VALUES (1)", &[]).unwrap();
         run.take_changes();
-        let mut step = run.lend(&[p("a.db")]).unwrap();
+        let mut step = run.lend(&[p("a.db")], None).unwrap();
         let s = step.open(p("a.db"), true).unwrap();
         assert_eq!(count(&mut step, s), 1, "sees the run's planned row");
         step.execute(
@@ -561,7 +633,7 @@ mod tests {
     fn a_transaction_a_plugin_left_open_is_rolled_back_and_reported() {
         let t = tempfile::tempdir().unwrap();
         let mut run = Databases::new(t.path().to_path_buf(), Backing::File);
-        let mut step = run.lend(&[p("a.db")]).unwrap();
+        let mut step = run.lend(&[p("a.db")], None).unwrap();
         let s = step.open(p("a.db"), false).unwrap();
         step.execute(s, "CREATE TABLE t (x)", &[]).unwrap();
         step.begin(s).unwrap();
@@ -570,6 +642,24 @@ mod tests {
         assert_eq!(run.abandon_open_transactions(), ["a.db"]);
         let h = run.open(p("a.db"), true).unwrap();
         assert_eq!(count(&mut run, h), 0, "rolled back");
+    }
+
+    #[test]
+    fn a_statement_still_running_at_the_deadline_is_interrupted() {
+        let t = tempfile::tempdir().unwrap();
+        let run = Databases::new(t.path().to_path_buf(), Backing::File);
+        let deadline = Instant::now() + std::time::Duration::from_millis(200);
+        let mut step = run.lend(&[], Some(deadline)).unwrap();
+        let h = step.open(p("a.db"), false).unwrap();
+        let started = Instant::now();
+        let r = step.query(
+            h,
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+            &[],
+        );
+        assert!(r.is_err(), "{r:?}");
+        assert!(step.interrupted());
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

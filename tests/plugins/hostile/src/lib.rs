@@ -22,6 +22,9 @@
 //! - `panic`: write `content` to standard error, then panic.
 //! - `hold-memory`: allocate and touch `size` MiB, keep it, and succeed.
 //! - `leak-readers`: open `count` readers of `path` and never close them, and succeed.
+//! - `query`: open `database` and run the query `sql`, reporting the rows it returned.
+//! - `chmod`: set the mode of `path` to `size` (octal digits as a decimal number: 4755).
+//! - `sleep`: sleep `size` seconds (a wait in the host's poll, where no epoch reaches).
 //! - `once-only`: write `path`, but fail when it is already there (a step that never
 //!   converges: its second run fails).
 //! - `upsert`: ensure table `items (name, len)` of `database` holds one row per item, in one
@@ -242,6 +245,22 @@ impl Guest for Hostile {
                     std::mem::forget(r);
                 }
                 Ok(report(&[("readers", c.count)]))
+            }
+            "query" => {
+                let db = sqlite::open(&c.database)
+                    .map_err(|e| host(&format!("opening {}", c.database), e))?;
+                let rows = db.query(&c.sql, &[]).map_err(|e| host(&c.sql, e))?;
+                Ok(report(&[("rows", rows.rows.len() as u64)]))
+            }
+            "chmod" => {
+                let mode = u32::from_str_radix(&c.size.to_string(), 8)
+                    .map_err(|e| own(format!("mode {}: {e}", c.size)))?;
+                fs::set_mode(&c.path, mode).map_err(|e| host(&c.path, e))?;
+                Ok(report(&[]))
+            }
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(c.size));
+                Ok(report(&[]))
             }
             "once-only" => {
                 if fs::stat(&c.path).map_err(|e| host(&c.path, e))?.is_some() {

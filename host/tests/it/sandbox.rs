@@ -1,0 +1,393 @@
+//! The sandbox against an attacker (issue 12): modes, the state store however it is spelt,
+//! grants that links cannot widen, least privilege, hard links, header pragmas. Each test
+//! names the item of the issue it covers; each failed on the code before the fix.
+
+use std::os::unix::fs::PermissionsExt;
+
+use serde_json::{Value, json};
+
+use crate::plugins::{built, idem_with_peak_rss};
+use crate::support::*;
+
+/// A root with the hostile plugin at `p.wasm`.
+fn root() -> Env {
+    let t = Env::new();
+    t.write("p.wasm", &built().hostile);
+    t
+}
+
+/// `idem run p.wasm --config-json CONFIG EXTRA...`, expecting `code`.
+#[track_caller]
+fn run(t: &Env, config: Value, extra: &[&str], code: i32) -> Run {
+    let config = config.to_string();
+    let mut args = vec!["run", "p.wasm", "--config-json", &config];
+    args.extend(extra);
+    let r = t.idem(&args);
+    r.code(code);
+    r
+}
+
+#[track_caller]
+fn state_intact(t: &Env) {
+    t.idem(&["history"]).code(0);
+    t.json(&["plan"], 0);
+}
+
+/// Item 4: no setuid, setgid or sticky bits from a plugin; no mode change of the root or of
+/// a grant's top.
+#[test]
+fn a_plugin_may_not_set_special_mode_bits_or_chmod_the_root_or_its_grant() {
+    let t = root();
+    t.write("dist/tool", "#!/bin/sh\n");
+    for (path, mode) in [
+        ("dist/tool", 4755),
+        ("dist/tool", 2755),
+        ("dist/tool", 1755),
+    ] {
+        run(
+            &t,
+            json!({"mode": "chmod", "path": path, "size": mode}),
+            &["--path", "dist"],
+            1,
+        )
+        .says("setuid, setgid or sticky");
+        assert_eq!(t.mode("dist/tool") & 0o7000, 0);
+    }
+    let before = t.mode("dist");
+    run(
+        &t,
+        json!({"mode": "chmod", "path": "dist", "size": 0}),
+        &["--path", "dist"],
+        1,
+    )
+    .says("top of a path the step was granted");
+    run(
+        &t,
+        json!({"mode": "chmod", "path": ".", "size": 0}),
+        &["--path", "."],
+        1,
+    )
+    .says("the root or the top");
+    assert_eq!(t.mode("dist"), before);
+    // An ordinary mode inside the grant is fine.
+    run(
+        &t,
+        json!({"mode": "chmod", "path": "dist/tool", "size": 750}),
+        &["--path", "dist"],
+        0,
+    );
+    assert_eq!(t.mode("dist/tool"), 0o750);
+}
+
+/// Item 5: header pragmas may be read, never written (they wrote the file and the step said
+/// `unchanged`); a schema_version write could corrupt it.
+#[test]
+fn a_plugin_may_read_but_not_write_the_database_header() {
+    let t = root();
+    {
+        let c = rusqlite::Connection::open(t.path("app.db")).unwrap();
+        c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+    }
+    let before = std::fs::read(t.path("app.db")).unwrap();
+    for sql in [
+        "PRAGMA user_version = 5",
+        "PRAGMA application_id = 7",
+        "PRAGMA schema_version = 99",
+        "PRAGMA page_size = 512",
+    ] {
+        run(
+            &t,
+            json!({"mode": "sql", "database": "app.db", "sql": sql}),
+            &["--database", "app.db"],
+            1,
+        )
+        .says("statement not allowed");
+    }
+    assert_eq!(std::fs::read(t.path("app.db")).unwrap(), before);
+}
+
+/// Item 6: `.idem` reached through a link to it, or to an ancestor, from a plan step.
+#[test]
+fn a_plan_step_cannot_reach_the_state_store_through_a_link() {
+    let t = Env::new();
+    t.write("idem.yml", "steps:\n  - dir: out\n");
+    t.idem(&["apply"]).code(0);
+    std::os::unix::fs::symlink(".idem", t.path("idem-link")).unwrap();
+    std::os::unix::fs::symlink(".", t.path("self")).unwrap();
+    t.write("idem.yml", "steps:\n  - remove: idem-link/state.db\n");
+    t.idem(&["apply"])
+        .code(1)
+        .says("leads into idem's own state");
+    t.write(
+        "idem.yml",
+        "steps:\n  - file: self/.idem/state.db\n    content: \"pwned\\n\"\n",
+    );
+    t.idem(&["apply"])
+        .code(1)
+        .says("leads into idem's own state");
+    t.idem(&["plan"])
+        .code(1)
+        .says("leads into idem's own state");
+    t.write(
+        "idem.yml",
+        "steps:\n  - remove: self\n    recursive: true\n",
+    );
+    // Removing the link itself is fine (remove never follows a link)...
+    t.idem(&["apply"]).code(0);
+    assert!(!t.exists("self"));
+    assert!(t.path(".idem/state.db").exists());
+    state_intact(&t);
+}
+
+/// Item 6: the same from a plugin, and a case-folded `.IDEM`.
+#[test]
+fn a_plugin_cannot_reach_the_state_store_however_it_spells_it() {
+    let t = root();
+    t.write("idem.yml", "steps: []\n");
+    t.idem(&["apply"]).code(0);
+    std::os::unix::fs::symlink(".", t.path("up")).unwrap();
+    for path in ["up/.idem/state.db", ".IDEM/state.db", "up/up/.idem/x"] {
+        run(
+            &t,
+            json!({"mode": "write", "path": path}),
+            &["--path", "."],
+            1,
+        )
+        .says("denied");
+    }
+    run(
+        &t,
+        json!({"mode": "read", "path": "up/.idem/state.db"}),
+        &["--path", "."],
+        1,
+    )
+    .says("idem's own state");
+    run(
+        &t,
+        json!({"mode": "open-database", "database": "up/.idem/state.db"}),
+        &["--database", "up/.idem/state.db"],
+        1,
+    )
+    .says("idem's own state");
+    state_intact(&t);
+}
+
+/// Item 6: a `--state` elsewhere under the root is protected too.
+#[test]
+fn a_state_store_elsewhere_under_the_root_is_protected() {
+    let t = Env::new();
+    t.write("idem.yml", "steps:\n  - dir: data\n");
+    t.idem(&["--state", "data/state.db", "apply"]).code(0);
+    t.write("idem.yml", "steps:\n  - remove: data/state.db\n");
+    t.idem(&["--state", "data/state.db", "apply"])
+        .code(1)
+        .says("idem's own state");
+    assert!(t.exists("data/state.db"));
+    t.write(
+        "idem.yml",
+        "steps:\n  - remove: data\n    recursive: true\n",
+    );
+    t.idem(&["--state", "data/state.db", "apply"])
+        .code(1)
+        .says("holds idem's own state");
+    assert!(t.exists("data/state.db"));
+}
+
+/// Item 6: a repository that ships `.idem` as a link would send the state anywhere.
+#[test]
+fn a_state_directory_that_is_a_link_is_refused() {
+    let t = Env::new();
+    t.mkdir("elsewhere");
+    std::os::unix::fs::symlink("elsewhere", t.path(".idem")).unwrap();
+    t.write("idem.yml", "steps:\n  - dir: out\n");
+    t.idem(&["apply"]).code(1).says(".idem is a symbolic link");
+    assert_eq!(std::fs::read_dir(t.path("elsewhere")).unwrap().count(), 0);
+    assert!(!t.exists("out"));
+}
+
+/// Item 6: a grant is what it says: a link inside it does not lead out of it.
+#[test]
+fn a_link_inside_a_grant_does_not_widen_it() {
+    let t = root();
+    t.write("secret/key.txt", "secret\n");
+    t.mkdir("dist");
+    std::os::unix::fs::symlink("../secret", t.path("dist/x")).unwrap();
+    run(
+        &t,
+        json!({"mode": "read", "path": "dist/x/key.txt"}),
+        &["--path", "dist"],
+        1,
+    )
+    .says("leads outside the paths this step may touch");
+    run(
+        &t,
+        json!({"mode": "write", "path": "dist/x/new.txt"}),
+        &["--path", "dist"],
+        1,
+    )
+    .says("leads outside the paths");
+    assert!(!t.exists("secret/new.txt"));
+    // A link that stays inside the grant still works.
+    t.write("dist/real/a.txt", "a\n");
+    std::os::unix::fs::symlink("real", t.path("dist/alias")).unwrap();
+    run(
+        &t,
+        json!({"mode": "read", "path": "dist/alias/a.txt"}),
+        &["--path", "dist"],
+        0,
+    );
+}
+
+/// Item 7: least privilege: no file access without `paths`; `.git` and the plan file only
+/// when named.
+#[test]
+fn a_plugin_gets_no_files_unless_its_step_names_them() {
+    let t = root();
+    run(&t, json!({"mode": "write", "path": "a.txt"}), &[], 1).says("the step names no `paths`");
+    assert!(!t.exists("a.txt"));
+    t.write(".git/hooks/pre-commit", "#!/bin/sh\n");
+    t.write(
+        "idem.yml",
+        "steps:\n  - plugin: p.wasm\n    config: { mode: write, path: .git/hooks/pre-commit }\n    paths: [.]\n",
+    );
+    t.idem(&["apply"]).code(1).says("under .git");
+    assert_eq!(t.read(".git/hooks/pre-commit"), "#!/bin/sh\n");
+    t.write(
+        "idem.yml",
+        "steps:\n  - plugin: p.wasm\n    config: { mode: write, path: idem.yml }\n    paths: [.]\n",
+    );
+    t.idem(&["apply"]).code(1).says("under idem.yml");
+    assert!(t.read("idem.yml").contains("plugin"));
+    // Named, they may be touched.
+    t.write(
+        "idem.yml",
+        "steps:\n  - plugin: p.wasm\n    config: { mode: write, path: .git/hooks/pre-commit }\n    paths: [.git/hooks]\n",
+    );
+    t.idem(&["apply"]).code(0);
+    assert_eq!(t.read(".git/hooks/pre-commit"), "pwned\n");
+}
+
+/// Item 10: `databases:` grants the sqlite interface; the file itself is not a path grant.
+#[test]
+fn a_database_grant_is_not_a_file_grant() {
+    let t = root();
+    run(
+        &t,
+        json!({"mode": "sql", "database": "app.db", "sql": "CREATE TABLE t (x)"}),
+        &["--database", "app.db"],
+        0,
+    );
+    let before = std::fs::read(t.path("app.db")).unwrap();
+    run(
+        &t,
+        json!({"mode": "write", "path": "app.db"}),
+        &["--database", "app.db", "--path", "."],
+        1,
+    )
+    .says("reach it through the sqlite interface");
+    assert_eq!(std::fs::read(t.path("app.db")).unwrap(), before);
+}
+
+/// Item 8: a hard link to a file outside the root must not carry a mode change out.
+#[test]
+fn a_mode_change_never_follows_a_hard_link_out_of_the_root() {
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("shadow");
+    std::fs::write(&target, "same\n").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let t = root();
+    std::fs::hard_link(&target, t.path("linked.txt")).unwrap();
+    t.write(
+        "idem.yml",
+        "steps:\n  - file: linked.txt\n    content: \"same\\n\"\n    mode: \"0777\"\n",
+    );
+    t.idem(&["apply"]).code(1).says("hard links");
+    run(
+        &t,
+        json!({"mode": "chmod", "path": "linked.txt", "size": 777}),
+        &["--path", "."],
+        1,
+    )
+    .says("hard links");
+    let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o640, "the file outside the root changed mode");
+}
+
+/// The host's peak memory when a plugin limited to 256 MiB tries `config`: at most the limit
+/// and 64 MiB more (issue 12, item 3).
+#[track_caller]
+fn bounded(t: &Env, config: Value, extra: &[&str], code: i32) -> Run {
+    let config = config.to_string();
+    let mut args = vec![
+        "run",
+        "p.wasm",
+        "--plugin-memory",
+        "256",
+        "--config-json",
+        &config,
+    ];
+    args.extend(extra);
+    let (r, peak) = idem_with_peak_rss(t, &args, None);
+    r.code(code);
+    assert!(
+        peak <= 256 + 64,
+        "host peak RSS {peak} MiB for a plugin limited to 256 MiB:\n{}{}",
+        r.stdout,
+        r.stderr
+    );
+    r
+}
+
+/// A sparse file of `gib` GiB: no disk, but a read of it is that large.
+fn sparse(t: &Env, rel: &str, gib: u64) {
+    let f = std::fs::File::create(t.path(rel)).unwrap();
+    f.set_len(gib << 30).unwrap();
+}
+
+#[test]
+fn a_plugin_reading_a_huge_file_does_not_take_the_hosts_memory() {
+    let t = root();
+    sparse(&t, "big.bin", 3);
+    bounded(
+        &t,
+        json!({"mode": "read", "path": "big.bin"}),
+        &["--path", "."],
+        1,
+    )
+    .says("read it in chunks with `open-reader`");
+}
+
+#[test]
+fn a_plugin_writing_over_a_huge_file_does_not_take_the_hosts_memory() {
+    let t = root();
+    sparse(&t, "big.bin", 3);
+    bounded(
+        &t,
+        json!({"mode": "well-behaved", "path": "big.bin", "content": "small\n"}),
+        &["--path", "."],
+        0,
+    );
+    assert_eq!(t.read("big.bin"), "small\n");
+}
+
+#[test]
+fn a_plugin_querying_huge_blobs_does_not_take_the_hosts_memory() {
+    let t = root();
+    bounded(
+        &t,
+        json!({"mode": "query", "database": "app.db", "sql": "SELECT zeroblob(2000000000)"}),
+        &["--database", "app.db"],
+        1,
+    )
+    .says("too big");
+    // Many rows of moderate blobs: the result as a whole is bounded too.
+    bounded(
+        &t,
+        json!({"mode": "query", "database": "app.db",
+               "sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100) SELECT zeroblob(10000000) FROM c"}),
+        &["--database", "app.db"],
+        1,
+    )
+    .says("larger than 64 MiB");
+}
