@@ -887,6 +887,20 @@ mod tests {
         }
     }
 
+    /// A FIFO swapped in between the lstat and the open must not block the run forever: the
+    /// open does not block, and the open handle is checked.
+    #[test]
+    fn opening_a_fifo_for_reading_neither_blocks_nor_reads_it() {
+        let (t, fs) = cap(false);
+        let fifo = std::ffi::CString::new(t.path().join("fifo").to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        match fs.open_regular(&p("fifo")) {
+            Err(Error::WrongKind(m)) => assert!(m.contains("not a regular file"), "{m}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
+
     #[test]
     fn a_symlink_out_of_the_root_is_denied_by_kind_not_by_message() {
         let (_t, fs) = cap(false);
