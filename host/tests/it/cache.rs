@@ -243,7 +243,7 @@ fn a_cache_dir_owned_by_someone_else_is_refused() {
 }
 
 #[test]
-fn the_cache_dir_is_made_0700_and_its_key_0600_and_a_key_others_can_read_is_refused() {
+fn the_cache_dir_is_made_0700_and_its_key_0600_and_a_bad_key_is_refused() {
     let t = Env::new();
     t.write("idem.yml", PLAN);
     let parent = tempfile::tempdir().unwrap();
@@ -278,4 +278,30 @@ fn the_cache_dir_is_made_0700_and_its_key_0600_and_a_key_others_can_read_is_refu
         .says(&format!("its key {}", key.display()))
         .says("mode 0644")
         .says("compiled a component");
+
+    // A key cut short is refused too, not padded or replaced behind the user's back.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&key, &bytes[..16]).unwrap();
+    plan_with_cache(&t, &cache)
+        .code(0)
+        .says(&format!(
+            "its key {} is not a file of 32 bytes",
+            key.display()
+        ))
+        .says("compiled a component");
+
+    // Under another key, the artefact is not authentic: recompiled and rewritten.
+    let other: Vec<u8> = bytes.iter().map(|b| b ^ 0x5a).collect();
+    std::fs::write(&key, &other).unwrap();
+    plan_with_cache(&t, &cache)
+        .code(0)
+        .says("not running the compiled component")
+        .says("compiled a component");
+    let warm = plan_with_cache(&t, &cache);
+    warm.code(0);
+    assert!(
+        !warm.all().contains("compiled a component"),
+        "{}",
+        warm.all()
+    );
 }
