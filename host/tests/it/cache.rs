@@ -305,3 +305,25 @@ fn the_cache_dir_is_made_0700_and_its_key_0600_and_a_bad_key_is_refused() {
         warm.all()
     );
 }
+
+#[test]
+fn with_the_root_at_slash_nothing_is_cached() {
+    // Every directory is under `/`, so no cache directory is safe from the steps: idem says
+    // so and compiles. `schema` needs no plan and writes nothing under the root.
+    let t = Env::new();
+    let cache = tempfile::tempdir().unwrap();
+    let r = run(t
+        .cmd()
+        .env("IDEM_CACHE_DIR", cache.path())
+        .args(["-C", "/", "schema", "-vv"]));
+    r.code(0);
+    assert_eq!(
+        std::fs::read_dir(cache.path()).unwrap().count(),
+        0,
+        "something was written in the cache"
+    );
+    r.says("not using the compile cache")
+        .says("the root is /")
+        .says("--no-cache")
+        .says("compiled a component");
+}
