@@ -12,7 +12,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use crate::bindings::plan::PluginCall;
 use crate::policy::Mode;
 use crate::report::{Report, exit};
-use crate::run::{Host, RunConfig};
+use crate::run::{Cache, Host, RunConfig};
 
 /// Make CI, cron and provisioning jobs safe to run again and again.
 ///
@@ -237,6 +237,13 @@ fn init_tracing(g: &Global) {
         .try_init();
 }
 
+/// The compile cache, for a run whose steps may write under `root` (canonical): `None` with
+/// `--no-cache`, or when the directory cannot be used safely (said on stderr by
+/// [`Cache::open`]).
+fn cache(g: &Global, root: &Path) -> Option<Cache> {
+    Cache::open(&cache_dir(g)?, root)
+}
+
 fn cache_dir(g: &Global) -> Option<PathBuf> {
     if g.no_cache {
         return None;
@@ -379,7 +386,7 @@ fn run(cli: Cli) -> Result<u8> {
             };
             cfg.plan_name = plugin.clone();
             cfg.plan_source = format!("{plugin}\n{config}");
-            let host = Host::new(cache_dir(g))?;
+            let host = Host::new(cache(g, &cfg.root))?;
             let call = PluginCall {
                 path: plugin,
                 config,
@@ -425,13 +432,13 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Schema => {
             let cfg = base_config(g, Mode::Plan, false)?;
-            let host = Host::new(cache_dir(g))?;
+            let host = Host::new(cache(g, &cfg.root))?;
             println!("{}", host.schema(&cfg)?);
             Ok(exit::OK)
         }
         Command::Init => {
             let cfg = base_config(g, Mode::Plan, false)?;
-            let schema = Host::new(cache_dir(g))?.schema(&cfg)?;
+            let schema = Host::new(cache(g, &cfg.root))?.schema(&cfg)?;
             crate::init::init(&cfg.root, &format!("{schema}\n"))
         }
         Command::Completions { shell } => {
@@ -449,7 +456,7 @@ fn run_plan(g: &Global, mode: Mode, args: PlanArgs, verify: bool) -> Result<u8> 
     let mut cfg = base_config(g, mode, args.diff)?;
     cfg.verify = verify;
     read_plan(&mut cfg, args.plan.as_deref())?;
-    let host = Host::new(cache_dir(g))?;
+    let host = Host::new(cache(g, &cfg.root))?;
     let report = host.run_plan(&cfg)?;
     print_report(g, &report, args.diff)
 }

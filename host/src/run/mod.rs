@@ -27,6 +27,7 @@ use crate::bindings::standard;
 use crate::bindings::types::Datetime;
 use crate::policy::{Mode, Policy};
 use crate::report::StepFailure;
+pub use cache::Cache;
 use store::{Ctx, RunState, new_store};
 
 /// The standard operations guest, built by `build.rs` from `guest/`.
@@ -65,18 +66,18 @@ pub struct Host {
     engine: Engine,
     linker: Linker<Ctx>,
     standard: Component,
-    cache_dir: Option<PathBuf>,
+    cache: Option<Cache>,
 }
 
 impl Host {
     /// Build the engine, link the host API and load the standard guest (from the compiled
-    /// cache in `cache_dir` when it is there).
-    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self> {
+    /// `cache` when it is there).
+    pub fn new(cache: Option<Cache>) -> Result<Self> {
         let engine = engine::engine().context("starting wasmtime")?;
         let linker = store::linker(&engine)?;
         let standard = cache::load_component(
             &engine,
-            cache_dir.as_deref(),
+            cache.as_ref(),
             STANDARD_GUEST,
             STANDARD_GUEST_HASH.trim(),
         )
@@ -85,12 +86,12 @@ impl Host {
             engine,
             linker,
             standard,
-            cache_dir,
+            cache,
         })
     }
 
     fn load_component(&self, bytes: &[u8], content_hash: &str) -> Result<Component> {
-        cache::load_component(&self.engine, self.cache_dir.as_deref(), bytes, content_hash)
+        cache::load_component(&self.engine, self.cache.as_ref(), bytes, content_hash)
     }
 
     /// The plan format's JSON Schema, from the standard guest.
