@@ -4,8 +4,10 @@
 //!
 //! A capability never reaches into another's fields. Where one needs another, it asks through
 //! a narrow trait defined here ([`PathProbe`]: the SQLite capability asks the file capability
-//! how a path looks) or in its own module (`checkpoint::Marks`, which the state store
-//! implements).
+//! how a path looks, and shows a dry run's database as a file there) or in its own module
+//! (`checkpoint::Marks`, which the state store implements). So the tree and its databases are
+//! one view: a database a dry run writes exists as a file for later steps, and a file a step
+//! removes or replaces is not the database a connection still holds.
 
 pub mod checkpoint;
 pub mod clock;
@@ -15,9 +17,24 @@ pub mod policy;
 pub mod resources;
 pub mod sqlite;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use crate::bindings::fs::Metadata;
 use crate::bindings::types::Error;
 use crate::policy::RelPath;
+
+/// What is at a path for this run, for a database about to be opened.
+pub enum PlannedContent {
+    /// Nothing.
+    Absent,
+    /// The file on disk, untouched by this run.
+    OnDisk,
+    /// Bytes a dry run planned there (a copy of a template, say).
+    Bytes(Arc<Vec<u8>>),
+    /// A database a dry run writes, in its private copy.
+    Database(Arc<PathBuf>),
+}
 
 /// How the run sees a path (including a dry run's planned changes), for capabilities other
 /// than `fs` that must know whether a file is there.
@@ -28,4 +45,14 @@ pub trait PathProbe {
     /// Refuse a path that really leads (through links) into idem's own state, or out of the
     /// step's `grants` when it has some.
     fn check(&self, path: &RelPath, grants: Option<&[RelPath]>) -> Result<(), Error>;
+
+    /// A count of removals and replacements in the tree so far: when it moves, a file held
+    /// open may no longer be the one at its path.
+    fn generation(&self) -> u64;
+
+    /// What is at `path` for this run, with a dry run's planned content.
+    fn planned(&self, path: &RelPath) -> Result<PlannedContent, Error>;
+
+    /// Show the database a dry run writes in its private `copy` as the file at `path`.
+    fn mirror(&mut self, path: &RelPath, copy: Arc<PathBuf>);
 }

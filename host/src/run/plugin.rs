@@ -114,7 +114,7 @@ impl Host {
             )),
             r => r,
         };
-        let adopted = run.dbs.adopt(step_dbs);
+        let adopted = run.dbs.adopt(step_dbs, &mut run.fs);
         let result = match (result, adopted) {
             (Ok(_), Err(e)) => Err(StepFailure::new(
                 FailureKind::Host,

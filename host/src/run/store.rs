@@ -165,7 +165,7 @@ impl Ctx {
         let run = self.run.as_mut().expect("the run's state is in this store");
         SqliteView {
             dbs: &mut run.dbs,
-            paths: &run.fs,
+            paths: &mut run.fs,
             policy: &self.policy,
             table: &mut self.table,
         }

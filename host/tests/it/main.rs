@@ -6,6 +6,7 @@ mod support;
 mod cache;
 mod core;
 mod crash;
+mod dbfiles;
 mod fidelity;
 mod plugins;
 mod sandbox;

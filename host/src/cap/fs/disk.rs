@@ -89,6 +89,15 @@ impl Sink for Disk {
         sync_dir(root, parent)
     }
 
+    fn mirror(
+        &mut self,
+        _path: &RelPath,
+        _copy: std::sync::Arc<std::path::PathBuf>,
+        _size: u64,
+        _mode: u32,
+    ) {
+    }
+
     fn chmod(&mut self, root: &Dir, path: &RelPath, mode: u32, _current: &Found) -> io::Result<()> {
         root.set_permissions(path.as_fs(), Permissions::from_mode(mode))
     }

@@ -28,6 +28,9 @@ pub struct Prior<'a> {
 pub struct Gate {
     sink: Box<dyn Sink + Send>,
     changes: Vec<Change>,
+    /// Counts removals and replacements, so a capability holding a file open (a database
+    /// connection) knows when to look again whether it is still the file at its path.
+    generation: u64,
     /// Whether to compute diffs of file updates (`--diff`).
     diffs: bool,
 }
@@ -61,6 +64,7 @@ impl Gate {
         Gate {
             sink,
             changes: Vec::new(),
+            generation: 0,
             diffs,
         }
     }
@@ -103,6 +107,22 @@ impl Gate {
         Ok(())
     }
 
+    /// How many removals and replacements went through so far.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// See [`Sink::mirror`].
+    pub fn mirror(
+        &mut self,
+        path: &RelPath,
+        copy: std::sync::Arc<std::path::PathBuf>,
+        size: u64,
+        mode: u32,
+    ) {
+        self.sink.mirror(path, copy, size, mode);
+    }
+
     /// Whether changes carry diffs, so that callers fetch the old bytes only then.
     pub fn wants_diffs(&self) -> bool {
         self.diffs
@@ -140,6 +160,7 @@ impl Gate {
             });
         }
         self.sink.replace_file(root, parent, path, content, mode)?;
+        self.generation += 1;
         self.record(change);
         Ok(())
     }
@@ -158,6 +179,7 @@ impl Gate {
 
     pub fn unlink(&mut self, root: &Dir, dir: Option<&Dir>, path: &RelPath) -> io::Result<()> {
         self.sink.unlink(root, dir, path)?;
+        self.generation += 1;
         self.record(Change::new(ChangeKind::RemoveFile, path.as_str()));
         Ok(())
     }
@@ -168,6 +190,7 @@ impl Gate {
         } else {
             self.sink.rmdir(root, path)?;
         }
+        self.generation += 1;
         self.record(Change::new(ChangeKind::RemoveDir, path.as_str()));
         Ok(())
     }

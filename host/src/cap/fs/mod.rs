@@ -273,6 +273,21 @@ impl FsCap {
     /// How this run sees `path`.
     fn found(&self, path: &RelPath) -> CapResult<Found> {
         match self.gate.planned(path) {
+            // A dry run's database grows as it is written: its size is its copy's now.
+            Some(Found::Planned(Planned::Database {
+                copy,
+                mode,
+                modified,
+                ..
+            })) => {
+                let size = std::fs::metadata(copy.as_path()).map_or(0, |m| m.len());
+                Ok(Found::Planned(Planned::Database {
+                    copy,
+                    size,
+                    mode,
+                    modified,
+                }))
+            }
             Some(f) => Ok(f),
             None => real_state(path, self.root.symlink_metadata(path.as_fs())),
         }
@@ -307,6 +322,9 @@ impl FsCap {
                 std::io::Read::read_to_end(&mut f, &mut data).map_err(|e| io_error(path, e))?;
                 Ok(Arc::new(data))
             }
+            Found::Planned(Planned::Database { copy, .. }) => std::fs::read(copy.as_path())
+                .map(Arc::new)
+                .map_err(|e| io_error(path, e)),
             Found::Planned(Planned::Dir { .. }) => {
                 Err(Error::WrongKind(format!("{path} is a directory")))
             }
@@ -393,6 +411,9 @@ impl FsCap {
                 data: d.clone(),
                 pos: 0,
             }),
+            Found::Planned(Planned::Database { copy, .. }) => std::fs::File::open(copy.as_path())
+                .map(|f| Reader::File(cap_std::fs::File::from_std(f)))
+                .map_err(|e| io_error(path, e)),
             f if f.kind() == Some(Kind::File) => self.open_regular(path).map(Reader::File),
             f if f.kind().is_none() => Err(Error::NotFound(format!("{path} does not exist"))),
             _ => Err(Error::WrongKind(format!("{path} is not a regular file"))),
@@ -535,11 +556,15 @@ impl FsCap {
         let old = match found.kind() {
             None => None,
             Some(Kind::File) => Some(match &found {
-                Found::Planned(Planned::File { data: Some(d), .. }) => Before {
-                    same: d.as_slice() == content.as_slice(),
-                    hash: None,
-                    data: Some(d.clone()),
-                },
+                Found::Planned(Planned::File { data: Some(_), .. })
+                | Found::Planned(Planned::Database { .. }) => {
+                    let d = self.content(path, &found)?;
+                    Before {
+                        same: d.as_slice() == content.as_slice(),
+                        hash: None,
+                        data: Some(d),
+                    }
+                }
                 // On disk: compared in chunks, so a huge file is never held in memory; its
                 // bytes are read whole only for a diff of at most DIFF_LIMIT.
                 _ => {
@@ -745,6 +770,28 @@ impl crate::cap::PathProbe for FsCap {
 
     fn check(&self, path: &RelPath, grants: Option<&[RelPath]>) -> CapResult<()> {
         self.check_real(path, false, grants)
+    }
+
+    fn generation(&self) -> u64 {
+        self.gate.generation()
+    }
+
+    fn planned(&self, path: &RelPath) -> CapResult<crate::cap::PlannedContent> {
+        use crate::cap::PlannedContent as P;
+        Ok(match self.found(path)? {
+            Found::Absent => P::Absent,
+            Found::Real(_) => P::OnDisk,
+            Found::Planned(Planned::Database { copy, .. }) => P::Database(copy),
+            f @ Found::Planned(Planned::File { .. }) => P::Bytes(self.content(path, &f)?),
+            Found::Planned(Planned::Dir { .. }) => {
+                return Err(Error::WrongKind(format!("{path} is a directory")));
+            }
+        })
+    }
+
+    fn mirror(&mut self, path: &RelPath, copy: Arc<PathBuf>) {
+        let size = std::fs::metadata(copy.as_path()).map_or(0, |m| m.len());
+        self.gate.mirror(path, copy, size, 0o666 & !self.umask);
     }
 }
 

@@ -69,7 +69,9 @@ impl Sink for Overlay {
         let mut hidden = false;
         for anc in path.ancestors() {
             match self.nodes.get(&anc) {
-                Some(Node::Gone) | Some(Node::Is(Planned::File { .. })) => {
+                Some(Node::Gone)
+                | Some(Node::Is(Planned::File { .. }))
+                | Some(Node::Is(Planned::Database { .. })) => {
                     return Some(Found::Absent);
                 }
                 Some(Node::Is(Planned::Dir {
@@ -168,6 +170,17 @@ impl Sink for Overlay {
                 mode,
                 modified,
             },
+            Found::Planned(Planned::Database {
+                copy,
+                size,
+                modified,
+                ..
+            }) => Planned::Database {
+                copy,
+                size,
+                mode,
+                modified,
+            },
             Found::Real(m) if m.kind == Kind::Directory => Planned::Dir {
                 mode,
                 hide_real: false,
@@ -188,6 +201,22 @@ impl Sink for Overlay {
         };
         self.nodes.insert(path.clone(), Node::Is(planned));
         Ok(())
+    }
+
+    fn mirror(&mut self, path: &RelPath, copy: Arc<std::path::PathBuf>, size: u64, mode: u32) {
+        let mode = match self.nodes.get(path) {
+            Some(Node::Is(Planned::Database { mode, .. })) => *mode,
+            _ => mode,
+        };
+        self.nodes.insert(
+            path.clone(),
+            Node::Is(Planned::Database {
+                copy,
+                size,
+                mode,
+                modified: self.now,
+            }),
+        );
     }
 
     fn unlink(&mut self, _root: &Dir, _dir: Option<&Dir>, path: &RelPath) -> io::Result<()> {

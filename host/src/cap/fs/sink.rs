@@ -6,6 +6,7 @@
 //! nothing is written, and every change is recorded" holds by construction.
 
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use cap_std::fs::Dir;
@@ -27,6 +28,14 @@ pub enum Planned {
     /// A file. `data` is `None` when only its mode was planned to change.
     File {
         data: Option<Arc<Vec<u8>>>,
+        size: u64,
+        mode: u32,
+        modified: Datetime,
+    },
+    /// A database a dry run writes: its content is the run's private copy at `copy`, a file
+    /// outside the root that the SQLite capability keeps up to date.
+    Database {
+        copy: Arc<PathBuf>,
         size: u64,
         mode: u32,
         modified: Datetime,
@@ -54,6 +63,12 @@ impl Found {
                 modified: *modified,
             }),
             Found::Planned(Planned::File {
+                size,
+                mode,
+                modified,
+                ..
+            })
+            | Found::Planned(Planned::Database {
                 size,
                 mode,
                 modified,
@@ -122,6 +137,12 @@ pub trait Sink {
 
     /// Remove a directory and everything under it.
     fn rmtree(&mut self, root: &Dir, path: &RelPath) -> io::Result<()>;
+
+    /// Show the database at `path`, which a dry run writes in its private copy `copy`, as a
+    /// planned file of `size` bytes (mode `mode` when new). Not a change of its own: the
+    /// database's changes are recorded by the SQLite capability. The disk sink has nothing
+    /// to do, since under apply SQLite writes the file itself.
+    fn mirror(&mut self, path: &RelPath, copy: Arc<PathBuf>, size: u64, mode: u32);
 
     /// Remove the temporary files of atomic writes that a killed run left (by name marker).
     /// Returns how many were removed; a dry run removes none.

@@ -3,18 +3,18 @@
 
 use wasmtime::component::{Resource, ResourceTable};
 
-use super::{CapResult, Databases};
+use super::{CapResult, Databases, Source};
 use crate::bindings::fs::Kind;
 use crate::bindings::sqlite::{Host, HostDatabase, HostStatement, Row, Rows};
 use crate::bindings::types::Error;
-use crate::cap::PathProbe;
 use crate::cap::resources::{DbHandle, StmtHandle};
+use crate::cap::{PathProbe, PlannedContent};
 use crate::policy::Policy;
 
 /// What the `sqlite` interface sees of the store.
 pub struct SqliteView<'a> {
     pub dbs: &'a mut Databases,
-    pub paths: &'a dyn PathProbe,
+    pub paths: &'a mut dyn PathProbe,
     pub policy: &'a Policy,
     pub table: &'a mut ResourceTable,
 }
@@ -22,8 +22,40 @@ pub struct SqliteView<'a> {
 type R<T> = wasmtime::Result<CapResult<T>>;
 
 impl SqliteView<'_> {
-    fn db_index(&self, db: &Resource<DbHandle>) -> wasmtime::Result<usize> {
-        Ok(self.table.get(db)?.0)
+    /// The handle's database, checked to still be the file at its path.
+    fn db_index(&mut self, db: &Resource<DbHandle>) -> wasmtime::Result<CapResult<usize>> {
+        let h = self.table.get(db)?.0;
+        Ok(self.fresh(h).map(|()| h))
+    }
+
+    /// What is at `path` for this run, to open a database from.
+    fn source(&self, path: &crate::policy::RelPath) -> CapResult<Source> {
+        Ok(match self.paths.planned(path)? {
+            PlannedContent::Absent => Source::Absent,
+            PlannedContent::OnDisk => Source::Disk,
+            PlannedContent::Bytes(b) => Source::Bytes(b),
+            PlannedContent::Database(c) => Source::Copy(c),
+        })
+    }
+
+    /// Reopen database `h` if a step removed or replaced its file since it was last used.
+    fn fresh(&mut self, h: usize) -> CapResult<()> {
+        let seen = self.paths.generation();
+        if self.dbs.seen(h) == Some(seen) {
+            return Ok(());
+        }
+        let Some(path) = self.dbs.path_of(h).cloned() else {
+            return Err(Error::Invalid("closed database handle".into()));
+        };
+        let source = self.source(&path)?;
+        self.dbs.refresh(h, &source, seen)
+    }
+
+    /// After a change to database `h` under a dry run, show its copy as the planned file.
+    fn mirror(&mut self, h: usize) {
+        if let Some((path, copy)) = self.dbs.take_dirty(h) {
+            self.paths.mirror(&path, copy);
+        }
     }
 }
 
@@ -34,12 +66,20 @@ impl HostStatement for SqliteView<'_> {
             db: s.db,
             sql: s.sql.clone(),
         };
-        Ok(self.dbs.execute_batch(&s, &params))
+        if let Err(e) = self.fresh(s.db) {
+            return Ok(Err(e));
+        }
+        let r = self.dbs.execute_batch(&s, &params);
+        self.mirror(s.db);
+        Ok(r)
     }
 
     fn query(&mut self, stmt: Resource<StmtHandle>, params: Row) -> R<Rows> {
         let s = self.table.get(&stmt)?;
         let (db, sql) = (s.db, s.sql.clone());
+        if let Err(e) = self.fresh(db) {
+            return Ok(Err(e));
+        }
         Ok(self.dbs.query(db, &sql, &params))
     }
 
@@ -51,17 +91,29 @@ impl HostStatement for SqliteView<'_> {
 
 impl HostDatabase for SqliteView<'_> {
     fn execute(&mut self, db: Resource<DbHandle>, sql: String, params: Row) -> R<u64> {
-        let h = self.db_index(&db)?;
-        Ok(self.dbs.execute(h, &sql, &params))
+        let h = match self.db_index(&db)? {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(e)),
+        };
+        let r = self.dbs.execute(h, &sql, &params);
+        self.mirror(h);
+        Ok(r)
     }
 
     fn query(&mut self, db: Resource<DbHandle>, sql: String, params: Row) -> R<Rows> {
-        let h = self.db_index(&db)?;
-        Ok(self.dbs.query(h, &sql, &params))
+        let h = match self.db_index(&db)? {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(e)),
+        };
+        let r = self.dbs.query(h, &sql, &params);
+        Ok(r)
     }
 
     fn prepare(&mut self, db: Resource<DbHandle>, sql: String) -> R<Resource<StmtHandle>> {
-        let h = self.db_index(&db)?;
+        let h = match self.db_index(&db)? {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(e)),
+        };
         match self.dbs.prepare(h, &sql) {
             Ok(s) => Ok(Ok(self.table.push(s)?)),
             Err(e) => Ok(Err(e)),
@@ -69,30 +121,57 @@ impl HostDatabase for SqliteView<'_> {
     }
 
     fn begin(&mut self, db: Resource<DbHandle>) -> R<()> {
-        let h = self.db_index(&db)?;
-        Ok(self.dbs.begin(h))
+        let h = match self.db_index(&db)? {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(e)),
+        };
+        let r = self.dbs.begin(h);
+        Ok(r)
     }
 
     fn commit(&mut self, db: Resource<DbHandle>) -> R<()> {
-        let h = self.db_index(&db)?;
-        Ok(self.dbs.commit(h))
+        let h = match self.db_index(&db)? {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(e)),
+        };
+        let r = self.dbs.commit(h);
+        self.mirror(h);
+        Ok(r)
     }
 
     fn rollback(&mut self, db: Resource<DbHandle>) -> R<()> {
-        let h = self.db_index(&db)?;
-        Ok(self.dbs.rollback(h))
+        let h = match self.db_index(&db)? {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(e)),
+        };
+        let r = self.dbs.rollback(h);
+        self.mirror(h);
+        Ok(r)
     }
 
     fn done(&mut self, db: Resource<DbHandle>, scope: String, keys: Vec<String>) -> R<Vec<bool>> {
-        let h = self.db_index(&db)?;
-        let scope = self.policy.checkpoint_scope(&scope);
-        Ok(self.dbs.done(h, &scope, &keys))
+        let h = match self.db_index(&db)? {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(e)),
+        };
+        let r = {
+            let scope = self.policy.checkpoint_scope(&scope);
+            self.dbs.done(h, &scope, &keys)
+        };
+        Ok(r)
     }
 
     fn mark_done(&mut self, db: Resource<DbHandle>, scope: String, keys: Vec<String>) -> R<()> {
-        let h = self.db_index(&db)?;
-        let scope = self.policy.checkpoint_scope(&scope);
-        Ok(self.dbs.mark_done(h, &scope, &keys))
+        let h = match self.db_index(&db)? {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(e)),
+        };
+        let r = {
+            let scope = self.policy.checkpoint_scope(&scope);
+            self.dbs.mark_done(h, &scope, &keys)
+        };
+        self.mirror(h);
+        Ok(r)
     }
 
     fn drop(&mut self, db: Resource<DbHandle>) -> wasmtime::Result<()> {
@@ -130,8 +209,16 @@ impl Host for SqliteView<'_> {
                 ))));
             }
         }
-        match self.dbs.open(rel, exists) {
-            Ok(i) => Ok(Ok(self.table.push(DbHandle(i))?)),
+        let source = match self.source(&rel) {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(e)),
+        };
+        let seen = self.paths.generation();
+        match self.dbs.open(rel, source, seen) {
+            Ok(i) => {
+                self.mirror(i);
+                Ok(Ok(self.table.push(DbHandle(i))?))
+            }
             Err(e) => Ok(Err(e)),
         }
     }

@@ -9,16 +9,19 @@
 //! [`authorizer`], and the connection's attached-database limit is 0.
 //!
 //! How a database is backed is chosen once per run ([`Backing`]): under apply, the file
-//! itself; under a dry run, a private in-memory copy of the file (taken through the backup
-//! API from a read-only handle), or an empty in-memory database when the file does not exist.
-//! Statements run for real either way, so counts and errors are exact, and under a dry run
-//! the file is never opened for writing.
+//! itself; under a dry run, a private copy in a temporary directory outside the root (the
+//! file and its journal or write-ahead log, copied without SQLite touching the original; or
+//! the bytes an earlier step planned there; or nothing, for a new database). Statements run
+//! for real either way, so counts and errors are exact; under a dry run the file is never
+//! opened by SQLite at all, and the copy lives on disk, not in memory. The view shows each
+//! copy to the file capability as the planned file at its path, and before each use checks
+//! that no step removed or replaced the file since ([`Databases::refresh`]).
 
 mod authorizer;
 mod host;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -33,6 +36,7 @@ pub use host::SqliteView;
 use self::authorizer::Guard;
 use crate::bindings::sqlite::{Row, Rows, Value};
 use crate::bindings::types::{Error, SqliteError};
+use crate::cap::PathProbe;
 use crate::cap::resources::StmtHandle;
 use crate::change::{Change, ChangeKind};
 use crate::policy::RelPath;
@@ -61,6 +65,15 @@ struct Db {
     path: RelPath,
     conn: Connection,
     guard: Guard,
+    /// Under a dry run, the private copy the connection writes.
+    copy: Option<Arc<PathBuf>>,
+    /// Under apply, the file's device and inode when opened.
+    identity: Option<(u64, u64)>,
+    /// The file capability's count of removals and replacements when last checked.
+    seen: u64,
+    /// Under a dry run: written since last shown as the planned file; ever shown.
+    dirty: bool,
+    mirrored: bool,
     in_tx: bool,
     /// Rows changed by guest statements since the changes were last taken.
     rows: u64,
@@ -85,6 +98,66 @@ pub struct Databases {
     deadline: Option<Instant>,
     /// Set when a statement was interrupted at the deadline.
     interrupted: Arc<AtomicBool>,
+    /// Under a dry run, the directory of the private copies (shared with lent scopes).
+    scratch: Option<Arc<tempfile::TempDir>>,
+    scratch_files: u64,
+}
+
+/// What is at a database's path as the file capability sees it, to open it from.
+pub enum Source {
+    /// Nothing: the database is created.
+    Absent,
+    /// The file on disk.
+    Disk,
+    /// Bytes a dry run planned there.
+    Bytes(Arc<Vec<u8>>),
+    /// A dry run's private copy of a database.
+    Copy(Arc<PathBuf>),
+}
+
+/// A connection just opened, and what it is a connection to.
+struct Opened {
+    conn: Connection,
+    guard: Guard,
+    copy: Option<Arc<PathBuf>>,
+    identity: Option<(u64, u64)>,
+    seen: u64,
+}
+
+/// The device and inode of the file at `path` (not following a link).
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Copy `from` to `to`, refusing a symbolic link at `from`.
+fn copy_nofollow(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut src = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(from)?;
+    if !src.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut dst = std::fs::File::create(to)?;
+    std::io::copy(&mut src, &mut dst)?;
+    Ok(())
+}
+
+/// An error opening `path` as a database, saying so when it is not one.
+fn not_a_database(path: &RelPath, e: rusqlite::Error) -> Error {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
+            Error::Invalid(format!("{path} is not a SQLite database"))
+        }
+        e => sql_error(path, e, false),
+    }
 }
 
 impl ToSql for Value {
@@ -182,6 +255,8 @@ impl Databases {
             abandoned: Vec::new(),
             deadline: None,
             interrupted: Arc::new(AtomicBool::new(false)),
+            scratch: None,
+            scratch_files: 0,
         }
     }
 
@@ -241,12 +316,17 @@ impl Databases {
         Ok((conn, guard))
     }
 
-    fn push(&mut self, path: RelPath, conn: Connection, guard: Guard, created: bool) -> usize {
+    fn push(&mut self, path: RelPath, opened: Opened, created: bool) -> usize {
         let i = self.dbs.len();
         self.dbs.push(Db {
             path: path.clone(),
-            conn,
-            guard,
+            conn: opened.conn,
+            guard: opened.guard,
+            copy: opened.copy,
+            identity: opened.identity,
+            seen: opened.seen,
+            dirty: created,
+            mirrored: false,
             in_tx: false,
             rows: 0,
             schema_changed: false,
@@ -257,76 +337,214 @@ impl Databases {
         i
     }
 
+    /// A new private copy's file name in the run's scratch directory (made on first use).
+    fn scratch_file(&mut self) -> CapResult<PathBuf> {
+        if self.scratch.is_none() {
+            let dir = tempfile::Builder::new()
+                .prefix("idem-dry-run-")
+                .tempdir()
+                .map_err(|e| {
+                    Error::Io(format!(
+                        "making a directory for the dry run's database copies: {e}"
+                    ))
+                })?;
+            self.scratch = Some(Arc::new(dir));
+        }
+        self.scratch_files += 1;
+        let dir = self.scratch.as_ref().expect("made above").path();
+        Ok(dir.join(format!("{}.db", self.scratch_files)))
+    }
+
+    /// Open a connection to `file` (a database file under the root under apply, a private
+    /// copy under a dry run), configured for guests.
+    fn connect(&self, path: &RelPath, file: &Path) -> CapResult<(Connection, Guard)> {
+        let conn = Connection::open_with_flags(
+            file,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )
+        .map_err(|e| sql_error(path, e, false))?;
+        self.configure(path, conn)
+    }
+
+    /// A private copy of what is at `path` for this dry run: `source` says what that is.
+    fn private_copy(&mut self, path: &RelPath, source: &Source) -> CapResult<Opened> {
+        let copy = self.scratch_file()?;
+        let io = |what: &str, e: std::io::Error| Error::Io(format!("{path}: {what}: {e}"));
+        match source {
+            Source::Absent => {}
+            Source::Bytes(b) => std::fs::write(&copy, b.as_slice())
+                .map_err(|e| io("copying its planned content", e))?,
+            Source::Copy(other) => {
+                std::fs::copy(other.as_path(), &copy)
+                    .map_err(|e| io("copying its planned content", e))?;
+            }
+            Source::Disk => {
+                // The file and the journal or write-ahead log beside it: SQLite then rolls
+                // back a hot journal, or reads the log, in the copy; nothing is created or
+                // changed beside the original.
+                let real = self.root_path.join(path.as_str());
+                copy_nofollow(&real, &copy).map_err(|e| io("copying it for the dry run", e))?;
+                for side in ["-journal", "-wal"] {
+                    let mut from = real.clone().into_os_string();
+                    from.push(side);
+                    let mut to = copy.clone().into_os_string();
+                    to.push(side);
+                    match copy_nofollow(Path::new(&from), Path::new(&to)) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(io("copying its journal for the dry run", e)),
+                    }
+                }
+            }
+        }
+        let (conn, guard) = self.connect(path, &copy)?;
+        // Committed pages go to the copy itself, so it is the planned file as it stands.
+        guard
+            .as_host(|| conn.pragma_update(None, "journal_mode", "DELETE"))
+            .map_err(|e| not_a_database(path, e))?;
+        Ok(Opened {
+            conn,
+            guard,
+            copy: Some(Arc::new(copy)),
+            identity: None,
+            seen: 0,
+        })
+    }
+
+    /// Open what is at `path` as `backing` says, and check that it is a database.
+    fn open_fresh(&mut self, path: &RelPath, source: &Source, seen: u64) -> CapResult<Opened> {
+        let mut opened = match self.backing {
+            Backing::PrivateCopy => self.private_copy(path, source)?,
+            Backing::File => {
+                let real = self.root_path.join(path.as_str());
+                let (conn, guard) = self.connect(path, &real)?;
+                Opened {
+                    conn,
+                    guard,
+                    copy: None,
+                    identity: identity(&real),
+                    seen: 0,
+                }
+            }
+        };
+        opened.seen = seen;
+        // Verify it is a database now, not at the first statement: a clear error at open.
+        if !matches!(source, Source::Absent) {
+            opened
+                .guard
+                .as_host(|| {
+                    opened
+                        .conn
+                        .query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))
+                })
+                .map_err(|e| not_a_database(path, e))?;
+        }
+        Ok(opened)
+    }
+
     /// Open the database at `path` (already checked against the policy), reusing this
-    /// scope's connection when it is open already. `exists` says whether the file is there
-    /// now, as the file capability sees it (which includes a dry run's planned changes).
-    pub fn open(&mut self, path: RelPath, exists: bool) -> CapResult<usize> {
+    /// scope's connection when it is still the file at that path. `source` is what the file
+    /// capability sees there (under a dry run, with its planned content); `seen` its count of
+    /// removals and replacements now.
+    pub fn open(&mut self, path: RelPath, source: Source, seen: u64) -> CapResult<usize> {
         if let Some(&i) = self.by_path.get(&path) {
+            self.refresh(i, &source, seen)?;
             return Ok(i);
         }
-        let real = self.root_path.join(path.as_str());
-        let e = |e| sql_error(&path, e, false);
-        let conn = match self.backing {
-            Backing::PrivateCopy => {
-                let mut mem = Connection::open_in_memory().map_err(e)?;
-                if exists {
-                    let src = Connection::open_with_flags(
-                        &real,
-                        OpenFlags::SQLITE_OPEN_READ_ONLY
-                            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
-                    )
-                    .map_err(e)?;
-                    copy_database(&src, &mut mem).map_err(e)?;
-                }
-                mem
-            }
-            Backing::File => Connection::open_with_flags(
-                &real,
-                OpenFlags::SQLITE_OPEN_READ_WRITE
-                    | OpenFlags::SQLITE_OPEN_CREATE
-                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                    | OpenFlags::SQLITE_OPEN_NOFOLLOW,
-            )
-            .map_err(e)?,
-        };
-        let (conn, guard) = self.configure(&path, conn)?;
-        // Verify it is a database now, not at the first statement: a clear error at open.
-        if exists {
-            let check = guard
-                .as_host(|| conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0)));
-            check.map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _)
-                    if f.code == rusqlite::ErrorCode::NotADatabase =>
-                {
-                    Error::Invalid(format!("{path} is not a SQLite database"))
-                }
-                e => sql_error(&path, e, false),
-            })?;
+        let created = matches!(source, Source::Absent);
+        let opened = self.open_fresh(&path, &source, seen)?;
+        Ok(self.push(path, opened, created))
+    }
+
+    /// The count of tree changes this connection last checked against.
+    pub fn seen(&self, h: usize) -> Option<u64> {
+        self.dbs.get(h).map(|d| d.seen)
+    }
+
+    /// The path of an open database.
+    pub fn path_of(&self, h: usize) -> Option<&RelPath> {
+        self.dbs.get(h).map(|d| &d.path)
+    }
+
+    /// Under a dry run, a database written since it was last shown as the planned file: its
+    /// path and private copy, to show now.
+    pub fn take_dirty(&mut self, h: usize) -> Option<(RelPath, Arc<PathBuf>)> {
+        let db = self.dbs.get_mut(h)?;
+        let copy = db.copy.clone()?;
+        if !db.dirty {
+            return None;
         }
-        Ok(self.push(path, conn, guard, !exists))
+        db.dirty = false;
+        db.mirrored = true;
+        Some((db.path.clone(), copy))
+    }
+
+    /// Make sure connection `h` is still the database at its path, after the tree changed
+    /// (`seen` moved): a file a step removed or replaced is not what the connection holds.
+    /// Under apply, the file's identity tells; under a dry run, what the file capability
+    /// plans there. A stale connection is replaced: a removed database is created anew (and
+    /// reported so), a replaced one is opened as it now is.
+    pub fn refresh(&mut self, h: usize, source: &Source, seen: u64) -> CapResult<()> {
+        let root = self.root_path.clone();
+        let db = self.db(h)?;
+        if db.seen == seen {
+            return Ok(());
+        }
+        db.seen = seen;
+        let current = match (&db.copy, source) {
+            (Some(mine), Source::Copy(there)) => Arc::ptr_eq(mine, there) || mine == there,
+            // A copy never written is still the file on disk.
+            (Some(_), Source::Disk) => !db.mirrored,
+            (Some(_), _) => false,
+            (None, _) => {
+                let real = root.join(db.path.as_str());
+                db.identity.is_some() && identity(&real) == db.identity
+            }
+        };
+        if current {
+            return Ok(());
+        }
+        let path = db.path.clone();
+        let opened = self.open_fresh(&path, source, seen)?;
+        let db = &mut self.dbs[h];
+        tracing::debug!(db = %path, "the database file was removed or replaced; reopened it");
+        db.conn = opened.conn;
+        db.guard = opened.guard;
+        db.copy = opened.copy;
+        db.identity = opened.identity;
+        db.in_tx = false;
+        db.saved = None;
+        db.mirrored = false;
+        if matches!(source, Source::Absent) {
+            db.created = true;
+            db.dirty = true;
+        }
+        Ok(())
     }
 
     /// A set of connections of its own for one plugin step, for the databases it names.
     /// Under a dry run each starts as a copy of this scope's planned database, so the step
     /// sees what earlier steps planned; under apply it opens the files afresh.
-    pub fn lend(&self, names: &[RelPath], deadline: Option<Instant>) -> CapResult<Databases> {
+    pub fn lend(&mut self, names: &[RelPath], deadline: Option<Instant>) -> CapResult<Databases> {
         let mut child = Databases::new(self.root_path.clone(), self.backing);
         child.deadline = deadline;
+        child.scratch = self.scratch.clone();
+        child.scratch_files = self.scratch_files + 1_000_000;
         if self.backing == Backing::PrivateCopy {
             for name in names {
                 let Some(&i) = self.by_path.get(name) else {
                     continue;
                 };
-                let parent = &self.dbs[i];
-                let e = |e| sql_error(name, e, false);
-                let mut mem = Connection::open_in_memory().map_err(e)?;
-                parent
-                    .guard
-                    .as_host(|| copy_database(&parent.conn, &mut mem))
-                    .map_err(e)?;
-                let (conn, guard) = child.configure(name, mem)?;
-                child.push(name.clone(), conn, guard, false);
+                let Some(copy) = self.dbs[i].copy.clone() else {
+                    continue;
+                };
+                let seen = self.dbs[i].seen;
+                let opened = child.private_copy(name, &Source::Copy(copy))?;
+                let idx = child.push(name.clone(), opened, false);
+                child.dbs[idx].seen = seen;
             }
         }
         Ok(child)
@@ -335,8 +553,9 @@ impl Databases {
     /// Take back what a plugin step's connections did, once the step has ended: a
     /// transaction it left open is rolled back (and reported by
     /// [`Databases::abandon_open_transactions`]), its changes join this scope's, and under a
-    /// dry run its planned databases replace this scope's copies. Its connections close here.
-    pub fn adopt(&mut self, mut child: Databases) -> CapResult<()> {
+    /// dry run its planned databases replace this scope's copies (shown as files through
+    /// `files`). Its connections close here.
+    pub fn adopt(&mut self, mut child: Databases, files: &mut dyn PathProbe) -> CapResult<()> {
         self.abandoned.extend(child.abandon_open_transactions());
         self.adopted.extend(child.take_changes());
         if self.backing == Backing::PrivateCopy {
@@ -344,10 +563,8 @@ impl Databases {
                 let i = match self.by_path.get(&db.path) {
                     Some(&i) => i,
                     None => {
-                        let e = |e| sql_error(&db.path, e, false);
-                        let mem = Connection::open_in_memory().map_err(e)?;
-                        let (conn, guard) = self.configure(&db.path, mem)?;
-                        self.push(db.path.clone(), conn, guard, false)
+                        let opened = self.private_copy(&db.path, &Source::Absent)?;
+                        self.push(db.path.clone(), opened, false)
                     }
                 };
                 let mine = &mut self.dbs[i];
@@ -355,6 +572,15 @@ impl Databases {
                 db.guard
                     .as_host(|| copy_database(&db.conn, &mut mine.conn))
                     .map_err(e)?;
+                mine.seen = files.generation();
+                if let Some(copy) = mine.copy.clone() {
+                    files.mirror(&db.path, copy);
+                }
+            }
+        }
+        for db in &child.dbs {
+            if let Some(copy) = &db.copy {
+                let _ = std::fs::remove_file(copy.as_path());
             }
         }
         Ok(())
@@ -374,7 +600,9 @@ impl Databases {
         db.rows += changed;
         if db.schema_version()? != before {
             db.schema_changed = true;
+            db.dirty = true;
         }
+        db.dirty |= changed > 0;
         Ok(changed)
     }
 
@@ -456,6 +684,7 @@ impl Databases {
             Ok(())
         })();
         db.rows += total;
+        db.dirty |= total > 0;
         result.map_err(|e| db.error(e))?;
         Ok(out)
     }
@@ -531,6 +760,7 @@ impl Databases {
     /// `database.mark-done`: the marks join the open transaction, if any.
     pub fn mark_done(&mut self, h: usize, scope: &str, keys: &[String]) -> CapResult<()> {
         let db = self.db(h)?;
+        db.dirty = true;
         db.internal(|c| {
             c.execute_batch(
                 "CREATE TABLE IF NOT EXISTS _idem_checkpoints (scope TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (scope, key)) WITHOUT ROWID",
@@ -587,10 +817,50 @@ impl Databases {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bindings::types::Datetime;
+    use crate::cap::fs::{Disk, FsCap, Overlay, Sink};
     use crate::policy::{Mode, Policy};
 
     fn p(s: &str) -> RelPath {
         Policy::new(Mode::Apply).resolve(s).unwrap()
+    }
+
+    /// A root, its file capability (an overlay under a dry run) and its databases.
+    fn scope(dry_run: bool) -> (tempfile::TempDir, FsCap, Databases) {
+        let t = tempfile::tempdir().unwrap();
+        let root =
+            cap_std::fs::Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
+        let now = Datetime {
+            seconds: 0,
+            nanoseconds: 0,
+        };
+        let (sink, backing): (Box<dyn Sink + Send>, Backing) = if dry_run {
+            (Box::new(Overlay::new(now)), Backing::PrivateCopy)
+        } else {
+            (Box::new(Disk::default()), Backing::File)
+        };
+        let fs = FsCap::new(root, sink, now, false);
+        let dbs = Databases::new(t.path().to_path_buf(), backing);
+        (t, fs, dbs)
+    }
+
+    fn source(fs: &FsCap, path: &RelPath) -> Source {
+        match fs.planned(path).unwrap() {
+            crate::cap::PlannedContent::Absent => Source::Absent,
+            crate::cap::PlannedContent::OnDisk => Source::Disk,
+            crate::cap::PlannedContent::Bytes(b) => Source::Bytes(b),
+            crate::cap::PlannedContent::Database(c) => Source::Copy(c),
+        }
+    }
+
+    fn open(fs: &mut FsCap, dbs: &mut Databases, path: &str) -> usize {
+        let h = dbs
+            .open(p(path), source(fs, &p(path)), fs.generation())
+            .unwrap();
+        if let Some((path, copy)) = dbs.take_dirty(h) {
+            fs.mirror(&path, copy);
+        }
+        h
     }
 
     fn count(dbs: &mut Databases, h: usize) -> i64 {
@@ -604,14 +874,13 @@ mod tests {
     /// own state (a TEMP trigger) ends with them, and what they planned comes back.
     #[test]
     fn a_lent_scope_sees_planned_rows_and_keeps_its_connection_state_to_itself() {
-        let t = tempfile::tempdir().unwrap();
-        let mut run = Databases::new(t.path().to_path_buf(), Backing::PrivateCopy);
-        let h = run.open(p("a.db"), false).unwrap();
+        let (t, mut fs, mut run) = scope(true);
+        let h = open(&mut fs, &mut run, "a.db");
         run.execute(h, "CREATE TABLE t (x)", &[]).unwrap();
         run.execute(h, "INSERT INTO t VALUES (1)", &[]).unwrap();
         run.take_changes();
         let mut step = run.lend(&[p("a.db")], None).unwrap();
-        let s = step.open(p("a.db"), true).unwrap();
+        let s = open(&mut fs, &mut step, "a.db");
         assert_eq!(count(&mut step, s), 1, "sees the run's planned row");
         step.execute(
             s,
@@ -620,7 +889,7 @@ mod tests {
         )
         .unwrap();
         step.execute(s, "INSERT INTO t VALUES (2)", &[]).unwrap();
-        run.adopt(step).unwrap();
+        run.adopt(step, &mut fs).unwrap();
         let kinds: Vec<_> = run.take_changes().iter().map(|c| c.kind.as_str()).collect();
         assert!(kinds.contains(&"write-rows"), "{kinds:?}");
         assert_eq!(count(&mut run, h), 3, "the step's rows come back");
@@ -629,28 +898,79 @@ mod tests {
         assert!(!t.path().join("a.db").exists(), "nothing on disk");
     }
 
+    /// Issue 14: a database a dry run writes is a file for the file capability, with its
+    /// planned content; a planned removal or replacement is seen by the next statement.
+    #[test]
+    fn a_dry_runs_database_is_a_file_and_a_removed_one_starts_anew() {
+        let (t, mut fs, mut dbs) = scope(true);
+        std::fs::create_dir(t.path().join("d")).unwrap();
+        let h = open(&mut fs, &mut dbs, "d/a.db");
+        dbs.execute(h, "CREATE TABLE t (x)", &[]).unwrap();
+        dbs.execute(h, "INSERT INTO t VALUES (1)", &[]).unwrap();
+        let m = fs.stat(&p("d/a.db")).unwrap().expect("a planned file");
+        assert!(m.size > 0);
+        let names: Vec<_> = fs
+            .list_dir(&p("d"))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, ["a.db"]);
+        let bytes = fs.read(&p("d/a.db")).unwrap();
+        assert!(bytes.starts_with(b"SQLite format 3\0"));
+        // A copy of it, made by a later step, opens with its rows.
+        fs.write_atomic(&p("d/b.db"), bytes, None).unwrap();
+        let b = open(&mut fs, &mut dbs, "d/b.db");
+        assert_eq!(count(&mut dbs, b), 1);
+        // Removed by a step: the next use finds a new, empty database.
+        fs.remove(&p("d/a.db"), false).unwrap();
+        let src = source(&fs, &p("d/a.db"));
+        dbs.refresh(h, &src, fs.generation()).unwrap();
+        assert!(
+            dbs.query(h, "SELECT count(*) FROM t", &[]).is_err(),
+            "no table t any more"
+        );
+        assert_eq!(std::fs::read_dir(t.path().join("d")).unwrap().count(), 0);
+    }
+
+    /// Issue 14: under apply, a connection to a file a step removed is not used again.
+    #[test]
+    fn under_apply_a_removed_database_file_is_reopened_not_written_unlinked() {
+        let (t, mut fs, mut dbs) = scope(false);
+        let h = open(&mut fs, &mut dbs, "a.db");
+        dbs.execute(h, "CREATE TABLE t (x)", &[]).unwrap();
+        fs.remove(&p("a.db"), false).unwrap();
+        let src = source(&fs, &p("a.db"));
+        dbs.refresh(h, &src, fs.generation()).unwrap();
+        dbs.execute(h, "CREATE TABLE t (x)", &[]).unwrap();
+        dbs.execute(h, "INSERT INTO t VALUES (1)", &[]).unwrap();
+        let c = rusqlite::Connection::open(t.path().join("a.db")).unwrap();
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1, "the row is in the file at the path");
+    }
+
     #[test]
     fn a_transaction_a_plugin_left_open_is_rolled_back_and_reported() {
-        let t = tempfile::tempdir().unwrap();
-        let mut run = Databases::new(t.path().to_path_buf(), Backing::File);
+        let (_t, mut fs, mut run) = scope(false);
         let mut step = run.lend(&[p("a.db")], None).unwrap();
-        let s = step.open(p("a.db"), false).unwrap();
+        let s = open(&mut fs, &mut step, "a.db");
         step.execute(s, "CREATE TABLE t (x)", &[]).unwrap();
         step.begin(s).unwrap();
         step.execute(s, "INSERT INTO t VALUES (1)", &[]).unwrap();
-        run.adopt(step).unwrap();
+        run.adopt(step, &mut fs).unwrap();
         assert_eq!(run.abandon_open_transactions(), ["a.db"]);
-        let h = run.open(p("a.db"), true).unwrap();
+        let h = open(&mut fs, &mut run, "a.db");
         assert_eq!(count(&mut run, h), 0, "rolled back");
     }
 
     #[test]
     fn a_statement_still_running_at_the_deadline_is_interrupted() {
-        let t = tempfile::tempdir().unwrap();
-        let run = Databases::new(t.path().to_path_buf(), Backing::File);
+        let (_t, mut fs, mut run) = scope(false);
         let deadline = Instant::now() + std::time::Duration::from_millis(200);
         let mut step = run.lend(&[], Some(deadline)).unwrap();
-        let h = step.open(p("a.db"), false).unwrap();
+        let h = open(&mut fs, &mut step, "a.db");
         let started = Instant::now();
         let r = step.query(
             h,
@@ -664,9 +984,8 @@ mod tests {
 
     #[test]
     fn denials_are_told_from_sqlite_errors() {
-        let t = tempfile::tempdir().unwrap();
-        let mut dbs = Databases::new(t.path().to_path_buf(), Backing::File);
-        let h = dbs.open(p("a.db"), false).unwrap();
+        let (_t, mut fs, mut dbs) = scope(false);
+        let h = open(&mut fs, &mut dbs, "a.db");
         for sql in ["BEGIN", "ATTACH 'x.db' AS x", "PRAGMA journal_mode = OFF"] {
             match dbs.execute(h, sql, &[]) {
                 Err(Error::Denied(m)) => assert!(m.contains("statement not allowed"), "{m}"),
