@@ -185,6 +185,9 @@ pub fn main() -> ExitCode {
     // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        // A write past RLIMIT_FSIZE (`ulimit -f`) must fail with EFBIG and be reported, not
+        // kill the run silently.
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

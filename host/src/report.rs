@@ -255,6 +255,9 @@ pub struct Report {
     /// The run before this one was interrupted (killed, or the machine went away): this run
     /// finishes its work, skipping what its checkpoints say is done.
     pub resumed: bool,
+    /// A failure of idem's own bookkeeping after the steps ran (the state store could not
+    /// record the run's end): the steps' results stand, but the run did not end cleanly.
+    pub fault: Option<String>,
 }
 
 /// A host error as one line for a person.
@@ -282,12 +285,14 @@ impl Report {
             duration: Duration::ZERO,
             recovered_temporaries: 0,
             resumed: false,
+            fault: None,
         }
     }
 
     /// No plan error and no failed step or record.
     pub fn ok(&self) -> bool {
         self.error.is_none()
+            && self.fault.is_none()
             && self
                 .steps
                 .iter()
@@ -346,6 +351,7 @@ impl Report {
             "steps": self.steps,
             "verify": self.verify,
             "resumed": self.resumed,
+            "fault": self.fault,
             "recovered_temporaries": self.recovered_temporaries,
             "duration_ms": (self.duration.as_secs_f64() * 1e6).round() / 1e3,
         })
@@ -493,6 +499,9 @@ impl Report {
             self.change_count(),
             self.duration.as_secs_f64()
         )?;
+        if let Some(f) = &self.fault {
+            writeln!(out, "{}", paint("31;1", &format!("error: {f}")))?;
+        }
         if let Some(v) = &self.verify {
             if v.ok {
                 writeln!(

@@ -127,15 +127,23 @@ impl Host {
             let run = store.data_mut().run();
             run.progress.finish();
             stopped |= finish_step(run, &mut step, result, t);
-            if record {
-                run.state.journal(step.index, &step.name, &step.changes)?;
+            if record && let Err(e) = run.state.journal(step.index, &step.name, &step.changes) {
+                // What the step did is done and reported; what cannot be recorded stops the
+                // run here, naming the store and the step.
+                step.fail(
+                    StepFailure::new(FailureKind::Host, format!("{e:#}")),
+                    Vec::new(),
+                );
+                stopped = true;
             }
             report.steps.push(step);
         }
         if record {
             let outcome = if report.ok() { "ok" } else { "failed" };
             let n = report.change_count();
-            store.data_mut().run().state.finish_run(outcome, n)?;
+            if let Err(e) = store.data_mut().run().state.finish_run(outcome, n) {
+                report.fault = Some(format!("{e:#}"));
+            }
         }
         Ok(report)
     }
@@ -165,11 +173,18 @@ impl Host {
         let t = Instant::now();
         let (mut run, result) = self.run_plugin(run, &call, cfg);
         finish_step(&mut run, &mut step, result, t);
-        run.state.journal(1, &step.name, &step.changes)?;
+        if let Err(e) = run.state.journal(1, &step.name, &step.changes) {
+            step.fail(
+                StepFailure::new(FailureKind::Host, format!("{e:#}")),
+                Vec::new(),
+            );
+        }
         report.steps.push(step);
         let outcome = if report.ok() { "ok" } else { "failed" };
         let n = report.change_count();
-        run.state.finish_run(outcome, n)?;
+        if let Err(e) = run.state.finish_run(outcome, n) {
+            report.fault = Some(format!("{e:#}"));
+        }
         report.duration = started.elapsed();
         Ok(report)
     }

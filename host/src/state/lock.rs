@@ -59,9 +59,11 @@ impl RunLock {
             hostname(),
             super::timestamp()
         );
-        file.set_len(0)?;
-        file.rewind()?;
-        file.write_all(holder.as_bytes())?;
+        let written = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(holder.as_bytes()));
+        written.with_context(|| format!("writing the lock file {}", path.display()))?;
         Ok(RunLock { _file: Some(file) })
     }
 

@@ -172,6 +172,38 @@ fn read_only_uri(path: &Path) -> String {
     uri
 }
 
+/// Make a new state store at `path` whole or not at all: its tables are made in a temporary
+/// file beside it, which is then renamed into place, so a run killed in its first moments
+/// leaves either no store or a complete one.
+fn create_atomically(path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".state-new-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating the state store in {}", dir.display()))?;
+    {
+        let c = Connection::open(tmp.path())
+            .with_context(|| format!("creating the state store {}", tmp.path().display()))?;
+        c.pragma_update(None, "journal_mode", "WAL")?;
+        c.execute_batch(SCHEMA)
+            .with_context(|| format!("creating the state store's tables in {}", path.display()))?;
+    }
+    tmp.as_file().sync_all()?;
+    match tmp.persist_noclobber(path) {
+        Ok(_) => {}
+        // Another run made it meanwhile: theirs is as good as ours.
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(anyhow::Error::new(e.error)
+                .context(format!("creating the state store {}", path.display())));
+        }
+    }
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 impl StateStore {
     /// Open the store at `path`: created (with its directory) under apply; read-only, or
     /// absent, under a dry run.
@@ -185,7 +217,16 @@ impl StateStore {
                         | OpenFlags::SQLITE_OPEN_URI,
                 )
                 .with_context(|| format!("opening the state store {} read-only", path.display()))?;
-                Some(c)
+                // A store without its tables (left by a run killed before they were made,
+                // by an idem older than atomic creation) is as good as none.
+                let made: i64 = c
+                    .query_row(
+                        "SELECT count(*) FROM sqlite_schema WHERE name IN ('runs', 'journal', 'checkpoints')",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .with_context(|| format!("reading the state store {}", path.display()))?;
+                (made == 3).then_some(c)
             } else {
                 None
             }
@@ -193,6 +234,9 @@ impl StateStore {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("creating the state directory {}", dir.display()))?;
+            }
+            if !path.exists() {
+                create_atomically(path)?;
             }
             let c = Connection::open(path)
                 .with_context(|| format!("opening the state store {}", path.display()))?;
@@ -223,6 +267,17 @@ impl StateStore {
     /// Both happen in one transaction: were a run killed between them, the next run would find
     /// no unfinished run and skip sweeping the temporary files the first one left.
     pub fn begin_run(&mut self, mode: &str, plan: &str, plan_hash: &str) -> Result<bool> {
+        let path = self.path.clone();
+        self.begin_run_inner(mode, plan, plan_hash)
+            .with_context(|| {
+                format!(
+                    "recording the run's start in the state store {}",
+                    path.display()
+                )
+            })
+    }
+
+    fn begin_run_inner(&mut self, mode: &str, plan: &str, plan_hash: &str) -> Result<bool> {
         let Some(c) = &mut self.conn else {
             return Ok(false);
         };
@@ -257,6 +312,16 @@ impl StateStore {
 
     /// Record the end of the run.
     pub fn finish_run(&mut self, outcome: &str, changes: usize) -> Result<()> {
+        let path = self.path.clone();
+        self.finish_run_inner(outcome, changes).with_context(|| {
+            format!(
+                "recording the run's end in the state store {}",
+                path.display()
+            )
+        })
+    }
+
+    fn finish_run_inner(&mut self, outcome: &str, changes: usize) -> Result<()> {
         self.flush()?;
         if let (Some(c), Some(id), false) = (&self.conn, self.run_id, self.dry_run) {
             c.execute(
@@ -269,6 +334,12 @@ impl StateStore {
 
     /// Append a step's changes to the journal, in one transaction.
     pub fn journal(&mut self, step: usize, step_name: &str, changes: &[Change]) -> Result<()> {
+        let path = self.path.clone();
+        self.journal_inner(step, step_name, changes)
+            .with_context(|| format!("writing the journal to the state store {}", path.display()))
+    }
+
+    fn journal_inner(&mut self, step: usize, step_name: &str, changes: &[Change]) -> Result<()> {
         let (Some(c), Some(run), false) = (&mut self.conn, self.run_id, self.dry_run) else {
             return Ok(());
         };
@@ -480,6 +551,50 @@ mod tests {
         assert_eq!(s.done("scope", &["k".to_string()]).unwrap(), [true]);
         drop(s);
         assert_eq!(listing(), before);
+    }
+
+    /// Issue 14: a run killed before the store's tables existed left a file that made every
+    /// later dry run and `history` fail with "no such table".
+    #[test]
+    fn an_empty_or_half_made_store_reads_as_new_and_is_completed_by_an_apply() {
+        // Empty, or killed after the first of the tables (each CREATE is atomic by itself).
+        let first_table = format!("{};", SCHEMA.split(';').next().unwrap());
+        for seed in ["", first_table.as_str()] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("state.db");
+            {
+                let c = Connection::open(&path).unwrap();
+                c.execute_batch(seed).unwrap();
+            }
+            let s = StateStore::open(&path, true).unwrap();
+            assert!(s.history(5).unwrap().is_empty(), "seed {seed:?}");
+            assert_eq!(s.done("x", &["k".into()]).unwrap(), [false]);
+            drop(s);
+            let mut s = StateStore::open(&path, false).unwrap();
+            s.begin_run("apply", "p", "h").unwrap();
+            s.finish_run("ok", 0).unwrap();
+            assert_eq!(
+                StateStore::open(&path, true)
+                    .unwrap()
+                    .history(5)
+                    .unwrap()
+                    .len(),
+                1
+            );
+        }
+    }
+
+    #[test]
+    fn a_new_store_is_made_whole_leaving_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        StateStore::open(&path, false).unwrap();
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.ends_with("-wal") && !n.ends_with("-shm"))
+            .collect();
+        assert_eq!(names, ["state.db"]);
     }
 
     #[test]

@@ -458,3 +458,83 @@ fn report_counters(report: &Value, step: usize) -> (u64, u64, u64) {
         c["failed"].as_u64().unwrap(),
     )
 }
+
+/// Issue 14: a full disk under the state store names the store and the step, prints what was
+/// done, and the next run converges.
+#[test]
+fn a_state_store_that_finds_no_room_is_named_and_the_report_still_says_what_was_done() {
+    let t = fast_env();
+    let mut plan = String::from("steps:\n");
+    for i in 0..200 {
+        plan.push_str(&format!(
+            "  - file: out/f{i}.txt\n    content: \"{}\\n\"\n",
+            "y".repeat(1000)
+        ));
+    }
+    t.write("idem.yml", &plan);
+    let warm = fast_env();
+    warm.write("idem.yml", "steps: []\n");
+    warm.idem(&["apply"]).code(0);
+    let mut cmd = t.cmd();
+    cmd.args(["apply", "--format", "json"]);
+    // Room for the tree's 1 KB files (and what wasmtime needs), not for the state store's
+    // write-ahead log, which grows by a page or more for each step's journal.
+    with_file_size_limit(&mut cmd, 256 << 10);
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let steps = report["steps"].as_array().unwrap();
+    assert!(!steps.is_empty(), "the report lost the steps: {report:#}");
+    let failed: Vec<_> = steps.iter().filter(|s| s["outcome"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{report:#}");
+    let msg = failed[0]["error"].as_str().unwrap();
+    assert!(msg.contains(".idem/state.db"), "{msg}");
+    assert!(msg.contains("journal"), "{msg}");
+    assert!(
+        steps.iter().any(|s| s["outcome"] == "created"),
+        "done steps reported"
+    );
+    // Without the limit, the next run finishes the work.
+    t.idem(&["apply", "--verify"]).code(0);
+}
+
+/// Issue 14: idem handles SIGXFSZ itself (ignored), so `ulimit -f` gives an error, not a
+/// silent death by signal.
+#[test]
+fn a_file_size_limit_is_an_error_not_a_silent_kill() {
+    let t = fast_env();
+    t.write(
+        "idem.yml",
+        "steps:\n  - file: big.txt\n    source: src.bin\n",
+    );
+    t.write("src.bin", vec![b'x'; 512 << 10]);
+    let warm = fast_env();
+    warm.write("idem.yml", "steps: []\n");
+    warm.idem(&["apply"]).code(0);
+    let mut cmd = t.cmd();
+    cmd.arg("apply");
+    // SAFETY: between fork and exec only async-signal-safe calls (setrlimit).
+    unsafe {
+        cmd.pre_exec(|| {
+            let r = libc::rlimit {
+                rlim_cur: 256 << 10,
+                rlim_max: 256 << 10,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("big.txt"), "{all}");
+    assert!(!t.exists("big.txt"), "nothing half-written");
+}
