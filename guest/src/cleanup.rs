@@ -1,5 +1,9 @@
-//! `cleanup`: delete files older than an age under a directory, then optionally the
-//! directories that this left empty.
+//! `cleanup`: delete files older than an age under a directory, then optionally every
+//! directory under it that is empty, except those another step of the plan makes.
+//!
+//! The rule does not depend on who emptied a directory: a run killed between a cleanup's
+//! deletions and its removal of the directories they emptied leaves directories that the
+//! re-run, finding them empty, removes too; so it ends as one clean run would.
 //!
 //! One `list-dir` per directory and one `remove-files` per thousand files keep the number
 //! of host calls small on large trees. Symbolic links are judged by their own time and
@@ -11,7 +15,9 @@ use crate::idem::plugin::fs::{self, Change, Kind};
 use crate::idem::plugin::report::{StepError, StepReport};
 use crate::idem::plugin::types::Error;
 use crate::idem::plugin::{clock, log};
-use crate::plan::CleanupStep;
+use std::collections::BTreeSet;
+
+use crate::plan::{CleanupStep, Step, SubStep};
 
 /// Files removed per `remove-files` call.
 const BATCH: usize = 1000;
@@ -23,10 +29,66 @@ struct Dir {
     parent: Option<usize>,
     /// Entries not (yet) removed.
     remaining: usize,
-    /// Something in it was removed by this cleanup: only such directories count as "left
-    /// empty", so a directory that a plan keeps empty on purpose is not removed and
-    /// recreated on every run.
-    emptied: bool,
+}
+
+thread_local! {
+    /// The directories the loaded plan makes (components are single-threaded).
+    static MADE_BY_PLAN: std::cell::RefCell<BTreeSet<String>> =
+        const { std::cell::RefCell::new(BTreeSet::new()) };
+}
+
+/// Remember which directories the loaded plan makes, for its cleanups.
+pub fn remember_plan(plan: &[Step]) {
+    MADE_BY_PLAN.with(|m| *m.borrow_mut() = made_by_plan(plan));
+}
+
+/// Normalise a plan path as the host does (no `.`, no empty components, no trailing `/`).
+fn normal(path: &str) -> String {
+    path.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Every directory the plan's steps make or write into, with their ancestors: a cleanup
+/// keeps those even when empty, or the next step (or the next run) would make them again.
+/// A templated path of `each` counts up to its first placeholder.
+pub fn made_by_plan(plan: &[Step]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut add = |path: &str, is_dir: bool| {
+        let literal = match path.find('{') {
+            Some(i) => path[..i].rsplit_once('/').map_or("", |(d, _)| d),
+            None => path,
+        };
+        let p = normal(literal);
+        let mut parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
+        // A file's own name is not a directory (a templated path was cut before it).
+        if !is_dir && !path.contains('{') {
+            parts.pop();
+        }
+        for n in 1..=parts.len() {
+            out.insert(parts[..n].join("/"));
+        }
+    };
+    for step in plan {
+        match step {
+            Step::Dir(s) => add(&s.dir, true),
+            Step::File(s) => add(&s.file, false),
+            Step::Upsert(s) => add(&s.upsert, false),
+            Step::Each(e) => {
+                for sub in &e.steps {
+                    match sub {
+                        SubStep::Dir(s) => add(&s.dir, true),
+                        SubStep::File(s) => add(&s.file, false),
+                        SubStep::Upsert(s) => add(&s.upsert, false),
+                        SubStep::Remove(_) | SubStep::Cleanup(_) => {}
+                    }
+                }
+            }
+            Step::Remove(_) | Step::Cleanup(_) | Step::Plugin(_) => {}
+        }
+    }
+    out
 }
 
 /// Run a `cleanup` step. Counters: `removed`, `kept` (files that the patterns select but
@@ -61,7 +123,6 @@ pub fn run(step: &CleanupStep) -> Result<StepReport, StepError> {
         rel: String::new(),
         parent: None,
         remaining: 0,
-        emptied: false,
     }];
     let mut stack = vec![0usize];
     let mut batch: Vec<String> = Vec::with_capacity(BATCH);
@@ -82,7 +143,6 @@ pub fn run(step: &CleanupStep) -> Result<StepReport, StepError> {
                         rel,
                         parent: Some(i),
                         remaining: 0,
-                        emptied: false,
                     });
                     stack.push(dirs.len() - 1);
                 }
@@ -112,10 +172,14 @@ pub fn run(step: &CleanupStep) -> Result<StepReport, StepError> {
 
     let mut dirs_removed = 0u64;
     if step.remove_empty_dirs {
+        let keep = MADE_BY_PLAN.with(|m| m.borrow().clone());
         // Children were found after their parents, so going backwards visits every
         // directory after all of its descendants.
         for i in (1..dirs.len()).rev() {
-            if dirs[i].remaining != 0 || !dirs[i].emptied {
+            if dirs[i].remaining != 0
+                || keep.contains(&normal(&dirs[i].path))
+                || exclude.iter().any(|g| g.matches(&dirs[i].rel))
+            {
                 continue;
             }
             match fs::remove(&dirs[i].path, false) {
@@ -125,7 +189,6 @@ pub fn run(step: &CleanupStep) -> Result<StepReport, StepError> {
                     }
                     if let Some(p) = dirs[i].parent {
                         dirs[p].remaining = dirs[p].remaining.saturating_sub(1);
-                        dirs[p].emptied = true;
                     }
                 }
                 // Something appeared meanwhile: the directory is not empty, keep it.
@@ -161,9 +224,29 @@ fn flush(
         }
         let dir = &mut dirs[owner];
         dir.remaining = dir.remaining.saturating_sub(1);
-        dir.emptied = true;
     }
     batch.clear();
     owners.clear();
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(yaml: &str) -> Vec<Step> {
+        crate::plan::parse(yaml).unwrap().plan.steps
+    }
+
+    #[test]
+    fn the_directories_a_plan_makes_are_kept() {
+        let steps = plan(
+            "steps:\n  - dir: logs/keep/\n  - file: ./logs/cur/app.log\n    content: x\n  - each: r.csv\n    key: id\n    steps:\n      - dir: \"homes/{team}/{id}\"\n      - file: \"out/fixed/{id}.txt\"\n        content: x\n",
+        );
+        let got: Vec<String> = made_by_plan(&steps).into_iter().collect();
+        assert_eq!(
+            got,
+            ["homes", "logs", "logs/cur", "logs/keep", "out", "out/fixed"]
+        );
+    }
 }

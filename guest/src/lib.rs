@@ -49,6 +49,7 @@ impl Guest for Component {
             .zip(&loaded.locations)
             .map(|(step, loc)| step_info(step, *loc))
             .collect();
+        cleanup::remember_plan(&loaded.plan.steps);
         PLAN.with(|p| *p.borrow_mut() = Some(loaded));
         Ok(infos)
     }

@@ -16,6 +16,16 @@ use anyhow::{Context, Result, bail};
 /// A held lock; released when dropped.
 pub struct RunLock {
     _file: Option<File>,
+    /// The root directory itself, locked as the tree: a dry run locks it even when no lock
+    /// file exists yet (it creates nothing), so it never reads a tree an apply is writing.
+    _root: Option<File>,
+}
+
+/// Lock the root directory `root` (shared for a dry run), waiting as for the lock file.
+fn lock_root(root: &Path, timeout: Duration, shared: bool, lock_file: &Path) -> Result<File> {
+    let dir = File::open(root).with_context(|| format!("opening the root {}", root.display()))?;
+    wait_for(&dir, timeout, shared, lock_file, root)?;
+    Ok(dir)
 }
 
 /// This machine's host name, for lock holders and the state store.
@@ -52,7 +62,9 @@ impl RunLock {
             .truncate(false)
             .open(path)
             .with_context(|| format!("opening the lock file {}", path.display()))?;
+        let start = Instant::now();
         wait_for(&file, timeout, false, path, root)?;
+        let root_lock = lock_root(root, timeout.saturating_sub(start.elapsed()), false, path)?;
         let holder = format!(
             "pid {} on {} since {}",
             std::process::id(),
@@ -64,17 +76,27 @@ impl RunLock {
             .and_then(|()| file.rewind())
             .and_then(|()| file.write_all(holder.as_bytes()));
         written.with_context(|| format!("writing the lock file {}", path.display()))?;
-        Ok(RunLock { _file: Some(file) })
+        Ok(RunLock {
+            _file: Some(file),
+            _root: Some(root_lock),
+        })
     }
 
     /// Take a shared lock if the lock file exists (a dry run creates nothing).
     pub fn shared(path: &Path, timeout: Duration, root: &Path) -> Result<RunLock> {
+        let start = Instant::now();
         let file = match File::open(path) {
-            Ok(f) => f,
-            Err(_) => return Ok(RunLock { _file: None }),
+            Ok(f) => {
+                wait_for(&f, timeout, true, path, root)?;
+                Some(f)
+            }
+            Err(_) => None,
         };
-        wait_for(&file, timeout, true, path, root)?;
-        Ok(RunLock { _file: Some(file) })
+        let root_lock = lock_root(root, timeout.saturating_sub(start.elapsed()), true, path)?;
+        Ok(RunLock {
+            _file: file,
+            _root: Some(root_lock),
+        })
     }
 }
 
@@ -125,8 +147,28 @@ fn read_holder(path: &Path) -> String {
     let mut s = String::new();
     match File::open(path).and_then(|mut f| f.read_to_string(&mut s)) {
         Ok(_) if !s.trim().is_empty() => s.trim().to_string(),
-        _ => "holder unknown".into(),
+        // Taken a moment ago, its holder not written yet: the kernel knows who it is.
+        _ => match flock_holder(path) {
+            Some(pid) => format!("pid {pid} on {}, starting", hostname()),
+            None => "its holder has not written its name yet".into(),
+        },
     }
+}
+
+/// The pid holding an flock on the file at `path`, from /proc/locks (Linux).
+fn flock_holder(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    let want = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        // "1: FLOCK  ADVISORY  WRITE 12345 08:01:1234567 0 EOF"
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&want.as_str()))
+            .then(|| f.get(4)?.parse().ok())
+            .flatten()
+    })
 }
 
 #[cfg(test)]
@@ -147,6 +189,38 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("--lock-timeout"), "{msg}");
+    }
+
+    /// Issue 14: a run waiting on a lock just taken named its holder "unknown".
+    #[test]
+    fn a_holder_that_has_not_written_its_name_is_named_by_the_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l");
+        let f = File::create(&path).unwrap();
+        f.try_lock().unwrap();
+        let holder = read_holder(&path);
+        assert!(
+            holder.contains(&format!("pid {}", std::process::id())),
+            "{holder}"
+        );
+    }
+
+    /// Issue 14: a dry run where no lock file exists yet still waits for an apply.
+    #[test]
+    fn a_dry_run_waits_for_an_apply_even_without_a_lock_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let held = File::open(&root).unwrap();
+        held.try_lock().unwrap();
+        let lock = root.join(".idem/state.db.lock");
+        let err = RunLock::shared(&lock, Duration::from_millis(200), &root)
+            .err()
+            .expect("the dry run must wait for the tree");
+        assert!(format!("{err:#}").contains("holds the lock"), "{err:#}");
+        assert!(!lock.exists(), "a dry run creates nothing");
+        drop(held);
+        RunLock::shared(&lock, Duration::ZERO, &root).unwrap();
     }
 
     #[test]

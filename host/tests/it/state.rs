@@ -538,3 +538,48 @@ fn a_file_size_limit_is_an_error_not_a_silent_kill() {
     assert!(all.contains("big.txt"), "{all}");
     assert!(!t.exists("big.txt"), "nothing half-written");
 }
+
+/// Issue 14: a kill between a cleanup's deletions and its removal of the directories they
+/// emptied left those directories for ever (the re-run found them "already empty" and kept
+/// them). The re-run must end as one clean run: every empty directory the plan does not make
+/// is removed, whoever emptied it.
+#[test]
+fn a_cleanup_killed_before_removing_emptied_dirs_finishes_on_the_rerun() {
+    let plan = "steps:\n  - dir: logs/keep\n  - cleanup: logs\n    older-than: 7d\n    include: [\"**/*.log\"]\n    remove-empty-dirs: true\n";
+    let fill = |t: &Env| {
+        t.write("idem.yml", plan);
+        for d in ["a", "b/c"] {
+            t.write(&format!("logs/{d}/old.log"), "old\n")
+                .age(&format!("logs/{d}/old.log"), 30);
+        }
+        t.write("logs/d/new.log", "new\n");
+    };
+    let clean = fast_env();
+    fill(&clean);
+    clean.idem(&["apply"]).code(0);
+    // As a killed run left it: the old logs deleted, their directories not yet.
+    let killed = fast_env();
+    fill(&killed);
+    for d in ["a", "b/c"] {
+        std::fs::remove_file(killed.path(&format!("logs/{d}/old.log"))).unwrap();
+    }
+    let planned = killed.json(&["plan"], 0);
+    let applied = killed.json(&["apply"], 0);
+    assert_eq!(changes(&planned), changes(&applied));
+    assert!(
+        !killed.exists("logs/a") && !killed.exists("logs/b"),
+        "emptied dirs left"
+    );
+    assert!(
+        killed.exists("logs/keep"),
+        "a directory the plan makes is kept"
+    );
+    let shape = |t: &Env| -> Vec<String> {
+        t.snapshot()
+            .into_keys()
+            .filter(|k| k.starts_with("logs"))
+            .collect()
+    };
+    assert_eq!(shape(&killed), shape(&clean));
+    killed.json(&["check"], 0);
+}
