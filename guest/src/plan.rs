@@ -12,7 +12,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Serialize;
 
 use crate::glob::Glob;
-use crate::template;
+use crate::template::{self, Use};
 use crate::yaml::{self, Kind, Loc, Node, Scalar};
 
 /// A whole plan.
@@ -601,6 +601,9 @@ fn parse_common(obj: &mut Obj<'_>, op: &str) -> Result<SubStep, PlanError> {
                 )
                 .hint(format!("add `{missing}` to `columns`")));
             }
+            if !(obj.templates && step.table.contains('{')) {
+                check_table_name(&step.table).map_err(|e| PlanError::at(obj.loc_of("table"), e))?;
+            }
             check_format(obj, step.format, &step.from, "from")?;
             SubStep::Upsert(step)
         }
@@ -691,6 +694,22 @@ fn to_json(node: &Node) -> Result<serde_json::Value, PlanError> {
             None => Value::Null,
         },
     })
+}
+
+/// A table `upsert` may write: not empty, and not one of idem's (`_idem_...`) or SQLite's
+/// (`sqlite_...`) own, which hold checkpoints and the schema.
+pub fn check_table_name(name: &str) -> Result<(), String> {
+    let lower = name.to_ascii_lowercase();
+    if name.trim().is_empty() {
+        Err("the table name is empty; name the table to load into".into())
+    } else if lower.starts_with("_idem_") || lower.starts_with("sqlite_") {
+        Err(format!(
+            "table `{name}` is reserved: names starting with `_idem_` are idem's own (checkpoints) \
+             and names starting with `sqlite_` are SQLite's; choose another name"
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 /// Parse `0755`, `755` or `0o755`.
@@ -1095,33 +1114,39 @@ impl Step {
 }
 
 impl SubStep {
-    /// Apply `f` to every templated string of the sub-step (paths, content, table, globs).
+    /// Apply `f` to every templated string of the sub-step (paths, content, table, globs),
+    /// with the field's name and what kind of value it takes.
     pub fn map_templates(
         &mut self,
-        f: &mut dyn FnMut(&mut String) -> Result<(), String>,
+        f: &mut dyn FnMut(&'static str, Use, &mut String) -> Result<(), String>,
     ) -> Result<(), String> {
         match self {
-            SubStep::Dir(s) => f(&mut s.dir),
+            SubStep::Dir(s) => f("dir", Use::Path, &mut s.dir),
             SubStep::File(s) => {
-                f(&mut s.file)?;
+                f("file", Use::Path, &mut s.file)?;
                 if let Some(c) = &mut s.content {
-                    f(c)?;
+                    f("content", Use::Text, c)?;
                 }
                 if let Some(c) = &mut s.source {
-                    f(c)?;
+                    f("source", Use::Path, c)?;
                 }
                 Ok(())
             }
-            SubStep::Remove(s) => f(&mut s.remove),
+            SubStep::Remove(s) => f("remove", Use::Path, &mut s.remove),
             SubStep::Cleanup(s) => {
-                f(&mut s.cleanup)?;
-                s.include.iter_mut().try_for_each(&mut *f)?;
-                s.exclude.iter_mut().try_for_each(&mut *f)
+                f("cleanup", Use::Path, &mut s.cleanup)?;
+                s.include
+                    .iter_mut()
+                    .try_for_each(|g| f("include", Use::Glob, g))?;
+                s.exclude
+                    .iter_mut()
+                    .try_for_each(|g| f("exclude", Use::Glob, g))
             }
             SubStep::Upsert(s) => {
-                f(&mut s.upsert)?;
-                f(&mut s.table)?;
-                f(&mut s.from)
+                f("upsert", Use::Path, &mut s.upsert)?;
+                f("table", Use::Text, &mut s.table)?;
+                check_table_name(&s.table)?;
+                f("from", Use::Path, &mut s.from)
             }
         }
     }
@@ -1375,6 +1400,38 @@ steps:
         assert!(err("steps:\n  - dir: [a\n").message.contains("YAML"));
     }
 
+    /// Issue 13, section 4: idem's and SQLite's own tables are not an upsert's to write.
+    #[test]
+    fn empty_and_reserved_table_names_are_refused_at_their_location() {
+        for table in [
+            "\"\"",
+            "_idem_checkpoints",
+            "_IDEM_x",
+            "sqlite_master",
+            "sqlite_stat1",
+        ] {
+            let e = err(&format!(
+                "steps:\n  - upsert: a.db\n    table: {table}\n    key: id\n    from: x.csv\n"
+            ));
+            assert!(
+                e.message.contains("empty") || e.message.contains("reserved"),
+                "{table}: {e:?}"
+            );
+            assert_eq!(
+                e.loc,
+                Some(Loc {
+                    line: 3,
+                    column: 12
+                }),
+                "{table}"
+            );
+        }
+        assert!(
+            parse("steps:\n  - upsert: a.db\n    table: idem_ok\n    key: id\n    from: x.csv\n")
+                .is_ok()
+        );
+    }
+
     #[test]
     fn unknown_top_level_field_gets_a_hint() {
         let e = err("step:\n  - dir: a\n");
@@ -1457,8 +1514,8 @@ steps:
             panic!()
         };
         e.steps[0]
-            .map_templates(&mut |s| {
-                *s = template::render(s, |_| Some("7".into()))?;
+            .map_templates(&mut |_, usage, s| {
+                *s = template::render(s, usage, |_| Some("7".into()))?;
                 Ok(())
             })
             .unwrap();

@@ -5,6 +5,7 @@ mod support;
 
 mod core;
 mod crash;
+mod data;
 mod fidelity;
 mod plugins;
 mod state;
