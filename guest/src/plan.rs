@@ -7,6 +7,7 @@
 //! checks that the fields read here are exactly the fields of the types.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Serialize;
@@ -131,7 +132,7 @@ pub struct CleanupStep {
 
 /// Load records into a SQLite table.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct UpsertStep {
     /// Shown in reports instead of the generated name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,6 +152,45 @@ pub struct UpsertStep {
     /// The columns to load; default every field of the first record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub columns: Option<Vec<String>>,
+    /// Column types for a created table or added columns, instead of inferring them
+    /// (`{zip: text}`); an existing column must already have the declared type.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub types: BTreeMap<String, ColumnType>,
+    /// Add columns of the source that the existing table lacks (default: a clear error).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub add_columns: bool,
+    /// Delete the rows whose key is no longer in the source (counted as `deleted`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub delete_missing: bool,
+}
+
+/// A column type that `types` may declare: SQLite's five affinities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    /// Text, kept exactly as read (ZIP codes, phone and account numbers).
+    Text,
+    /// 64-bit integers.
+    Integer,
+    /// 64-bit floating point.
+    Real,
+    /// Integers or reals, whichever the value is.
+    Numeric,
+    /// Values stored as given, without conversion.
+    Blob,
+}
+
+impl ColumnType {
+    /// The type as written in `CREATE TABLE`.
+    pub fn sql(self) -> &'static str {
+        match self {
+            ColumnType::Text => "TEXT",
+            ColumnType::Integer => "INTEGER",
+            ColumnType::Real => "REAL",
+            ColumnType::Numeric => "NUMERIC",
+            ColumnType::Blob => "BLOB",
+        }
+    }
 }
 
 /// Run sub-steps once per record, remembering done records in a checkpoint.
@@ -333,6 +373,9 @@ const ALL_FIELDS: &[&str] = &[
     "from",
     "format",
     "columns",
+    "types",
+    "add-columns",
+    "delete-missing",
     "id",
     "steps",
     "config",
@@ -590,7 +633,21 @@ fn parse_common(obj: &mut Obj<'_>, op: &str) -> Result<SubStep, PlanError> {
                 from: obj.path("from")?,
                 format: obj.format("format")?,
                 columns: obj.names("columns")?,
+                types: obj.types("types")?,
+                add_columns: obj.boolean("add-columns")?.unwrap_or(false),
+                delete_missing: obj.boolean("delete-missing")?.unwrap_or(false),
             };
+            if let Some(columns) = &step.columns
+                && let Some(extra) = step.types.keys().find(|t| !columns.contains(t))
+            {
+                return Err(PlanError::at(
+                    obj.loc_of("types"),
+                    format!("`types` names `{extra}`, which is not in `columns`"),
+                )
+                .hint(format!(
+                    "add `{extra}` to `columns` or remove it from `types`"
+                )));
+            }
             if let Some(columns) = &step.columns
                 && let Some(missing) = step.key.iter().find(|k| !columns.contains(k))
             {
@@ -1007,6 +1064,54 @@ impl<'a> Obj<'a> {
             ));
         }
         Ok(Some(list))
+    }
+
+    /// A mapping of column names to column types.
+    fn types(&mut self, name: &'static str) -> Result<BTreeMap<String, ColumnType>, PlanError> {
+        let mut out = BTreeMap::new();
+        let Some(node) = self.take(name) else {
+            return Ok(out);
+        };
+        let Kind::Map(entries) = &node.kind else {
+            return Err(PlanError::at(
+                node.loc,
+                format!(
+                    "`{name}` must be a mapping of columns to types, found {}",
+                    node.describe()
+                ),
+            )
+            .hint("write it like `types: {zip: text, amount: real}`"));
+        };
+        for (k, v) in entries {
+            let Kind::Scalar { text: column, .. } = &k.kind else {
+                return Err(PlanError::at(
+                    k.loc,
+                    format!("a `{name}` key must be a column name"),
+                ));
+            };
+            let ty = match &v.kind {
+                Kind::Scalar { text, .. } => match text.to_ascii_lowercase().as_str() {
+                    "text" => Some(ColumnType::Text),
+                    "integer" => Some(ColumnType::Integer),
+                    "real" => Some(ColumnType::Real),
+                    "numeric" => Some(ColumnType::Numeric),
+                    "blob" => Some(ColumnType::Blob),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let Some(ty) = ty else {
+                return Err(PlanError::at(
+                    v.loc,
+                    format!("unknown column type {} for `{column}`", text_of(v)),
+                )
+                .hint("use text, integer, real, numeric or blob"));
+            };
+            if out.insert(column.clone(), ty).is_some() {
+                return Err(PlanError::at(k.loc, format!("`{column}` is given twice")));
+            }
+        }
+        Ok(out)
     }
 
     fn globs(&mut self, name: &'static str) -> Result<Vec<String>, PlanError> {

@@ -25,6 +25,15 @@ pub trait ChunkSource {
     fn next_chunk(&mut self) -> Result<Vec<u8>, Self::Error>;
 }
 
+/// Where a record is in its file, kept cheaply (two numbers) and worded only when shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pos {
+    /// The record's number, from 1.
+    pub index: u64,
+    /// Its first line, from 1 (0 where the format does not say, as for a JSON array).
+    pub line: u64,
+}
+
 /// A record that cannot be read, with the message naming the file and the record.
 #[derive(Debug)]
 pub struct ReadError<E> {
@@ -302,9 +311,50 @@ impl<S: ChunkSource> Records<S> {
         }
     }
 
+    /// Where the last record read is: its number and, for CSV and NDJSON, its first line.
+    pub fn position(&self) -> Pos {
+        match &self.inner {
+            Inner::Csv { record, .. } => Pos {
+                index: self.count,
+                line: record.position().map_or(0, csv::Position::line),
+            },
+            Inner::Json { .. } => Pos {
+                index: self.count,
+                line: 0,
+            },
+            Inner::Ndjson { line_no, .. } => Pos {
+                index: self.count,
+                line: *line_no,
+            },
+        }
+    }
+
+    /// How this format names a position: `row 3 (line 4)`, `record 3`, `line 3`.
+    pub fn labeler(&self) -> fn(Pos) -> String {
+        match &self.inner {
+            Inner::Csv { .. } => |p| format!("row {} (line {})", p.index, p.line),
+            Inner::Json { .. } => |p| format!("record {}", p.index),
+            Inner::Ndjson { .. } => |p| format!("line {}", p.line),
+        }
+    }
+
     /// The file's name, as given.
     pub fn file(&self) -> &str {
         &self.file
+    }
+
+    /// Read the next record, to look at with [`Records::current`] and
+    /// [`Records::position`]; false at the end.
+    pub fn advance(&mut self) -> Result<bool, ReadError<S::Error>> {
+        Ok(self.next_record()?.is_some())
+    }
+
+    /// The record the last successful [`Records::advance`] read.
+    pub fn current(&self) -> Record<'_> {
+        match &self.inner {
+            Inner::Csv { header, record, .. } => Record::Csv(header, record),
+            Inner::Json { object, .. } | Inner::Ndjson { object, .. } => Record::Json(object),
+        }
     }
 
     /// The next record, or `None` at the end.
@@ -474,7 +524,74 @@ fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, String> {
     if start.is_some_and(|i| bytes[i] != b'{') {
         return Err("is not a JSON object".into());
     }
+    let quoted;
+    let bytes = match quote_wide_integers(bytes) {
+        Some(q) => {
+            quoted = q;
+            &quoted[..]
+        }
+        None => bytes,
+    };
     serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))
+}
+
+/// JSON integers beyond 64 bits, made strings so that their digits survive (serde_json
+/// would round them to a float); `None` when there are none, the usual case, which costs
+/// one scan of the bytes. Account numbers and IDs are digits, not quantities.
+fn quote_wide_integers(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut wide: Vec<(usize, usize)> = Vec::new();
+    let (mut in_string, mut escaped) = (false, false);
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        if b == b'-' || b.is_ascii_digit() {
+            let end = bytes[i..]
+                .iter()
+                .position(|c| !matches!(c, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+                .map_or(bytes.len(), |n| i + n);
+            let token = &bytes[i..end];
+            let integer = !token.iter().any(|c| matches!(c, b'.' | b'e' | b'E'));
+            if integer
+                && std::str::from_utf8(token).is_ok_and(|t| t.parse::<i64>().is_err())
+                && token.iter().filter(|c| c.is_ascii_digit()).count() >= 19
+            {
+                wide.push((i, end));
+            }
+            i = end;
+            continue;
+        }
+        i += 1;
+    }
+    if wide.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 2 * wide.len());
+    let mut at = 0;
+    for (start, end) in wide {
+        out.extend_from_slice(&bytes[at..start]);
+        out.push(b'"');
+        out.extend_from_slice(&bytes[start..end]);
+        out.push(b'"');
+        at = end;
+    }
+    out.extend_from_slice(&bytes[at..]);
+    Some(out)
 }
 
 enum Feed {
@@ -759,6 +876,27 @@ mod tests {
         let e = Records::new("in", Format::Csv, Failing).err().unwrap();
         assert_eq!(e.cause.as_deref(), Some("disk on fire"));
         assert_eq!(e.message, "in: cannot read the header row");
+    }
+
+    /// Issue 13, section 3: a JSON number beyond 64 bits keeps its digits.
+    #[test]
+    fn json_integers_beyond_64_bits_keep_their_digits() {
+        let rows = read_all(
+            Format::Ndjson,
+            "{\"id\": 123456789012345678901234, \"s\": \"9999999999999999999999\", \"n\": -9223372036854775808, \"f\": 1.5e300}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            rows[0],
+            pairs(&[
+                ("id", "123456789012345678901234"),
+                ("s", "9999999999999999999999"),
+                ("n", "-9223372036854775808"),
+                ("f", "1.5e+300")
+            ])
+        );
+        let rows = read_all(Format::Json, "[{\"id\": 18446744073709551615}]").unwrap();
+        assert_eq!(rows[0], pairs(&[("id", "18446744073709551615")]));
     }
 
     #[test]

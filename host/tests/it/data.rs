@@ -104,3 +104,263 @@ fn a_glob_character_in_a_record_cannot_widen_a_cleanup() {
     assert!(t.exists("logs/db.log"), "the `*` record selected nothing");
     assert!(t.exists("logs/all.txt"));
 }
+
+const UPSERT: &str = "steps:\n  - upsert: app.db\n    table: t\n    key: id\n    from: t.csv\n";
+
+fn counters(report: &serde_json::Value, i: usize) -> serde_json::Value {
+    report["steps"][i]["counters"].clone()
+}
+
+// Issue 13, section 3: ZIP codes, phone and account numbers keep their leading zeros.
+#[test]
+fn leading_zeros_stay_when_upsert_creates_the_table() {
+    let t = Env::new();
+    t.write(
+        "t.csv",
+        "id,zip,n,price\n1,01234,7,2.5\n2,10115,8,3.0\n3,+49,9,2.50\n",
+    );
+    t.write("idem.yml", UPSERT);
+    let r = assert_converges(&t, &[]);
+    assert_eq!(counters(&r, 0)["inserted"], 3);
+    assert_eq!(
+        t.rows(
+            "app.db",
+            "SELECT zip, typeof(zip), typeof(n), price, typeof(price) FROM t ORDER BY id"
+        ),
+        [
+            "01234|text|integer|2.5|text",
+            "10115|text|integer|3.0|text",
+            "+49|text|integer|2.50|text"
+        ]
+    );
+}
+
+// Issue 13, section 3: two distinct 20-digit keys used to become one REAL and one row.
+#[test]
+fn two_distinct_20_digit_keys_stay_two_rows() {
+    let t = Env::new();
+    t.write(
+        "t.csv",
+        "id,name\n12345678901234567890,a\n12345678901234567891,b\n",
+    );
+    t.write("idem.yml", UPSERT);
+    assert_converges(&t, &[]);
+    assert_eq!(
+        t.rows("app.db", "SELECT id, typeof(id), name FROM t ORDER BY id"),
+        ["12345678901234567890|text|a", "12345678901234567891|text|b"]
+    );
+}
+
+// Issue 13, section 3: a JSON number beyond 64 bits keeps its digits (as TEXT), and is
+// refused where an INTEGER column would round it.
+#[test]
+fn json_numbers_beyond_64_bits_keep_their_digits() {
+    let t = Env::new();
+    t.write(
+        "t.ndjson",
+        "{\"id\": 1, \"account\": 123456789012345678901234}\n{\"id\": 2, \"account\": 18446744073709551615}\n",
+    );
+    t.write(
+        "idem.yml",
+        "steps:\n  - upsert: app.db\n    table: t\n    key: id\n    from: t.ndjson\n",
+    );
+    assert_converges(&t, &[]);
+    assert_eq!(
+        t.rows(
+            "app.db",
+            "SELECT account, typeof(account) FROM t ORDER BY id"
+        ),
+        ["123456789012345678901234|text", "18446744073709551615|text"]
+    );
+    t.write(
+        "idem.yml",
+        "steps:\n  - upsert: app.db\n    table: u\n    key: id\n    from: t.ndjson\n    types: {account: integer}\n",
+    );
+    t.idem(&["apply"])
+        .code(1)
+        .says("line 1: column `account`: the value \"123456789012345678901234\" does not fit a 64-bit integer");
+}
+
+// Issue 13, section 3: `types` declares a created table's column types.
+#[test]
+fn declared_types_override_inference() {
+    let t = Env::new();
+    t.write("t.csv", "id,zip,amount\n1,12345,3\n2,54321,4\n");
+    t.write(
+        "idem.yml",
+        "steps:\n  - upsert: app.db\n    table: t\n    key: id\n    from: t.csv\n    types: {zip: text, amount: real}\n",
+    );
+    assert_converges(&t, &[]);
+    assert_eq!(
+        t.rows(
+            "app.db",
+            "SELECT typeof(id), typeof(zip), typeof(amount), amount FROM t ORDER BY id"
+        ),
+        ["integer|text|real|3", "integer|text|real|4"]
+    );
+    // A declared type that contradicts the existing table is an error, not a silent mix.
+    t.write(
+        "idem.yml",
+        "steps:\n  - upsert: app.db\n    table: t\n    key: id\n    from: t.csv\n    types: {zip: integer}\n",
+    );
+    t.idem(&["apply"])
+        .code(1)
+        .says("column `zip` of t is declared `TEXT`, but `types` says integer");
+}
+
+// Issue 13, section 3: the first 1000 records decide a created column's type; a later value
+// that the type would change fails, naming row, column and value, instead of losing its zeros.
+#[test]
+fn a_later_value_that_the_inferred_type_would_change_is_refused() {
+    let t = Env::new();
+    let mut csv = String::from("id,zip\n");
+    for i in 1..=1000 {
+        csv.push_str(&format!("{i},{}\n", 10000 + i));
+    }
+    csv.push_str("1001,00501\n");
+    t.write("t.csv", &csv);
+    t.write("idem.yml", UPSERT);
+    t.idem(&["apply"])
+        .code(1)
+        .says("t.csv: row 1001 (line 1002): column `zip`: the value \"00501\" would not be stored as written")
+        .says("types: {zip: text}");
+    t.write("idem.yml", &format!("{UPSERT}    types: {{zip: text}}\n"));
+    assert_converges(&t, &[]);
+    assert_eq!(
+        t.rows("app.db", "SELECT zip FROM t WHERE id = 1001"),
+        ["00501"]
+    );
+}
+
+// Issue 13, section 3: a new source column is an error naming it and the option, and with
+// `add-columns: true` it is added.
+#[test]
+fn new_source_columns_need_add_columns() {
+    let t = Env::new();
+    t.write("t.csv", "id,name\n1,Ada\n");
+    t.write("idem.yml", UPSERT);
+    t.json(&["apply"], 0);
+    t.write("t.csv", "id,name,email\n1,Ada,ada@example.org\n2,Bob,\n");
+    t.idem(&["apply"])
+        .code(1)
+        .says("table t has no column `email`")
+        .says("add-columns: true");
+    t.write("idem.yml", &format!("{UPSERT}    add-columns: true\n"));
+    let r = assert_converges(&t, &[]);
+    assert_eq!(counters(&r, 0)["inserted"], 1);
+    assert_eq!(counters(&r, 0)["updated"], 1);
+    assert_eq!(
+        t.rows("app.db", "SELECT id, name, email FROM t ORDER BY id"),
+        ["1|Ada|ada@example.org", "2|Bob|"]
+    );
+}
+
+// Issue 13, section 4: a value the table's type refuses names the row and its values, not
+// just "datatype mismatch".
+#[test]
+fn a_type_mismatch_names_the_row_the_column_and_the_value() {
+    let t = Env::new();
+    let c = rusqlite::Connection::open(t.path("app.db")).unwrap();
+    c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)")
+        .unwrap();
+    drop(c);
+    t.write("t.csv", "id,name\n1,Ada\nabc,Bob\n");
+    t.write("idem.yml", UPSERT);
+    t.idem(&["apply"])
+        .code(1)
+        .says("t.csv: row 2 (line 3): writing (id=\"abc\", name=\"Bob\") into t")
+        .says("datatype mismatch");
+    assert_eq!(t.rows("app.db", "SELECT count(*) FROM t"), ["0"]);
+}
+
+// Issue 13, section 3: foreign keys are enforced, whatever the SQLite build's default.
+#[test]
+fn a_row_breaking_a_foreign_key_fails_and_names_the_row() {
+    let t = Env::new();
+    let c = rusqlite::Connection::open(t.path("app.db")).unwrap();
+    c.execute_batch(
+        "PRAGMA foreign_keys = OFF; CREATE TABLE p (id INTEGER PRIMARY KEY); INSERT INTO p VALUES (1);
+         CREATE TABLE t (id INTEGER PRIMARY KEY, p INTEGER REFERENCES p(id));",
+    )
+    .unwrap();
+    drop(c);
+    t.write("t.csv", "id,p\n1,1\n2,99\n");
+    t.write("idem.yml", UPSERT);
+    t.idem(&["apply"])
+        .code(1)
+        .says("row 2 (line 3): writing (id=2, p=99) into t")
+        .says("FOREIGN KEY constraint failed");
+}
+
+// Issue 13, section 1: a duplicate key used to report `updated 2` on every run, and `check`
+// never converged; it is now an error naming both rows, and nothing is written.
+#[test]
+fn a_duplicate_key_in_one_source_is_an_error_naming_both_rows() {
+    let t = Env::new();
+    t.write("t.csv", "id,name\n1,Ada\n2,Bob\n1,Cy\n");
+    t.write("idem.yml", UPSERT);
+    t.idem(&["apply"])
+        .code(1)
+        .says("t.csv: row 3 (line 4) has the same key (id=1) as row 1 (line 2)");
+    assert_eq!(
+        t.rows(
+            "app.db",
+            "SELECT count(*) FROM sqlite_schema WHERE name = 't'"
+        ),
+        ["0"]
+    );
+    // Across batches, and spelt differently: `7` and `"7"` are one INTEGER key.
+    let mut lines = String::new();
+    for i in 1..=1500 {
+        lines.push_str(&format!("{{\"id\": {i}, \"v\": \"x\"}}\n"));
+    }
+    lines.push_str("{\"id\": \"7\", \"v\": \"y\"}\n");
+    t.write("t.ndjson", &lines);
+    t.write(
+        "idem.yml",
+        "steps:\n  - upsert: app.db\n    table: j\n    key: id\n    from: t.ndjson\n",
+    );
+    t.idem(&["apply"])
+        .code(1)
+        .says("line 1501 has the same key (id=\"7\") as line 7");
+}
+
+// Issue 13, section 1: `delete-missing` deletes the rows whose key left the source, counted
+// exactly, the dry run predicting it, and converges.
+#[test]
+fn delete_missing_deletes_rows_that_left_the_source() {
+    let t = Env::new();
+    t.write("t.csv", "id,name\n1,Ada\n2,Bob\n3,Cy\n");
+    t.write("idem.yml", &format!("{UPSERT}    delete-missing: true\n"));
+    let r = assert_converges(&t, &[]);
+    assert_eq!(counters(&r, 0)["deleted"], 0);
+    t.write("t.csv", "id,name\n1,Ada\n3,Cy\n");
+    let planned = t.json(&["plan"], 0);
+    assert_eq!(counters(&planned, 0)["deleted"], 1);
+    let r = assert_converges(&t, &[]);
+    assert_eq!(counters(&r, 0)["deleted"], 1);
+    assert_eq!(counters(&r, 0)["unchanged"], 2);
+    assert_eq!(t.rows("app.db", "SELECT id FROM t ORDER BY id"), ["1", "3"]);
+    // Many rows, several pages of keys.
+    let mut csv = String::from("id,name\n");
+    for i in 1..=12_000 {
+        csv.push_str(&format!("{i},n\n"));
+    }
+    t.write("t.csv", &csv);
+    t.json(&["apply"], 0);
+    let kept: String = std::iter::once("id,name\n".to_owned())
+        .chain(
+            (1..=12_000)
+                .filter(|i| i % 3 != 0)
+                .map(|i| format!("{i},n\n")),
+        )
+        .collect();
+    t.write("t.csv", &kept);
+    let r = assert_converges(&t, &[]);
+    assert_eq!(counters(&r, 0)["deleted"], 4000);
+    assert_eq!(t.rows("app.db", "SELECT count(*) FROM t"), ["8000"]);
+    // An empty source would delete everything: refused.
+    t.write("t.csv", "id,name\n");
+    t.idem(&["apply"]).code(1).says("the source has no records");
+    assert_eq!(t.rows("app.db", "SELECT count(*) FROM t"), ["8000"]);
+}
