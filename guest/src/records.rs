@@ -140,6 +140,122 @@ struct Bytes<S: ChunkSource> {
     pos: usize,
     eof: bool,
     error: Option<S::Error>,
+    /// For CSV: the quoting check of every byte handed to the `csv` crate.
+    csv: Option<CsvCheck>,
+}
+
+/// RFC 4180 quoting, checked strictly: the `csv` crate reads `"Li"nus` as `Linus` and lets
+/// an unterminated quote swallow the rest of the file, and has no strict mode, so every byte
+/// it reads passes through this small state machine first. A quote may only open a field,
+/// and a quoted field must close with a quote followed by a separator, a line end or the end
+/// of the file (`""` inside is a literal quote).
+#[derive(Debug)]
+struct CsvCheck {
+    /// The current line, from 1.
+    line: u64,
+    /// Non-empty records completed, the header included (the `csv` crate skips empty lines).
+    records: u64,
+    field_start: bool,
+    record_empty: bool,
+    in_quotes: bool,
+    /// A `"` inside a quoted field: the next byte says whether it closes the field.
+    quote_pending: bool,
+    quote_line: u64,
+    /// The first violation, as (records before it, line, what is wrong).
+    error: Option<(u64, u64, String)>,
+}
+
+impl CsvCheck {
+    fn new() -> CsvCheck {
+        CsvCheck {
+            line: 1,
+            records: 0,
+            field_start: true,
+            record_empty: true,
+            in_quotes: false,
+            quote_pending: false,
+            quote_line: 0,
+            error: None,
+        }
+    }
+
+    /// Check `data`; false at the first violation, which is kept in `error`.
+    fn feed(&mut self, data: &[u8]) -> bool {
+        for &b in data {
+            if self.in_quotes {
+                if self.quote_pending {
+                    self.quote_pending = false;
+                    if b == b'"' {
+                        continue;
+                    }
+                    self.in_quotes = false;
+                    if !matches!(b, b',' | b'\n' | b'\r') {
+                        return self.fail(format!(
+                            "text follows the closing `\"` of a quoted field (`{}`); quote the whole field and double each `\"` inside it",
+                            char::from(b).escape_default()
+                        ));
+                    }
+                } else {
+                    match b {
+                        b'"' => self.quote_pending = true,
+                        b'\n' => self.line += 1,
+                        _ => {}
+                    }
+                    continue;
+                }
+            }
+            match b {
+                b'"' if self.field_start => {
+                    self.in_quotes = true;
+                    self.quote_line = self.line;
+                    self.field_start = false;
+                    self.record_empty = false;
+                }
+                b'"' => {
+                    return self.fail(
+                        "a `\"` inside an unquoted field; quote the whole field and double each `\"` inside it (\"Li\"\"nus\")"
+                            .to_owned(),
+                    );
+                }
+                b',' => {
+                    self.field_start = true;
+                    self.record_empty = false;
+                }
+                b'\n' | b'\r' => {
+                    if !self.record_empty {
+                        self.records += 1;
+                    }
+                    if b == b'\n' {
+                        self.line += 1;
+                    }
+                    self.field_start = true;
+                    self.record_empty = true;
+                }
+                _ => {
+                    self.field_start = false;
+                    self.record_empty = false;
+                }
+            }
+        }
+        true
+    }
+
+    /// At the end of the file: a quoted field must have closed.
+    fn finish(&mut self) -> bool {
+        if self.in_quotes && !self.quote_pending {
+            self.line = self.quote_line;
+            return self.fail(format!(
+                "the quoted field opened on line {} never closes, so it would swallow the rest of the file; close it with `\"`",
+                self.quote_line
+            ));
+        }
+        true
+    }
+
+    fn fail(&mut self, what: String) -> bool {
+        self.error = Some((self.records, self.line, what));
+        false
+    }
 }
 
 impl<S: ChunkSource> Bytes<S> {
@@ -150,6 +266,7 @@ impl<S: ChunkSource> Bytes<S> {
             pos: 0,
             eof: false,
             error: None,
+            csv: None,
         }
     }
 
@@ -173,12 +290,23 @@ impl<S: ChunkSource> Bytes<S> {
 
 impl<S: ChunkSource> io::Read for Bytes<S> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let malformed = || io::Error::other("malformed CSV quoting");
         match self.fill() {
-            Ok(false) => Ok(0),
+            Ok(false) => {
+                if self.csv.as_mut().is_some_and(|check| !check.finish()) {
+                    return Err(malformed());
+                }
+                Ok(0)
+            }
             Ok(true) => {
-                let data = self.buffered();
-                let n = data.len().min(out.len());
-                out[..n].copy_from_slice(&data[..n]);
+                let n = self.buffered().len().min(out.len());
+                let data = &self.chunk[self.pos..self.pos + n];
+                if let Some(check) = &mut self.csv
+                    && !check.feed(data)
+                {
+                    return Err(malformed());
+                }
+                out[..n].copy_from_slice(data);
                 self.pos += n;
                 Ok(n)
             }
@@ -237,9 +365,10 @@ pub struct Records<S: ChunkSource> {
 impl<S: ChunkSource> Records<S> {
     /// Start reading `file` (used in messages) in `format`. For CSV this reads the header.
     pub fn new(file: &str, format: Format, source: S) -> Result<Self, ReadError<S::Error>> {
-        let bytes = Bytes::new(source);
+        let mut bytes = Bytes::new(source);
         let inner = match format {
             Format::Csv => {
+                bytes.csv = Some(CsvCheck::new());
                 let mut reader = csv::ReaderBuilder::new()
                     .flexible(true)
                     .buffer_capacity(CHUNK as usize)
@@ -247,6 +376,9 @@ impl<S: ChunkSource> Records<S> {
                 let header = match reader.headers() {
                     Ok(h) => h.iter().map(str::to_owned).collect::<Vec<_>>(),
                     Err(e) => {
+                        if let Some(e) = quoting_error(file, reader.get_mut()) {
+                            return Err(e);
+                        }
                         let cause = reader.get_mut().error.take();
                         return Err(csv_error(file, "the header row", e, cause));
                     }
@@ -384,6 +516,9 @@ impl<S: ChunkSource> Records<S> {
                     Ok(Some(Record::Csv(header, record)))
                 }
                 Err(e) => {
+                    if let Some(e) = quoting_error(file, reader.get_mut()) {
+                        return Err(e);
+                    }
                     let cause = reader.get_mut().error.take();
                     let row = format!("row {}", self.count + 1);
                     Err(csv_error(file, &row, e, cause))
@@ -505,6 +640,20 @@ impl<S: ChunkSource> Records<S> {
             },
         }
     }
+}
+
+/// The quoting check's error, worded with the row and line.
+fn quoting_error<S: ChunkSource>(file: &str, bytes: &mut Bytes<S>) -> Option<ReadError<S::Error>> {
+    let (records, line, what) = bytes.csv.as_mut()?.error.take()?;
+    let row = if records == 0 {
+        "the header row".to_owned()
+    } else {
+        format!("row {records}")
+    };
+    Some(ReadError {
+        message: format!("{file}: {row} (line {line}): {what}"),
+        cause: None,
+    })
 }
 
 fn csv_error<E>(file: &str, what: &str, e: csv::Error, cause: Option<E>) -> ReadError<E> {
@@ -784,6 +933,37 @@ mod tests {
     fn csv_row_with_wrong_field_count_is_named() {
         let e = read_all(Format::Csv, "a,b,c\n1,2,3\n1,2,3,4\n").unwrap_err();
         assert_eq!(e, "in: row 2 (line 3) has 4 fields, expected 3");
+    }
+
+    /// Issue 13, section 4: malformed quotes are refused, naming the row and line.
+    #[test]
+    fn csv_quotes_are_read_strictly() {
+        let e = read_all(Format::Csv, "id,name\n1,ok\n2,\"Li\"nus\n3,x\n").unwrap_err();
+        assert_eq!(
+            e,
+            "in: row 2 (line 3): text follows the closing `\"` of a quoted field (`n`); quote the whole field and double each `\"` inside it"
+        );
+        let e = read_all(Format::Csv, "id,name\n1,ok\n2,Li\"nus\n").unwrap_err();
+        assert!(
+            e.starts_with("in: row 2 (line 3): a `\"` inside an unquoted field"),
+            "{e}"
+        );
+        let e = read_all(Format::Csv, "id,name\n1,ok\n\n3,\"abc\n4,more\n5,lines\n").unwrap_err();
+        assert!(
+            e.starts_with("in: row 2 (line 4): the quoted field opened on line 4 never closes"),
+            "{e}"
+        );
+        let e = read_all(Format::Csv, "id,\"na\"me\n1,2\n").unwrap_err();
+        assert!(e.starts_with("in: the header row (line 1)"), "{e}");
+        // Well-formed quoting still reads: doubled quotes, separators and newlines inside.
+        let rows = read_all(
+            Format::Csv,
+            "id,name\r\n1,\"Li\"\"nus\"\r\n2,\"a,b\nc\"\r\n3,\"\"\n",
+        )
+        .unwrap();
+        assert_eq!(rows[0][1].1, "Li\"nus");
+        assert_eq!(rows[1][1].1, "a,b\nc");
+        assert_eq!(rows[2][1].1, "");
     }
 
     #[test]

@@ -364,3 +364,67 @@ fn delete_missing_deletes_rows_that_left_the_source() {
     t.idem(&["apply"]).code(1).says("the source has no records");
     assert_eq!(t.rows("app.db", "SELECT count(*) FROM t"), ["8000"]);
 }
+
+// Issue 13, section 4: an unterminated quote used to swallow the rest of the file into one
+// field and exit 0; now the load fails, naming row and line, and the table is untouched.
+#[test]
+fn an_unterminated_quote_fails_the_load_naming_row_and_line() {
+    let t = Env::new();
+    t.write("t.csv", "id,name\n1,Ada\n");
+    t.write("idem.yml", UPSERT);
+    t.json(&["apply"], 0);
+    t.write("t.csv", "id,name\n1,Ada\n3,\"abc\n4,Bob\n5,Cy\n");
+    t.idem(&["apply"])
+        .code(1)
+        .says("t.csv: row 2 (line 3): the quoted field opened on line 3 never closes");
+    t.write("t.csv", "id,name\n1,\"Li\"nus\n");
+    t.idem(&["apply"])
+        .code(1)
+        .says("t.csv: row 1 (line 2): text follows the closing `\"` of a quoted field");
+    assert_eq!(t.rows("app.db", "SELECT id, name FROM t"), ["1|Ada"]);
+}
+
+// Issue 13, section 4: a 10,000-deep block-style plan (`- - - ...`, 20 KB) used to crash the
+// loader with a raw wasm stack overflow; flow style is refused as well.
+#[test]
+fn a_deeply_nested_plan_is_a_plan_error_naming_the_line() {
+    let t = Env::new();
+    let block = format!(
+        "steps:\n  - plugin: p.wasm\n    config:\n      {}x\n",
+        "- ".repeat(10_000)
+    );
+    let flow = format!(
+        "steps:\n  - plugin: p.wasm\n    config: {}{}\n",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    for (src, says) in [(block, "idem.yml:4:"), (flow, "idem.yml:3:")] {
+        t.write("idem.yml", &src);
+        let r = t.idem(&["plan"]);
+        r.code(1).says(says);
+        assert!(!r.all().contains("stack overflow"), "{}", r.all());
+        assert!(!r.all().contains("wasm backtrace"), "{}", r.all());
+    }
+}
+
+// Issue 13, section 4: 14 `**` segments over a 30-deep tree took minutes in the guest,
+// which has no time limit.
+#[test]
+fn a_cleanup_glob_with_many_double_stars_finishes_quickly() {
+    let t = Env::new();
+    let deep = vec!["a"; 30].join("/");
+    t.write(&format!("logs/{deep}/f.log"), "x");
+    t.age(&format!("logs/{deep}/f.log"), 100);
+    let pattern = format!("{}/f.log", vec!["**/a"; 14].join("/"));
+    let never = format!("{}/never", vec!["**/a"; 14].join("/"));
+    t.write(
+        "idem.yml",
+        &format!(
+            "steps:\n  - cleanup: logs\n    older-than: 30d\n    include: [\"{never}\", \"{pattern}\"]\n"
+        ),
+    );
+    let started = std::time::Instant::now();
+    let r = t.json(&["apply"], 0);
+    assert_eq!(r["steps"][0]["counters"]["removed"], 1);
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
