@@ -1090,7 +1090,7 @@ impl<'a> Obj<'a> {
                 ));
             };
             let ty = match &v.kind {
-                Kind::Scalar { text, .. } => match text.to_ascii_lowercase().as_str() {
+                Kind::Scalar { text, .. } => match text.as_str() {
                     "text" => Some(ColumnType::Text),
                     "integer" => Some(ColumnType::Integer),
                     "real" => Some(ColumnType::Real),
@@ -1503,6 +1503,30 @@ steps:
         assert!(err("- dir: a\n").message.contains("not a list"));
         assert!(err("").message.contains("empty"));
         assert!(err("steps:\n  - dir: [a\n").message.contains("YAML"));
+    }
+
+    /// Issue 13, section 3: declared types, added columns and deletions parse; a bad type or a
+    /// typed column outside `columns` is refused where it is written.
+    #[test]
+    fn upsert_types_and_options_parse() {
+        let Step::Upsert(u) = one(
+            "steps:\n  - upsert: a.db\n    table: t\n    key: id\n    from: x.csv\n    types: {zip: text, n: integer}\n    add-columns: true\n    delete-missing: true\n",
+        ) else {
+            panic!()
+        };
+        assert_eq!(u.types.get("zip"), Some(&ColumnType::Text));
+        assert_eq!(u.types.get("n"), Some(&ColumnType::Integer));
+        assert!(u.add_columns && u.delete_missing);
+        let e = err(
+            "steps:\n  - upsert: a.db\n    table: t\n    key: id\n    from: x.csv\n    types: {zip: string}\n",
+        );
+        assert_eq!(e.message, "unknown column type `string` for `zip`");
+        assert_eq!(e.loc.unwrap().line, 6);
+        let e = err(
+            "steps:\n  - upsert: a.db\n    table: t\n    key: id\n    from: x.csv\n    columns: [id]\n    types: {zip: text}\n",
+        );
+        assert!(e.message.contains("not in `columns`"), "{e:?}");
+        assert!(err("steps:\n  - upsert: a.db\n    table: t\n    key: id\n    from: x.csv\n    types: [text]\n").message.contains("mapping"));
     }
 
     /// Issue 13, section 4: idem's and SQLite's own tables are not an upsert's to write.
