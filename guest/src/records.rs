@@ -179,65 +179,80 @@ impl CsvCheck {
         }
     }
 
-    /// Check `data`; false at the first violation, which is kept in `error`.
+    /// Check `data`; false at the first violation, which is kept in `error`. The state is
+    /// held in locals for the loop (this runs once per byte of every CSV file) and written
+    /// back at the end.
     fn feed(&mut self, data: &[u8]) -> bool {
+        let (mut line, mut records) = (self.line, self.records);
+        let (mut field_start, mut record_empty) = (self.field_start, self.record_empty);
+        let (mut in_quotes, mut quote_pending) = (self.in_quotes, self.quote_pending);
+        let mut quote_line = self.quote_line;
+        let mut problem: Option<String> = None;
         for &b in data {
-            if self.in_quotes {
-                if self.quote_pending {
-                    self.quote_pending = false;
+            if in_quotes {
+                if quote_pending {
+                    quote_pending = false;
                     if b == b'"' {
                         continue;
                     }
-                    self.in_quotes = false;
+                    in_quotes = false;
                     if !matches!(b, b',' | b'\n' | b'\r') {
-                        return self.fail(format!(
+                        problem = Some(format!(
                             "text follows the closing `\"` of a quoted field (`{}`); quote the whole field and double each `\"` inside it",
                             char::from(b).escape_default()
                         ));
+                        break;
                     }
                 } else {
                     match b {
-                        b'"' => self.quote_pending = true,
-                        b'\n' => self.line += 1,
+                        b'"' => quote_pending = true,
+                        b'\n' => line += 1,
                         _ => {}
                     }
                     continue;
                 }
             }
             match b {
-                b'"' if self.field_start => {
-                    self.in_quotes = true;
-                    self.quote_line = self.line;
-                    self.field_start = false;
-                    self.record_empty = false;
+                b'"' if field_start => {
+                    in_quotes = true;
+                    quote_line = line;
+                    field_start = false;
+                    record_empty = false;
                 }
                 b'"' => {
-                    return self.fail(
+                    problem = Some(
                         "a `\"` inside an unquoted field; quote the whole field and double each `\"` inside it (\"Li\"\"nus\")"
                             .to_owned(),
                     );
+                    break;
                 }
                 b',' => {
-                    self.field_start = true;
-                    self.record_empty = false;
+                    field_start = true;
+                    record_empty = false;
                 }
                 b'\n' | b'\r' => {
-                    if !self.record_empty {
-                        self.records += 1;
-                    }
-                    if b == b'\n' {
-                        self.line += 1;
-                    }
-                    self.field_start = true;
-                    self.record_empty = true;
+                    records += u64::from(!record_empty);
+                    line += u64::from(b == b'\n');
+                    field_start = true;
+                    record_empty = true;
                 }
                 _ => {
-                    self.field_start = false;
-                    self.record_empty = false;
+                    field_start = false;
+                    record_empty = false;
                 }
             }
         }
-        true
+        self.line = line;
+        self.records = records;
+        self.field_start = field_start;
+        self.record_empty = record_empty;
+        self.in_quotes = in_quotes;
+        self.quote_pending = quote_pending;
+        self.quote_line = quote_line;
+        match problem {
+            Some(what) => self.fail(what),
+            None => true,
+        }
     }
 
     /// At the end of the file: a quoted field must have closed.

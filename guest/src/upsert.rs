@@ -5,7 +5,7 @@
 //! through `execute-batch` a thousand rows at a time; CSV column positions and affinities are
 //! resolved once, and the batch buffer is reused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::host::HostRecords;
@@ -133,20 +133,24 @@ pub fn csv_value(text: &str, affinity: Affinity) -> Result<Value, String> {
     if numeric && text.is_empty() {
         return Ok(Value::Null);
     }
+    // SQLite ignores spaces around a number when it converts text by affinity.
+    let number = text.trim_matches([' ', '\t', '\n', '\r', '\x0c']);
     Ok(match affinity {
         Affinity::Integer | Affinity::Numeric => {
-            if let Ok(i) = text.parse::<i64>() {
+            if let Ok(i) = number.parse::<i64>() {
                 return Ok(Value::Integer(i));
             }
-            if is_integer_literal(text) {
+            if is_integer_literal(number) {
                 return Err(too_large(text));
             }
-            match text.parse::<f64>() {
+            match number.parse::<f64>() {
+                // Stored as SQLite would: a real that is exactly an integer becomes one.
+                Ok(f) if f.fract() == 0.0 && f.abs() < 9.2e18 => Value::Integer(f as i64),
                 Ok(f) if f.is_finite() => Value::Real(f),
                 _ => Value::Text(text.to_owned()),
             }
         }
-        Affinity::Real => match text.parse::<f64>() {
+        Affinity::Real => match number.parse::<f64>() {
             Ok(f) if f.is_finite() => Value::Real(f),
             _ => Value::Text(text.to_owned()),
         },
@@ -193,14 +197,14 @@ pub fn json_value(v: &serde_json::Value, affinity: Affinity) -> Result<Value, St
     })
 }
 
+/// A JSON string: converted as SQLite's column affinity would convert it (so the value
+/// bound is the value stored, which duplicate detection compares), except that an empty
+/// string stays an empty string.
 fn json_text(s: String, affinity: Affinity) -> Result<Value, String> {
-    if matches!(affinity, Affinity::Integer | Affinity::Numeric)
-        && is_integer_literal(&s)
-        && s.parse::<i64>().is_err()
-    {
-        return Err(too_large(&s));
+    if s.is_empty() || matches!(affinity, Affinity::Text | Affinity::Blob) {
+        return Ok(Value::Text(s));
     }
-    Ok(Value::Text(s))
+    csv_value(&s, affinity)
 }
 
 /// The column type to create, inferred from the values seen.
@@ -539,23 +543,38 @@ fn load(
         len: 0,
         total: 0,
         written: 0,
-        keys: Keys::new(db, table, &step.key),
+        keys: step.delete_missing.then(|| Keys::new(db, table, &step.key)),
+        seen: HashSet::new(),
         file: &file,
         table,
         label,
     };
+    let duplicate = |pos: Pos, key: Vec<Value>| -> Result<(), StepError> {
+        match find_earlier(step, &columns, &affinities, &key_index, &key, pos)? {
+            // A 64-bit hash collision between different keys: not a duplicate.
+            None => Ok(()),
+            Some(earlier) => Err(duplicate_error(
+                &file, label, pos, earlier, &columns, &key_index, &key,
+            )),
+        }
+    };
     for (record, pos) in &first {
-        loader
+        let hit = loader
             .push(record.as_record(), *pos)
             .map_err(|m| error(format!("{file}: {}: {m}", label(*pos))))?;
+        if let Some(key) = hit {
+            duplicate(*pos, key)?;
+        }
         loader.flush_if_full(&statement)?;
     }
     drop(first);
     // A record's position is worded only where it is shown: in an error.
     while records.advance()? {
         let pos = records.position();
-        if let Err(m) = loader.push(records.current(), pos) {
-            return Err(error(format!("{file}: {}: {m}", label(pos))));
+        match loader.push(records.current(), pos) {
+            Ok(None) => {}
+            Ok(Some(key)) => duplicate(pos, key)?,
+            Err(m) => return Err(error(format!("{file}: {}: {m}", label(pos)))),
         }
         loader.flush_if_full(&statement)?;
     }
@@ -575,8 +594,8 @@ fn load(
         ("updated", updated),
         ("unchanged", unchanged),
     ];
-    if step.delete_missing {
-        counters.push(("deleted", loader.keys.delete_missing()?));
+    if let Some(keys) = &mut loader.keys {
+        counters.push(("deleted", keys.delete_missing()?));
     }
     Ok(report(&counters))
 }
@@ -687,6 +706,87 @@ fn key_hash(values: &[Value]) -> u128 {
     (u128::from(a.finish()) << 64) | u128::from(b.finish())
 }
 
+/// A 64-bit hash of a row's key values (type-tagged, as [`key_hash`]).
+fn key_hash64(row: &[Value], key_index: &[usize]) -> u64 {
+    let mut h = DefaultHasher::new();
+    for &k in key_index {
+        match &row[k] {
+            Value::Null => 0u8.hash(&mut h),
+            Value::Integer(i) => (1u8, i).hash(&mut h),
+            Value::Real(f) => (2u8, f.to_bits()).hash(&mut h),
+            Value::Text(s) => (3u8, s).hash(&mut h),
+            Value::Blob(b) => (4u8, b).hash(&mut h),
+        }
+    }
+    h.finish()
+}
+
+/// The first row before `here` whose key values equal `key`, found by reading the source
+/// again from the start: only after a hash hit, so the common run keeps just a hash per row.
+fn find_earlier(
+    step: &UpsertStep,
+    columns: &[String],
+    affinities: &[Affinity],
+    key_index: &[usize],
+    key: &[Value],
+    here: Pos,
+) -> Result<Option<Pos>, StepError> {
+    let mut records = open_records(&step.from, step.format)?;
+    while records.advance()? {
+        let pos = records.position();
+        if pos.index >= here.index {
+            return Ok(None);
+        }
+        let record = records.current();
+        let same = key_index.iter().zip(key).all(|(&k, want)| {
+            let got = match record.get(&columns[k]) {
+                Some(Field::Text(t)) => csv_value(t, affinities[k]),
+                Some(Field::Json(v)) => json_value(v, affinities[k]),
+                None => Ok(Value::Null),
+            };
+            got.is_ok_and(|got| same_value(&got, want))
+        });
+        if same {
+            return Ok(Some(pos));
+        }
+    }
+    Ok(None)
+}
+
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Null, Value::Null) => true,
+        (Value::Integer(x), Value::Integer(y)) => x == y,
+        (Value::Real(x), Value::Real(y)) => x.to_bits() == y.to_bits(),
+        (Value::Text(x), Value::Text(y)) => x == y,
+        (Value::Blob(x), Value::Blob(y)) => x == y,
+        _ => false,
+    }
+}
+
+fn duplicate_error(
+    file: &str,
+    label: fn(Pos) -> String,
+    here: Pos,
+    earlier: Pos,
+    columns: &[String],
+    key_index: &[usize],
+    key: &[Value],
+) -> StepError {
+    let key = key_index
+        .iter()
+        .zip(key)
+        .map(|(&k, v)| format!("{}={}", columns[k], show(v)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    error(format!(
+        "{file}: {} has the same key ({key}) as {}; a source must name each row once, \
+         or the table would flip between them on every run: remove or merge one of them",
+        label(here),
+        label(earlier)
+    ))
+}
+
 /// The keys of the rows this load wrote or found unchanged, as the table stores them.
 ///
 /// After each batch, one query joins the batch's key values to the table (`ON dst.k = src.k`
@@ -732,7 +832,7 @@ impl<'a> Keys<'a> {
             .collect::<Vec<_>>()
             .join(" AND ");
         format!(
-            "SELECT \"src\".column1, {} FROM (VALUES {values}) AS \"src\" JOIN {} AS \"dst\" ON {on} ORDER BY 1",
+            "SELECT \"src\".column1, {} FROM (VALUES {values}) AS \"src\" CROSS JOIN {} AS \"dst\" ON {on} ORDER BY 1",
             dst.join(", "),
             quote(&self.table)
         )
@@ -854,7 +954,10 @@ struct Loader<'a> {
     len: usize,
     total: u64,
     written: u64,
-    keys: Keys<'a>,
+    /// With `delete-missing`: where each source row landed, asked of SQLite.
+    keys: Option<Keys<'a>>,
+    /// A 64-bit hash of each row's key values as bound, to find duplicate keys.
+    seen: HashSet<u64>,
     file: &'a str,
     table: &'a str,
     label: fn(Pos) -> String,
@@ -862,7 +965,9 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     /// Convert one record and add it to the batch; an error is a message about the record.
-    fn push(&mut self, record: Record<'_>, pos: Pos) -> Result<(), String> {
+    /// Returns the row's key values when an earlier row had a key with the same hash (most
+    /// likely the same key: the caller makes sure).
+    fn push(&mut self, record: Record<'_>, pos: Pos) -> Result<Option<Vec<Value>>, String> {
         if self.len == self.batch.len() {
             self.batch.push(vec![Value::Null; self.columns.len()]);
         }
@@ -935,6 +1040,8 @@ impl Loader<'_> {
                 return Err(format!("the key `{}` is empty", self.columns[k]));
             }
         }
+        let hit = !self.seen.insert(key_hash64(row, self.key_index));
+        let hit = hit.then(|| self.key_index.iter().map(|&k| row[k].clone()).collect());
         if self.places.len() <= self.len {
             self.places.push(pos);
         } else {
@@ -942,7 +1049,7 @@ impl Loader<'_> {
         }
         self.len += 1;
         self.total += 1;
-        Ok(())
+        Ok(hit)
     }
 
     fn flush_if_full(&mut self, statement: &sqlite::Statement) -> Result<(), StepError> {
@@ -963,14 +1070,16 @@ impl Loader<'_> {
             Err(e) => return Err(self.blame(statement, e)),
         };
         self.written += changes.iter().filter(|&&c| c > 0).count() as u64;
-        self.keys.track(
-            rows,
-            &self.places[..self.len],
-            self.key_index,
-            self.columns,
-            self.file,
-            self.label,
-        )?;
+        if let Some(keys) = &mut self.keys {
+            keys.track(
+                rows,
+                &self.places[..self.len],
+                self.key_index,
+                self.columns,
+                self.file,
+                self.label,
+            )?;
+        }
         self.len = 0;
         Ok(())
     }
