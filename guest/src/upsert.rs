@@ -6,7 +6,7 @@
 //! resolved once, and the batch buffer is reused.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
 
 use crate::host::HostRecords;
 use crate::host::{error, fail, open_records, report};
@@ -544,7 +544,7 @@ fn load(
         total: 0,
         written: 0,
         keys: step.delete_missing.then(|| Keys::new(db, table, &step.key)),
-        seen: HashSet::new(),
+        seen: HashSet64::default(),
         file: &file,
         table,
         label,
@@ -706,20 +706,50 @@ fn key_hash(values: &[Value]) -> u128 {
     (u128::from(a.finish()) << 64) | u128::from(b.finish())
 }
 
-/// A 64-bit hash of a row's key values (type-tagged, as [`key_hash`]).
+/// A 64-bit hash of a row's key values, type-tagged and length-prefixed: FNV-1a with a
+/// final avalanche (a hit is always confirmed, so speed matters more than strength; the set
+/// then uses it as is, without hashing it again).
 fn key_hash64(row: &[Value], key_index: &[usize]) -> u64 {
-    let mut h = DefaultHasher::new();
+    fn bytes(h: u64, data: &[u8]) -> u64 {
+        data.iter()
+            .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    }
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
     for &k in key_index {
-        match &row[k] {
-            Value::Null => 0u8.hash(&mut h),
-            Value::Integer(i) => (1u8, i).hash(&mut h),
-            Value::Real(f) => (2u8, f.to_bits()).hash(&mut h),
-            Value::Text(s) => (3u8, s).hash(&mut h),
-            Value::Blob(b) => (4u8, b).hash(&mut h),
+        h = match &row[k] {
+            Value::Null => bytes(h, &[0]),
+            Value::Integer(i) => bytes(bytes(h, &[1]), &i.to_le_bytes()),
+            Value::Real(f) => bytes(bytes(h, &[2]), &f.to_bits().to_le_bytes()),
+            Value::Text(s) => bytes(bytes(bytes(h, &[3]), &s.len().to_le_bytes()), s.as_bytes()),
+            Value::Blob(b) => bytes(bytes(bytes(h, &[4]), &b.len().to_le_bytes()), b),
+        };
+    }
+    // splitmix64's finaliser, so that every bit of the hash depends on every input bit.
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// A hasher for values that are hashes already.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; this keeps any other input well defined.
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
         }
     }
-    h.finish()
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
+
+type HashSet64 = HashSet<u64, BuildHasherDefault<Prehashed>>;
 
 /// The first row before `here` whose key values equal `key`, found by reading the source
 /// again from the start: only after a hash hit, so the common run keeps just a hash per row.
@@ -957,7 +987,7 @@ struct Loader<'a> {
     /// With `delete-missing`: where each source row landed, asked of SQLite.
     keys: Option<Keys<'a>>,
     /// A 64-bit hash of each row's key values as bound, to find duplicate keys.
-    seen: HashSet<u64>,
+    seen: HashSet64,
     file: &'a str,
     table: &'a str,
     label: fn(Pos) -> String,
