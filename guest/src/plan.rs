@@ -443,7 +443,11 @@ pub struct Loaded {
 pub fn parse(source: &str) -> Result<Loaded, PlanError> {
     let root = yaml::parse(source)
         .map_err(|e| PlanError {
-            message: format!("not valid YAML: {}", e.message),
+            message: if e.limit {
+                e.message
+            } else {
+                format!("not valid YAML: {}", e.message)
+            },
             loc: e.loc,
             hint: None,
         })?

@@ -59,6 +59,9 @@ pub struct YamlError {
     pub message: String,
     /// Where it stopped.
     pub loc: Option<Loc>,
+    /// Well-formed YAML that the loader refuses to expand (nesting or aliases too large),
+    /// rather than a syntax error.
+    pub limit: bool,
 }
 
 /// Aliases are expanded by copying; these bound what the copies add (nodes, and bytes of
@@ -195,6 +198,7 @@ pub fn parse(source: &str) -> Result<Option<Node>, YamlError> {
     let (mut alias_nodes, mut alias_bytes) = (0usize, 0usize);
     let too_deep = |stack: &[Frame], span: &Span| {
         (stack.len() >= MAX_DEPTH).then(|| YamlError {
+            limit: true,
             message: format!(
                 "the document nests deeper than {MAX_DEPTH} levels of lists and mappings"
             ),
@@ -204,6 +208,7 @@ pub fn parse(source: &str) -> Result<Option<Node>, YamlError> {
 
     for event in Parser::new_from_str(source) {
         let (event, span) = event.map_err(|e| YamlError {
+            limit: false,
             message: e.info().to_string(),
             loc: Some(marker_loc(e.marker().line(), e.marker().col())),
         })?;
@@ -212,6 +217,7 @@ pub fn parse(source: &str) -> Result<Option<Node>, YamlError> {
                 documents += 1;
                 if documents > 1 {
                     return Err(YamlError {
+                        limit: false,
                         message: "a plan is one YAML document, this file has several".into(),
                         loc: Some(loc_of(&span)),
                     });
@@ -264,6 +270,7 @@ pub fn parse(source: &str) -> Result<Option<Node>, YamlError> {
             Event::Alias(id) => {
                 let Some((node, (n, b))) = anchors.get(&id) else {
                     return Err(YamlError {
+                        limit: false,
                         message: "alias to an unknown anchor".into(),
                         loc: Some(loc_of(&span)),
                     });
@@ -273,6 +280,7 @@ pub fn parse(source: &str) -> Result<Option<Node>, YamlError> {
                 alias_bytes = alias_bytes.saturating_add(*b);
                 if alias_nodes > MAX_ALIAS_NODES || alias_bytes > MAX_ALIAS_BYTES {
                     return Err(YamlError {
+                        limit: true,
                         message: format!(
                             "aliases expand the document by more than {MAX_ALIAS_NODES} nodes or {} MiB",
                             MAX_ALIAS_BYTES >> 20

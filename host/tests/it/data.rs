@@ -429,3 +429,25 @@ fn a_cleanup_glob_with_many_double_stars_finishes_quickly() {
     assert_eq!(r["steps"][0]["counters"]["removed"], 1);
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }
+
+// Issue 13, section 4: `table: ""` and `table: _idem_checkpoints` were accepted; idem's own
+// checkpoints (and SQLite's tables) are not an upsert's to overwrite.
+#[test]
+fn empty_and_reserved_table_names_are_refused_at_load_with_line_and_column() {
+    let t = Env::new();
+    t.write("t.csv", "id\n1\n");
+    for (table, says) in [
+        ("\"\"", "the table name is empty"),
+        ("_idem_checkpoints", "table `_idem_checkpoints` is reserved"),
+        ("sqlite_sequence", "table `sqlite_sequence` is reserved"),
+    ] {
+        t.write(
+            "idem.yml",
+            format!(
+                "steps:\n  - upsert: app.db\n    table: {table}\n    key: id\n    from: t.csv\n"
+            ),
+        );
+        t.idem(&["plan"]).code(1).says("idem.yml:3:12").says(says);
+    }
+    assert!(!t.exists("app.db"));
+}
