@@ -179,8 +179,11 @@ fn mark(scope: &str, keys: &mut Vec<String>) -> Result<(), StepError> {
 fn run_record(step: &EachStep, record: Record<'_>) -> Result<(), String> {
     for sub in &step.steps {
         let mut sub = sub.clone();
-        sub.map_templates(&mut |s| {
-            *s = template::render(s, |name| record.get(name).map(|f| f.to_text().into_owned()))?;
+        sub.map_templates(&mut |field, usage, s| {
+            *s = template::render(s, usage, |name| {
+                record.get(name).map(|f| f.to_text().into_owned())
+            })
+            .map_err(|e| format!("`{field}`: {e}"))?;
             Ok(())
         })?;
         let result = match &sub {

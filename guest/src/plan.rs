@@ -7,12 +7,13 @@
 //! checks that the fields read here are exactly the fields of the types.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Serialize;
 
 use crate::glob::Glob;
-use crate::template;
+use crate::template::{self, Use};
 use crate::yaml::{self, Kind, Loc, Node, Scalar};
 
 /// A whole plan.
@@ -131,7 +132,7 @@ pub struct CleanupStep {
 
 /// Load records into a SQLite table.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct UpsertStep {
     /// Shown in reports instead of the generated name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,6 +152,45 @@ pub struct UpsertStep {
     /// The columns to load; default every field of the first record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub columns: Option<Vec<String>>,
+    /// Column types for a created table or added columns, instead of inferring them
+    /// (`{zip: text}`); an existing column must already have the declared type.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub types: BTreeMap<String, ColumnType>,
+    /// Add columns of the source that the existing table lacks (default: a clear error).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub add_columns: bool,
+    /// Delete the rows whose key is no longer in the source (counted as `deleted`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub delete_missing: bool,
+}
+
+/// A column type that `types` may declare: SQLite's five affinities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    /// Text, kept exactly as read (ZIP codes, phone and account numbers).
+    Text,
+    /// 64-bit integers.
+    Integer,
+    /// 64-bit floating point.
+    Real,
+    /// Integers or reals, whichever the value is.
+    Numeric,
+    /// Values stored as given, without conversion.
+    Blob,
+}
+
+impl ColumnType {
+    /// The type as written in `CREATE TABLE`.
+    pub fn sql(self) -> &'static str {
+        match self {
+            ColumnType::Text => "TEXT",
+            ColumnType::Integer => "INTEGER",
+            ColumnType::Real => "REAL",
+            ColumnType::Numeric => "NUMERIC",
+            ColumnType::Blob => "BLOB",
+        }
+    }
 }
 
 /// Run sub-steps once per record, remembering done records in a checkpoint.
@@ -333,6 +373,9 @@ const ALL_FIELDS: &[&str] = &[
     "from",
     "format",
     "columns",
+    "types",
+    "add-columns",
+    "delete-missing",
     "id",
     "steps",
     "config",
@@ -400,7 +443,11 @@ pub struct Loaded {
 pub fn parse(source: &str) -> Result<Loaded, PlanError> {
     let root = yaml::parse(source)
         .map_err(|e| PlanError {
-            message: format!("not valid YAML: {}", e.message),
+            message: if e.limit {
+                e.message
+            } else {
+                format!("not valid YAML: {}", e.message)
+            },
             loc: e.loc,
             hint: None,
         })?
@@ -590,7 +637,21 @@ fn parse_common(obj: &mut Obj<'_>, op: &str) -> Result<SubStep, PlanError> {
                 from: obj.path("from")?,
                 format: obj.format("format")?,
                 columns: obj.names("columns")?,
+                types: obj.types("types")?,
+                add_columns: obj.boolean("add-columns")?.unwrap_or(false),
+                delete_missing: obj.boolean("delete-missing")?.unwrap_or(false),
             };
+            if let Some(columns) = &step.columns
+                && let Some(extra) = step.types.keys().find(|t| !columns.contains(t))
+            {
+                return Err(PlanError::at(
+                    obj.loc_of("types"),
+                    format!("`types` names `{extra}`, which is not in `columns`"),
+                )
+                .hint(format!(
+                    "add `{extra}` to `columns` or remove it from `types`"
+                )));
+            }
             if let Some(columns) = &step.columns
                 && let Some(missing) = step.key.iter().find(|k| !columns.contains(k))
             {
@@ -600,6 +661,9 @@ fn parse_common(obj: &mut Obj<'_>, op: &str) -> Result<SubStep, PlanError> {
                     format!("the key column `{missing}` is not in `columns`"),
                 )
                 .hint(format!("add `{missing}` to `columns`")));
+            }
+            if !(obj.templates && step.table.contains('{')) {
+                check_table_name(&step.table).map_err(|e| PlanError::at(obj.loc_of("table"), e))?;
             }
             check_format(obj, step.format, &step.from, "from")?;
             SubStep::Upsert(step)
@@ -691,6 +755,22 @@ fn to_json(node: &Node) -> Result<serde_json::Value, PlanError> {
             None => Value::Null,
         },
     })
+}
+
+/// A table `upsert` may write: not empty, and not one of idem's (`_idem_...`) or SQLite's
+/// (`sqlite_...`) own, which hold checkpoints and the schema.
+pub fn check_table_name(name: &str) -> Result<(), String> {
+    let lower = name.to_ascii_lowercase();
+    if name.trim().is_empty() {
+        Err("the table name is empty; name the table to load into".into())
+    } else if lower.starts_with("_idem_") || lower.starts_with("sqlite_") {
+        Err(format!(
+            "table `{name}` is reserved: names starting with `_idem_` are idem's own (checkpoints) \
+             and names starting with `sqlite_` are SQLite's; choose another name"
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 /// Parse `0755`, `755` or `0o755`.
@@ -990,6 +1070,54 @@ impl<'a> Obj<'a> {
         Ok(Some(list))
     }
 
+    /// A mapping of column names to column types.
+    fn types(&mut self, name: &'static str) -> Result<BTreeMap<String, ColumnType>, PlanError> {
+        let mut out = BTreeMap::new();
+        let Some(node) = self.take(name) else {
+            return Ok(out);
+        };
+        let Kind::Map(entries) = &node.kind else {
+            return Err(PlanError::at(
+                node.loc,
+                format!(
+                    "`{name}` must be a mapping of columns to types, found {}",
+                    node.describe()
+                ),
+            )
+            .hint("write it like `types: {zip: text, amount: real}`"));
+        };
+        for (k, v) in entries {
+            let Kind::Scalar { text: column, .. } = &k.kind else {
+                return Err(PlanError::at(
+                    k.loc,
+                    format!("a `{name}` key must be a column name"),
+                ));
+            };
+            let ty = match &v.kind {
+                Kind::Scalar { text, .. } => match text.as_str() {
+                    "text" => Some(ColumnType::Text),
+                    "integer" => Some(ColumnType::Integer),
+                    "real" => Some(ColumnType::Real),
+                    "numeric" => Some(ColumnType::Numeric),
+                    "blob" => Some(ColumnType::Blob),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let Some(ty) = ty else {
+                return Err(PlanError::at(
+                    v.loc,
+                    format!("unknown column type {} for `{column}`", text_of(v)),
+                )
+                .hint("use text, integer, real, numeric or blob"));
+            };
+            if out.insert(column.clone(), ty).is_some() {
+                return Err(PlanError::at(k.loc, format!("`{column}` is given twice")));
+            }
+        }
+        Ok(out)
+    }
+
     fn globs(&mut self, name: &'static str) -> Result<Vec<String>, PlanError> {
         let list = self.names(name)?.unwrap_or_default();
         for pattern in &list {
@@ -1095,33 +1223,39 @@ impl Step {
 }
 
 impl SubStep {
-    /// Apply `f` to every templated string of the sub-step (paths, content, table, globs).
+    /// Apply `f` to every templated string of the sub-step (paths, content, table, globs),
+    /// with the field's name and what kind of value it takes.
     pub fn map_templates(
         &mut self,
-        f: &mut dyn FnMut(&mut String) -> Result<(), String>,
+        f: &mut dyn FnMut(&'static str, Use, &mut String) -> Result<(), String>,
     ) -> Result<(), String> {
         match self {
-            SubStep::Dir(s) => f(&mut s.dir),
+            SubStep::Dir(s) => f("dir", Use::Path, &mut s.dir),
             SubStep::File(s) => {
-                f(&mut s.file)?;
+                f("file", Use::Path, &mut s.file)?;
                 if let Some(c) = &mut s.content {
-                    f(c)?;
+                    f("content", Use::Text, c)?;
                 }
                 if let Some(c) = &mut s.source {
-                    f(c)?;
+                    f("source", Use::Path, c)?;
                 }
                 Ok(())
             }
-            SubStep::Remove(s) => f(&mut s.remove),
+            SubStep::Remove(s) => f("remove", Use::Path, &mut s.remove),
             SubStep::Cleanup(s) => {
-                f(&mut s.cleanup)?;
-                s.include.iter_mut().try_for_each(&mut *f)?;
-                s.exclude.iter_mut().try_for_each(&mut *f)
+                f("cleanup", Use::Path, &mut s.cleanup)?;
+                s.include
+                    .iter_mut()
+                    .try_for_each(|g| f("include", Use::Glob, g))?;
+                s.exclude
+                    .iter_mut()
+                    .try_for_each(|g| f("exclude", Use::Glob, g))
             }
             SubStep::Upsert(s) => {
-                f(&mut s.upsert)?;
-                f(&mut s.table)?;
-                f(&mut s.from)
+                f("upsert", Use::Path, &mut s.upsert)?;
+                f("table", Use::Text, &mut s.table)?;
+                check_table_name(&s.table)?;
+                f("from", Use::Path, &mut s.from)
             }
         }
     }
@@ -1375,6 +1509,62 @@ steps:
         assert!(err("steps:\n  - dir: [a\n").message.contains("YAML"));
     }
 
+    /// Issue 13, section 3: declared types, added columns and deletions parse; a bad type or a
+    /// typed column outside `columns` is refused where it is written.
+    #[test]
+    fn upsert_types_and_options_parse() {
+        let Step::Upsert(u) = one(
+            "steps:\n  - upsert: a.db\n    table: t\n    key: id\n    from: x.csv\n    types: {zip: text, n: integer}\n    add-columns: true\n    delete-missing: true\n",
+        ) else {
+            panic!()
+        };
+        assert_eq!(u.types.get("zip"), Some(&ColumnType::Text));
+        assert_eq!(u.types.get("n"), Some(&ColumnType::Integer));
+        assert!(u.add_columns && u.delete_missing);
+        let e = err(
+            "steps:\n  - upsert: a.db\n    table: t\n    key: id\n    from: x.csv\n    types: {zip: string}\n",
+        );
+        assert_eq!(e.message, "unknown column type `string` for `zip`");
+        assert_eq!(e.loc.unwrap().line, 6);
+        let e = err(
+            "steps:\n  - upsert: a.db\n    table: t\n    key: id\n    from: x.csv\n    columns: [id]\n    types: {zip: text}\n",
+        );
+        assert!(e.message.contains("not in `columns`"), "{e:?}");
+        assert!(err("steps:\n  - upsert: a.db\n    table: t\n    key: id\n    from: x.csv\n    types: [text]\n").message.contains("mapping"));
+    }
+
+    /// Issue 13, section 4: idem's and SQLite's own tables are not an upsert's to write.
+    #[test]
+    fn empty_and_reserved_table_names_are_refused_at_their_location() {
+        for table in [
+            "\"\"",
+            "_idem_checkpoints",
+            "_IDEM_x",
+            "sqlite_master",
+            "sqlite_stat1",
+        ] {
+            let e = err(&format!(
+                "steps:\n  - upsert: a.db\n    table: {table}\n    key: id\n    from: x.csv\n"
+            ));
+            assert!(
+                e.message.contains("empty") || e.message.contains("reserved"),
+                "{table}: {e:?}"
+            );
+            assert_eq!(
+                e.loc,
+                Some(Loc {
+                    line: 3,
+                    column: 12
+                }),
+                "{table}"
+            );
+        }
+        assert!(
+            parse("steps:\n  - upsert: a.db\n    table: idem_ok\n    key: id\n    from: x.csv\n")
+                .is_ok()
+        );
+    }
+
     #[test]
     fn unknown_top_level_field_gets_a_hint() {
         let e = err("step:\n  - dir: a\n");
@@ -1457,8 +1647,8 @@ steps:
             panic!()
         };
         e.steps[0]
-            .map_templates(&mut |s| {
-                *s = template::render(s, |_| Some("7".into()))?;
+            .map_templates(&mut |_, usage, s| {
+                *s = template::render(s, usage, |_| Some("7".into()))?;
                 Ok(())
             })
             .unwrap();

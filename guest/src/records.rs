@@ -25,6 +25,15 @@ pub trait ChunkSource {
     fn next_chunk(&mut self) -> Result<Vec<u8>, Self::Error>;
 }
 
+/// Where a record is in its file, kept cheaply (two numbers) and worded only when shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pos {
+    /// The record's number, from 1.
+    pub index: u64,
+    /// Its first line, from 1 (0 where the format does not say, as for a JSON array).
+    pub line: u64,
+}
+
 /// A record that cannot be read, with the message naming the file and the record.
 #[derive(Debug)]
 pub struct ReadError<E> {
@@ -131,6 +140,137 @@ struct Bytes<S: ChunkSource> {
     pos: usize,
     eof: bool,
     error: Option<S::Error>,
+    /// For CSV: the quoting check of every byte handed to the `csv` crate.
+    csv: Option<CsvCheck>,
+}
+
+/// RFC 4180 quoting, checked strictly: the `csv` crate reads `"Li"nus` as `Linus` and lets
+/// an unterminated quote swallow the rest of the file, and has no strict mode, so every byte
+/// it reads passes through this small state machine first. A quote may only open a field,
+/// and a quoted field must close with a quote followed by a separator, a line end or the end
+/// of the file (`""` inside is a literal quote).
+#[derive(Debug)]
+struct CsvCheck {
+    /// The current line, from 1.
+    line: u64,
+    /// Non-empty records completed, the header included (the `csv` crate skips empty lines).
+    records: u64,
+    field_start: bool,
+    record_empty: bool,
+    in_quotes: bool,
+    /// A `"` inside a quoted field: the next byte says whether it closes the field.
+    quote_pending: bool,
+    quote_line: u64,
+    /// The first violation, as (records before it, line, what is wrong).
+    error: Option<(u64, u64, String)>,
+}
+
+impl CsvCheck {
+    fn new() -> CsvCheck {
+        CsvCheck {
+            line: 1,
+            records: 0,
+            field_start: true,
+            record_empty: true,
+            in_quotes: false,
+            quote_pending: false,
+            quote_line: 0,
+            error: None,
+        }
+    }
+
+    /// Check `data`; false at the first violation, which is kept in `error`. The state is
+    /// held in locals for the loop (this runs once per byte of every CSV file) and written
+    /// back at the end.
+    fn feed(&mut self, data: &[u8]) -> bool {
+        let (mut line, mut records) = (self.line, self.records);
+        let (mut field_start, mut record_empty) = (self.field_start, self.record_empty);
+        let (mut in_quotes, mut quote_pending) = (self.in_quotes, self.quote_pending);
+        let mut quote_line = self.quote_line;
+        let mut problem: Option<String> = None;
+        for &b in data {
+            if in_quotes {
+                if quote_pending {
+                    quote_pending = false;
+                    if b == b'"' {
+                        continue;
+                    }
+                    in_quotes = false;
+                    if !matches!(b, b',' | b'\n' | b'\r') {
+                        problem = Some(format!(
+                            "text follows the closing `\"` of a quoted field (`{}`); quote the whole field and double each `\"` inside it",
+                            char::from(b).escape_default()
+                        ));
+                        break;
+                    }
+                } else {
+                    match b {
+                        b'"' => quote_pending = true,
+                        b'\n' => line += 1,
+                        _ => {}
+                    }
+                    continue;
+                }
+            }
+            match b {
+                b'"' if field_start => {
+                    in_quotes = true;
+                    quote_line = line;
+                    field_start = false;
+                    record_empty = false;
+                }
+                b'"' => {
+                    problem = Some(
+                        "a `\"` inside an unquoted field; quote the whole field and double each `\"` inside it (\"Li\"\"nus\")"
+                            .to_owned(),
+                    );
+                    break;
+                }
+                b',' => {
+                    field_start = true;
+                    record_empty = false;
+                }
+                b'\n' | b'\r' => {
+                    records += u64::from(!record_empty);
+                    line += u64::from(b == b'\n');
+                    field_start = true;
+                    record_empty = true;
+                }
+                _ => {
+                    field_start = false;
+                    record_empty = false;
+                }
+            }
+        }
+        self.line = line;
+        self.records = records;
+        self.field_start = field_start;
+        self.record_empty = record_empty;
+        self.in_quotes = in_quotes;
+        self.quote_pending = quote_pending;
+        self.quote_line = quote_line;
+        match problem {
+            Some(what) => self.fail(what),
+            None => true,
+        }
+    }
+
+    /// At the end of the file: a quoted field must have closed.
+    fn finish(&mut self) -> bool {
+        if self.in_quotes && !self.quote_pending {
+            self.line = self.quote_line;
+            return self.fail(format!(
+                "the quoted field opened on line {} never closes, so it would swallow the rest of the file; close it with `\"`",
+                self.quote_line
+            ));
+        }
+        true
+    }
+
+    fn fail(&mut self, what: String) -> bool {
+        self.error = Some((self.records, self.line, what));
+        false
+    }
 }
 
 impl<S: ChunkSource> Bytes<S> {
@@ -141,6 +281,7 @@ impl<S: ChunkSource> Bytes<S> {
             pos: 0,
             eof: false,
             error: None,
+            csv: None,
         }
     }
 
@@ -164,12 +305,23 @@ impl<S: ChunkSource> Bytes<S> {
 
 impl<S: ChunkSource> io::Read for Bytes<S> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let malformed = || io::Error::other("malformed CSV quoting");
         match self.fill() {
-            Ok(false) => Ok(0),
+            Ok(false) => {
+                if self.csv.as_mut().is_some_and(|check| !check.finish()) {
+                    return Err(malformed());
+                }
+                Ok(0)
+            }
             Ok(true) => {
-                let data = self.buffered();
-                let n = data.len().min(out.len());
-                out[..n].copy_from_slice(&data[..n]);
+                let n = self.buffered().len().min(out.len());
+                let data = &self.chunk[self.pos..self.pos + n];
+                if let Some(check) = &mut self.csv
+                    && !check.feed(data)
+                {
+                    return Err(malformed());
+                }
+                out[..n].copy_from_slice(data);
                 self.pos += n;
                 Ok(n)
             }
@@ -228,9 +380,10 @@ pub struct Records<S: ChunkSource> {
 impl<S: ChunkSource> Records<S> {
     /// Start reading `file` (used in messages) in `format`. For CSV this reads the header.
     pub fn new(file: &str, format: Format, source: S) -> Result<Self, ReadError<S::Error>> {
-        let bytes = Bytes::new(source);
+        let mut bytes = Bytes::new(source);
         let inner = match format {
             Format::Csv => {
+                bytes.csv = Some(CsvCheck::new());
                 let mut reader = csv::ReaderBuilder::new()
                     .flexible(true)
                     .buffer_capacity(CHUNK as usize)
@@ -238,6 +391,9 @@ impl<S: ChunkSource> Records<S> {
                 let header = match reader.headers() {
                     Ok(h) => h.iter().map(str::to_owned).collect::<Vec<_>>(),
                     Err(e) => {
+                        if let Some(e) = quoting_error(file, reader.get_mut()) {
+                            return Err(e);
+                        }
                         let cause = reader.get_mut().error.take();
                         return Err(csv_error(file, "the header row", e, cause));
                     }
@@ -302,9 +458,50 @@ impl<S: ChunkSource> Records<S> {
         }
     }
 
+    /// Where the last record read is: its number and, for CSV and NDJSON, its first line.
+    pub fn position(&self) -> Pos {
+        match &self.inner {
+            Inner::Csv { record, .. } => Pos {
+                index: self.count,
+                line: record.position().map_or(0, csv::Position::line),
+            },
+            Inner::Json { .. } => Pos {
+                index: self.count,
+                line: 0,
+            },
+            Inner::Ndjson { line_no, .. } => Pos {
+                index: self.count,
+                line: *line_no,
+            },
+        }
+    }
+
+    /// How this format names a position: `row 3 (line 4)`, `record 3`, `line 3`.
+    pub fn labeler(&self) -> fn(Pos) -> String {
+        match &self.inner {
+            Inner::Csv { .. } => |p| format!("row {} (line {})", p.index, p.line),
+            Inner::Json { .. } => |p| format!("record {}", p.index),
+            Inner::Ndjson { .. } => |p| format!("line {}", p.line),
+        }
+    }
+
     /// The file's name, as given.
     pub fn file(&self) -> &str {
         &self.file
+    }
+
+    /// Read the next record, to look at with [`Records::current`] and
+    /// [`Records::position`]; false at the end.
+    pub fn advance(&mut self) -> Result<bool, ReadError<S::Error>> {
+        Ok(self.next_record()?.is_some())
+    }
+
+    /// The record the last successful [`Records::advance`] read.
+    pub fn current(&self) -> Record<'_> {
+        match &self.inner {
+            Inner::Csv { header, record, .. } => Record::Csv(header, record),
+            Inner::Json { object, .. } | Inner::Ndjson { object, .. } => Record::Json(object),
+        }
     }
 
     /// The next record, or `None` at the end.
@@ -334,6 +531,9 @@ impl<S: ChunkSource> Records<S> {
                     Ok(Some(Record::Csv(header, record)))
                 }
                 Err(e) => {
+                    if let Some(e) = quoting_error(file, reader.get_mut()) {
+                        return Err(e);
+                    }
                     let cause = reader.get_mut().error.take();
                     let row = format!("row {}", self.count + 1);
                     Err(csv_error(file, &row, e, cause))
@@ -457,6 +657,20 @@ impl<S: ChunkSource> Records<S> {
     }
 }
 
+/// The quoting check's error, worded with the row and line.
+fn quoting_error<S: ChunkSource>(file: &str, bytes: &mut Bytes<S>) -> Option<ReadError<S::Error>> {
+    let (records, line, what) = bytes.csv.as_mut()?.error.take()?;
+    let row = if records == 0 {
+        "the header row".to_owned()
+    } else {
+        format!("row {records}")
+    };
+    Some(ReadError {
+        message: format!("{file}: {row} (line {line}): {what}"),
+        cause: None,
+    })
+}
+
 fn csv_error<E>(file: &str, what: &str, e: csv::Error, cause: Option<E>) -> ReadError<E> {
     let message = match (e.kind(), &cause) {
         (_, Some(_)) => format!("{file}: cannot read {what}"),
@@ -474,7 +688,74 @@ fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, String> {
     if start.is_some_and(|i| bytes[i] != b'{') {
         return Err("is not a JSON object".into());
     }
+    let quoted;
+    let bytes = match quote_wide_integers(bytes) {
+        Some(q) => {
+            quoted = q;
+            &quoted[..]
+        }
+        None => bytes,
+    };
     serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))
+}
+
+/// JSON integers beyond 64 bits, made strings so that their digits survive (serde_json
+/// would round them to a float); `None` when there are none, the usual case, which costs
+/// one scan of the bytes. Account numbers and IDs are digits, not quantities.
+fn quote_wide_integers(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut wide: Vec<(usize, usize)> = Vec::new();
+    let (mut in_string, mut escaped) = (false, false);
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        if b == b'-' || b.is_ascii_digit() {
+            let end = bytes[i..]
+                .iter()
+                .position(|c| !matches!(c, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+                .map_or(bytes.len(), |n| i + n);
+            let token = &bytes[i..end];
+            let integer = !token.iter().any(|c| matches!(c, b'.' | b'e' | b'E'));
+            if integer
+                && std::str::from_utf8(token).is_ok_and(|t| t.parse::<i64>().is_err())
+                && token.iter().filter(|c| c.is_ascii_digit()).count() >= 19
+            {
+                wide.push((i, end));
+            }
+            i = end;
+            continue;
+        }
+        i += 1;
+    }
+    if wide.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 2 * wide.len());
+    let mut at = 0;
+    for (start, end) in wide {
+        out.extend_from_slice(&bytes[at..start]);
+        out.push(b'"');
+        out.extend_from_slice(&bytes[start..end]);
+        out.push(b'"');
+        at = end;
+    }
+    out.extend_from_slice(&bytes[at..]);
+    Some(out)
 }
 
 enum Feed {
@@ -669,6 +950,37 @@ mod tests {
         assert_eq!(e, "in: row 2 (line 3) has 4 fields, expected 3");
     }
 
+    /// Issue 13, section 4: malformed quotes are refused, naming the row and line.
+    #[test]
+    fn csv_quotes_are_read_strictly() {
+        let e = read_all(Format::Csv, "id,name\n1,ok\n2,\"Li\"nus\n3,x\n").unwrap_err();
+        assert_eq!(
+            e,
+            "in: row 2 (line 3): text follows the closing `\"` of a quoted field (`n`); quote the whole field and double each `\"` inside it"
+        );
+        let e = read_all(Format::Csv, "id,name\n1,ok\n2,Li\"nus\n").unwrap_err();
+        assert!(
+            e.starts_with("in: row 2 (line 3): a `\"` inside an unquoted field"),
+            "{e}"
+        );
+        let e = read_all(Format::Csv, "id,name\n1,ok\n\n3,\"abc\n4,more\n5,lines\n").unwrap_err();
+        assert!(
+            e.starts_with("in: row 2 (line 4): the quoted field opened on line 4 never closes"),
+            "{e}"
+        );
+        let e = read_all(Format::Csv, "id,\"na\"me\n1,2\n").unwrap_err();
+        assert!(e.starts_with("in: the header row (line 1)"), "{e}");
+        // Well-formed quoting still reads: doubled quotes, separators and newlines inside.
+        let rows = read_all(
+            Format::Csv,
+            "id,name\r\n1,\"Li\"\"nus\"\r\n2,\"a,b\nc\"\r\n3,\"\"\n",
+        )
+        .unwrap();
+        assert_eq!(rows[0][1].1, "Li\"nus");
+        assert_eq!(rows[1][1].1, "a,b\nc");
+        assert_eq!(rows[2][1].1, "");
+    }
+
     #[test]
     fn csv_errors_are_named() {
         assert!(read_all(Format::Csv, "").unwrap_err().contains("empty"));
@@ -759,6 +1071,27 @@ mod tests {
         let e = Records::new("in", Format::Csv, Failing).err().unwrap();
         assert_eq!(e.cause.as_deref(), Some("disk on fire"));
         assert_eq!(e.message, "in: cannot read the header row");
+    }
+
+    /// Issue 13, section 3: a JSON number beyond 64 bits keeps its digits.
+    #[test]
+    fn json_integers_beyond_64_bits_keep_their_digits() {
+        let rows = read_all(
+            Format::Ndjson,
+            "{\"id\": 123456789012345678901234, \"s\": \"9999999999999999999999\", \"n\": -9223372036854775808, \"f\": 1.5e300}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            rows[0],
+            pairs(&[
+                ("id", "123456789012345678901234"),
+                ("s", "9999999999999999999999"),
+                ("n", "-9223372036854775808"),
+                ("f", "1.5e+300")
+            ])
+        );
+        let rows = read_all(Format::Json, "[{\"id\": 18446744073709551615}]").unwrap();
+        assert_eq!(rows[0], pairs(&[("id", "18446744073709551615")]));
     }
 
     #[test]

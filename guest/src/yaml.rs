@@ -59,11 +59,22 @@ pub struct YamlError {
     pub message: String,
     /// Where it stopped.
     pub loc: Option<Loc>,
+    /// Well-formed YAML that the loader refuses to expand (nesting or aliases too large),
+    /// rather than a syntax error.
+    pub limit: bool,
 }
 
-/// Aliases are expanded by copying; this bounds the copies so that a "billion laughs"
-/// document is an error rather than an out-of-memory abort.
-const MAX_NODES: usize = 1_000_000;
+/// Aliases are expanded by copying; these bound what the copies add (nodes, and bytes of
+/// scalar text) so that a "billion laughs" document, or one that copies a 1 MiB scalar a
+/// thousand times, is an error rather than gigabytes of memory. Nodes written out in the
+/// source are not counted: a large plan without aliases costs what its text costs.
+const MAX_ALIAS_NODES: usize = 1_000_000;
+const MAX_ALIAS_BYTES: usize = 16 << 20;
+
+/// How deep sequences and mappings may nest. Plans need a handful of levels; the tree is
+/// walked and dropped recursively, and a 10,000-deep document would overflow the
+/// component's stack, so it is refused with its line instead.
+pub const MAX_DEPTH: usize = 256;
 
 impl Node {
     /// The scalar's resolved value, or `None` for sequences and mappings.
@@ -88,16 +99,16 @@ impl Node {
         }
     }
 
-    fn size(&self) -> usize {
+    /// Nodes and scalar bytes in this subtree: what a copy of it costs.
+    fn size(&self) -> (usize, usize) {
+        let add = |(n, b): (usize, usize), (m, c): (usize, usize)| (n + m, b + c);
         match &self.kind {
-            Kind::Scalar { .. } => 1,
-            Kind::Seq(items) => 1 + items.iter().map(Node::size).sum::<usize>(),
-            Kind::Map(entries) => {
-                1 + entries
-                    .iter()
-                    .map(|(k, v)| k.size() + v.size())
-                    .sum::<usize>()
-            }
+            Kind::Scalar { text, .. } => (1, text.len()),
+            Kind::Seq(items) => items.iter().map(Node::size).fold((1, 0), add),
+            Kind::Map(entries) => entries
+                .iter()
+                .map(|(k, v)| add(k.size(), v.size()))
+                .fold((1, 0), add),
         }
     }
 }
@@ -180,13 +191,24 @@ enum Frame {
 /// Parse one YAML document into a tree; `None` when the source holds no document.
 pub fn parse(source: &str) -> Result<Option<Node>, YamlError> {
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: HashMap<usize, Node> = HashMap::new();
+    // Each anchored node with its size, computed once.
+    let mut anchors: HashMap<usize, (Node, (usize, usize))> = HashMap::new();
     let mut root: Option<Node> = None;
     let mut documents = 0;
-    let mut nodes = 0usize;
+    let (mut alias_nodes, mut alias_bytes) = (0usize, 0usize);
+    let too_deep = |stack: &[Frame], span: &Span| {
+        (stack.len() >= MAX_DEPTH).then(|| YamlError {
+            limit: true,
+            message: format!(
+                "the document nests deeper than {MAX_DEPTH} levels of lists and mappings"
+            ),
+            loc: Some(loc_of(span)),
+        })
+    };
 
     for event in Parser::new_from_str(source) {
         let (event, span) = event.map_err(|e| YamlError {
+            limit: false,
             message: e.info().to_string(),
             loc: Some(marker_loc(e.marker().line(), e.marker().col())),
         })?;
@@ -195,6 +217,7 @@ pub fn parse(source: &str) -> Result<Option<Node>, YamlError> {
                 documents += 1;
                 if documents > 1 {
                     return Err(YamlError {
+                        limit: false,
                         message: "a plan is one YAML document, this file has several".into(),
                         loc: Some(loc_of(&span)),
                     });
@@ -214,10 +237,16 @@ pub fn parse(source: &str) -> Result<Option<Node>, YamlError> {
                 (node, anchor)
             }
             Event::SequenceStart(anchor, _) => {
+                if let Some(e) = too_deep(&stack, &span) {
+                    return Err(e);
+                }
                 stack.push(Frame::Seq(Vec::new(), loc_of(&span), anchor));
                 continue;
             }
             Event::MappingStart(anchor, _) => {
+                if let Some(e) = too_deep(&stack, &span) {
+                    return Err(e);
+                }
                 stack.push(Frame::Map(Vec::new(), None, loc_of(&span), anchor));
                 continue;
             }
@@ -239,28 +268,35 @@ pub fn parse(source: &str) -> Result<Option<Node>, YamlError> {
                 None => continue,
             },
             Event::Alias(id) => {
-                let Some(node) = anchors.get(&id) else {
+                let Some((node, (n, b))) = anchors.get(&id) else {
                     return Err(YamlError {
+                        limit: false,
                         message: "alias to an unknown anchor".into(),
                         loc: Some(loc_of(&span)),
                     });
                 };
-                nodes += node.size();
+                // Counted before copying, so the copy that would pass the bound is never made.
+                alias_nodes = alias_nodes.saturating_add(*n);
+                alias_bytes = alias_bytes.saturating_add(*b);
+                if alias_nodes > MAX_ALIAS_NODES || alias_bytes > MAX_ALIAS_BYTES {
+                    return Err(YamlError {
+                        limit: true,
+                        message: format!(
+                            "aliases expand the document by more than {MAX_ALIAS_NODES} nodes or {} MiB",
+                            MAX_ALIAS_BYTES >> 20
+                        ),
+                        loc: Some(loc_of(&span)),
+                    });
+                }
                 let mut node = node.clone();
                 node.loc = loc_of(&span);
                 (node, 0)
             }
             _ => continue,
         };
-        nodes += 1;
-        if nodes > MAX_NODES {
-            return Err(YamlError {
-                message: format!("the document expands to more than {MAX_NODES} nodes"),
-                loc: Some(node.loc),
-            });
-        }
         if anchor != 0 {
-            anchors.insert(anchor, node.clone());
+            let size = node.size();
+            anchors.insert(anchor, (node.clone(), size));
         }
         match stack.last_mut() {
             None => root = Some(node),
@@ -329,7 +365,50 @@ mod tests {
                 "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
             ));
         }
-        assert!(parse(&bomb).unwrap_err().message.contains("expands"));
+        assert!(parse(&bomb).unwrap_err().message.contains("aliases expand"));
+    }
+
+    /// Issue 13, section 4: copies of a 1 MiB scalar are bounded by bytes, not only nodes.
+    #[test]
+    fn aliases_of_a_large_scalar_are_bounded_by_bytes() {
+        let mut doc = format!("a: &big \"{}\"\nb: [", "x".repeat(1 << 20));
+        doc.push_str(&vec!["*big"; 1000].join(", "));
+        doc.push_str("]\n");
+        let e = parse(&doc).unwrap_err();
+        assert!(e.message.contains("16 MiB"), "{e:?}");
+    }
+
+    /// Issue 13, section 4: a large plan without aliases is not refused for its size.
+    #[test]
+    fn a_large_document_without_aliases_loads() {
+        let mut doc = String::from("steps:\n");
+        for i in 0..200_000 {
+            doc.push_str(&format!("  - file: out/{i}.txt\n    content: \"{i}\\n\"\n"));
+        }
+        let root = parse(&doc).unwrap().unwrap();
+        let Kind::Map(entries) = &root.kind else {
+            panic!("not a map")
+        };
+        assert!(matches!(&entries[0].1.kind, Kind::Seq(s) if s.len() == 200_000));
+    }
+
+    /// Issue 13, section 4: a 10,000-deep document is a plan error with its line, not a
+    /// stack overflow.
+    #[test]
+    fn deep_nesting_is_refused_at_its_line() {
+        let mut block = String::new();
+        for i in 0..10_000 {
+            block.push_str(&" ".repeat(i));
+            block.push_str("- \n");
+        }
+        let e = parse(&block).unwrap_err();
+        assert!(e.message.contains("deeper than 256"), "{e:?}");
+        assert_eq!(e.loc.map(|l| l.line), Some(257));
+        let flow = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let e = parse(&flow).unwrap_err();
+        assert_eq!(e.loc.map(|l| l.line), Some(1));
+        let fine = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(parse(&fine).is_ok(), "{:?}", parse(&fine));
     }
 
     #[test]

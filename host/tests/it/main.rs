@@ -6,6 +6,7 @@ mod support;
 mod cache;
 mod core;
 mod crash;
+mod data;
 mod dbfiles;
 mod fidelity;
 mod plugins;
