@@ -1187,6 +1187,75 @@ if want upload_report_names_an_artifact_and_links_it_from_the_summary; then
   end
 fi
 
+# --- the release scripts (action/release/), as release.yml runs them ----------------------
+
+if want release_scripts_package_sum_and_update_the_table; then
+  begin release_scripts_package_sum_and_update_the_table
+  rel="$REPO/action/release"
+  bash "$rel/package.sh" "$IDEM_BIN" "$TRIPLE" "$OWN_VERSION" "$CASE/dist" >>"$CASE/log" 2>&1 || fail "package.sh failed"
+  listing=$(tar -tzf "$CASE/dist/$ARCHIVE" 2>/dev/null | LC_ALL=C sort | tr '\n' ' ')
+  [[ $listing == "idem-v$OWN_VERSION-$TRIPLE/ idem-v$OWN_VERSION-$TRIPLE/README.md idem-v$OWN_VERSION-$TRIPLE/idem " ]] ||
+    fail "archive holds: $listing"
+  # Reproducible: the same binary packs to the same bytes.
+  first=$(sha256sum "$CASE/dist/$ARCHIVE" | cut -c1-64)
+  bash "$rel/package.sh" "$IDEM_BIN" "$TRIPLE" "$OWN_VERSION" "$CASE/dist" >>"$CASE/log" 2>&1
+  [[ $(sha256sum "$CASE/dist/$ARCHIVE" | cut -c1-64) == "$first" ]] || fail "packing twice gave two archives"
+  # An archive can never carry another version than its name.
+  RC=0
+  bash "$rel/package.sh" "$IDEM_BIN" "$TRIPLE" 9.9.9 "$CASE/dist" >>"$CASE/log" 2>&1 || RC=$?
+  [[ $RC != 0 ]] || fail "packed idem $OWN_VERSION as 9.9.9"
+  expect_log "says 'idem $OWN_VERSION', not 'idem 9.9.9'"
+  expect_no_file "$CASE/dist/idem-v9.9.9-$TRIPLE.tar.gz"
+  RC=0
+  bash "$rel/package.sh" "$IDEM_BIN" x86_64-pc-windows-msvc "$OWN_VERSION" "$CASE/dist" >>"$CASE/log" 2>&1 || RC=$?
+  [[ $RC != 0 ]] || fail "packed a Windows target"
+  expect_log "TARGET 'x86_64-pc-windows-msvc' is not one the action installs"
+
+  bash "$rel/checksums.sh" "$CASE/dist" >>"$CASE/log" 2>&1 || fail "checksums.sh failed"
+  [[ $(cat "$CASE/dist/SHA256SUMS") == "$first  $ARCHIVE" ]] || fail "SHA256SUMS: $(cat "$CASE/dist/SHA256SUMS")"
+
+  cp "$REPO/action/idem-sha256.txt" "$CASE/table"
+  printf '%s  idem-v0.0.1-aarch64-apple-darwin.tar.gz\n' "$(printf 1%.0s $(seq 1 64))" >>"$CASE/table"
+  printf '%s  %s\n' "$(printf 2%.0s $(seq 1 64))" "$ARCHIVE" >>"$CASE/table"
+  bash "$rel/update-table.sh" "$CASE/dist/SHA256SUMS" "$CASE/table" >>"$CASE/log" 2>&1 || fail "update-table.sh failed"
+  grep -qx "$first  $ARCHIVE" "$CASE/table" || fail "the new line is not in the table"
+  ! grep -q "^2222" "$CASE/table" || fail "the old line of the same archive stayed"
+  grep -q "idem-v0.0.1-aarch64-apple-darwin.tar.gz" "$CASE/table" || fail "another archive's line was dropped"
+  [[ $(head -n 1 "$CASE/table") == "# SHA-256 of idem's release archives"* ]] || fail "the comments are no longer on top"
+  cp "$CASE/table" "$CASE/table.once"
+  bash "$rel/update-table.sh" "$CASE/dist/SHA256SUMS" "$CASE/table" >>"$CASE/log" 2>&1
+  cmp -s "$CASE/table" "$CASE/table.once" || fail "a second update changed the table"
+  # The table the action reads accepts what the script wrote.
+  bad=$(grep -vE '^(#.*|[0-9a-f]{64}  idem-v[0-9][^ ]*\.(tar\.gz|zip))?$' "$CASE/table" || true)
+  [[ -z $bad ]] || fail "malformed: $bad"
+  # A malformed sums file stops it and leaves the table as it was.
+  printf 'not-a-sum  idem-v1.0.0-x86_64-unknown-linux-musl.tar.gz\n' >"$CASE/bad-sums"
+  RC=0
+  bash "$rel/update-table.sh" "$CASE/bad-sums" "$CASE/table" >>"$CASE/log" 2>&1 || RC=$?
+  [[ $RC != 0 ]] || fail "took a malformed sums file"
+  expect_log "bad-sums line 1 is not '<64 hex digits>  idem-vVERSION-TARGET.tar.gz'"
+  cmp -s "$CASE/table" "$CASE/table.once" || fail "the table changed on a refused update"
+  end
+fi
+
+if want release_pin_init_points_the_sample_workflow_at_a_release; then
+  begin release_pin_init_points_the_sample_workflow_at_a_release
+  cp "$REPO/host/src/init.rs" "$CASE/init.rs"
+  sha=$(printf 'ab%.0s' $(seq 1 20))
+  bash "$REPO/action/release/pin-init.sh" idem-dev/idem v1.2.3 "$sha" "$CASE/init.rs" >>"$CASE/log" 2>&1 || fail "pin-init.sh failed"
+  grep -qx "      - uses: idem-dev/idem@$sha # v1.2.3" "$CASE/init.rs" || fail "the idem step is not pinned"
+  grep -q "uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2" "$CASE/init.rs" ||
+    fail "actions/checkout's pin was touched"
+  cp "$CASE/init.rs" "$CASE/init.once"
+  bash "$REPO/action/release/pin-init.sh" idem-dev/idem v1.2.3 "$sha" "$CASE/init.rs" >>"$CASE/log" 2>&1
+  cmp -s "$CASE/init.rs" "$CASE/init.once" || fail "a second pin changed the file"
+  RC=0
+  bash "$REPO/action/release/pin-init.sh" idem-dev/idem v1.2.3 abc123 "$CASE/init.rs" >>"$CASE/log" 2>&1 || RC=$?
+  [[ $RC != 0 ]] || fail "took a short SHA"
+  expect_log "SHA 'abc123' is not a full commit SHA"
+  end
+fi
+
 if want action_yml_maps_every_input_and_pins_every_action; then
   begin action_yml_maps_every_input_and_pins_every_action
   yml="$REPO/action.yml"
