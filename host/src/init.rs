@@ -56,8 +56,13 @@ on:
   push:
   workflow_dispatch:
 permissions: {}
+# One run at a time per branch: a second push waits instead of racing the first.
+concurrency:
+  group: idem-${{ github.ref }}
+  cancel-in-progress: false
 jobs:
   converge:
+    name: converge
     runs-on: ubuntu-latest
     timeout-minutes: 30
     permissions:

@@ -1256,6 +1256,28 @@ if want release_pin_init_points_the_sample_workflow_at_a_release; then
   end
 fi
 
+if want binstall_metadata_names_the_release_archive; then
+  begin binstall_metadata_names_the_release_archive
+  # cargo binstall fills { repo }, { version }, { target }, { bin } and { binary-ext }; the
+  # result must be the archive package.sh makes and the binary's path inside it.
+  read -r url bin < <(python3 -c '
+import sys, tomllib
+m = tomllib.load(open(sys.argv[1], "rb"))["package"]["metadata"]["binstall"]
+assert m["pkg-fmt"] == "tgz", m
+v = {"{ repo }": "https://github.com/idem-dev/idem", "{ version }": sys.argv[2],
+     "{ target }": sys.argv[3], "{ bin }": "idem", "{ binary-ext }": ""}
+def fill(s):
+    for k, x in v.items():
+        s = s.replace(k, x)
+    return s
+print(fill(m["pkg-url"]), fill(m["bin-dir"]))' "$REPO/host/Cargo.toml" "$OWN_VERSION" "$TRIPLE" 2>>"$CASE/log")
+  [[ $url == "https://github.com/idem-dev/idem/releases/download/v$OWN_VERSION/$ARCHIVE" ]] ||
+    fail "binstall's URL is '$url'"
+  bash "$REPO/action/release/package.sh" "$IDEM_BIN" "$TRIPLE" "$OWN_VERSION" "$CASE/dist" >>"$CASE/log" 2>&1
+  tar -tzf "$CASE/dist/$ARCHIVE" | grep -qx "$bin" || fail "the archive has no $bin"
+  end
+fi
+
 if want action_yml_maps_every_input_and_pins_every_action; then
   begin action_yml_maps_every_input_and_pins_every_action
   yml="$REPO/action.yml"
