@@ -42,6 +42,7 @@ if tar --version 2>/dev/null | grep -q 'GNU tar'; then
   epoch=${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%ct 2>/dev/null || echo 0)}
   tar_flags=(--sort=name --owner=0 --group=0 --numeric-owner "--mtime=@$epoch")
 fi
-tar "${tar_flags[@]}" -cf - -C "$work" "$name" | gzip -n -9 >"$work/$name.tar.gz"
+# (An empty array is "unbound" to bash 3.2 under set -u: macOS runners run this too.)
+tar ${tar_flags[@]+"${tar_flags[@]}"} -cf - -C "$work" "$name" | gzip -n -9 >"$work/$name.tar.gz"
 mv -f "$work/$name.tar.gz" "$outdir/$name.tar.gz"
 printf '%s\n' "$outdir/$name.tar.gz"
