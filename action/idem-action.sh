@@ -4,6 +4,7 @@
 #   install  put an idem binary in place: the `binary` input, a release archive checked
 #            against action/idem-sha256.txt, or a cargo build of the action's own source
 #   run      run idem, then write the outputs, the job summary and the annotations
+#   link     add the link to the uploaded report (upload-report) to the job summary
 # Inputs arrive as IDEM_ACTION_* variables set by action.yml's `env:` blocks. No value is
 # ever evaluated as code: values go into arrays, files and quoted expansions only. Each
 # phase validates every input again, so a phase never trusts what an earlier one left.
@@ -69,11 +70,15 @@ no_control() {
   fi
 }
 
+# Checks a boolean input held in variable VAR and lower-cases it in place: YAML 1.2 and
+# GitHub's own expressions take `True` and `TRUE` as true, so the action does too.
 boolean() {
-  local name=$1 value=$2
-  case $value in
-  true | false) ;;
-  *) die "input '$name' must be 'true' or 'false', not '$value'" ;;
+  local name=$1 var=$2 value lower
+  value=${!var}
+  lower=$(printf '%s' "$value" | tr '[:upper:]' '[:lower:]')
+  case $lower in
+  true | false) printf -v "$var" '%s' "$lower" ;;
+  *) die "input '$name' must be 'true' or 'false' (in any case), not '$value'" ;;
   esac
 }
 
@@ -85,10 +90,25 @@ absolute() {
   esac
 }
 
+# A path under the workspace relative to it (as annotations and cache keys want it), any
+# other path as it is.
+relative() {
+  case $1 in
+  "$workspace"/*) printf '%s' "${1#"$workspace"/}" ;;
+  *) printf '%s' "$1" ;;
+  esac
+}
+
 # Reads, checks and normalises every input, sets the globals the phases use, and moves into
 # the working directory.
 read_inputs() {
   [[ -n ${GITHUB_OUTPUT:-} ]] || die "GITHUB_OUTPUT is not set: run this script as a step of a GitHub Actions job"
+  # Not a guess that it fails: nothing of idem or of this action has been run on Windows yet
+  # (docs/github-action.md, "Platforms"), and Git Bash's /d/a/... paths would reach the
+  # cache actions unconverted. Refusing says so instead of failing half-way.
+  if [[ $(platform_os) == windows ]]; then
+    die "Windows runners are not supported yet: idem has not been built or tested on Windows (see docs/github-action.md, Platforms); run this job on ubuntu-latest or macos-latest"
+  fi
   temp_dir=${RUNNER_TEMP:-${TMPDIR:-/tmp}}
   workspace=${GITHUB_WORKSPACE:-$PWD}
 
@@ -104,10 +124,11 @@ read_inputs() {
   version=${IDEM_ACTION_VERSION:-}
   binary=${IDEM_ACTION_BINARY:-}
   working_directory=${IDEM_ACTION_WORKING_DIRECTORY:-.}
+  upload_report=${IDEM_ACTION_UPLOAD_REPORT:-false}
 
   local name
   for name in plan mode verify diff fail_on_drift root state persist_state state_key \
-    version binary working_directory; do
+    version binary working_directory upload_report; do
     no_control "${name//_/-}" "${!name}"
   done
 
@@ -115,10 +136,11 @@ read_inputs() {
   apply | plan | check) ;;
   *) die "input 'mode' must be 'apply', 'plan' or 'check', not '$mode'" ;;
   esac
-  boolean verify "$verify"
-  boolean diff "$diff"
-  boolean fail-on-drift "$fail_on_drift"
-  boolean persist-state "$persist_state"
+  boolean verify verify
+  boolean diff diff
+  boolean fail-on-drift fail_on_drift
+  boolean persist-state persist_state
+  boolean upload-report upload_report
   if [[ $verify == true && $mode != apply ]]; then
     die "input 'verify' needs mode 'apply' (mode is '$mode'): plan and check never change anything to verify"
   fi
@@ -133,6 +155,10 @@ read_inputs() {
   version=${version#v}
 
   cd -- "$workspace" || die "GITHUB_WORKSPACE '$workspace' is not a directory"
+  # Physical paths throughout: a workspace reached through a symbolic link would otherwise
+  # give annotation paths that are not relative to it, and two names for one state.
+  workspace=$(pwd -P)
+  cd -- "$workspace"
   if [[ ! -d $working_directory ]]; then
     die "input 'working-directory': '$working_directory' is not a directory (relative to the workspace $workspace)"
   fi
@@ -143,6 +169,7 @@ read_inputs() {
   fi
   # A plan named like an option would be read as one.
   [[ $plan == -* ]] && plan="./$plan"
+  plan_abs="$(cd -- "$(dirname -- "$plan")" && pwd -P)/$(basename -- "$plan")"
   if [[ ! -d $root ]]; then
     die "input 'root': '$root' is not a directory (relative to $PWD)"
   fi
@@ -198,9 +225,8 @@ target_triple() {
   *) return 1 ;;
   esac
   case $(platform_os) in
-  linux) printf '%s-unknown-linux-gnu' "$arch" ;;
+  linux) printf '%s-unknown-linux-musl' "$arch" ;;
   macos) printf '%s-apple-darwin' "$arch" ;;
-  windows) printf '%s-pc-windows-msvc' "$arch" ;;
   *) return 1 ;;
   esac
 }
@@ -224,6 +250,31 @@ source_hash() {
   )
 }
 
+# The repository that publishes idem's releases: the action's own, never the consumer's.
+# GITHUB_ACTION_REPOSITORY is empty inside a composite action's `run:` steps (a runner
+# limitation), so the runner's checkout of the action tells: .../_actions/OWNER/REPO/REF.
+# action.yml also passes `github.action_repository` as IDEM_ACTION_REPOSITORY for runners
+# that lay actions out otherwise. `uses: ./` runs the workspace's own copy, whose repository
+# is then GITHUB_REPOSITORY. Sets `repo` (not printed: a `die` must reach the log).
+release_repository() {
+  local path=${GITHUB_ACTION_PATH:-$ACTION_ROOT}
+  repo=""
+  path=${path%/}
+  if [[ $path =~ /_actions/([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+)/[^/]+$ ]]; then
+    repo="${BASH_REMATCH[1]}/${BASH_REMATCH[2]}"
+  elif [[ -n ${IDEM_ACTION_REPOSITORY:-} ]]; then
+    repo=$IDEM_ACTION_REPOSITORY
+  elif [[ $ACTION_ROOT == "$workspace" || $ACTION_ROOT == "$workspace"/* ]]; then
+    repo=${GITHUB_REPOSITORY:-}
+  fi
+  if [[ ! $repo =~ ^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$ ]]; then
+    die "cannot tell which repository publishes idem's releases: the action is at '$path', not under the runner's _actions/OWNER/REPO/REF, and github.action_repository is empty; give 'binary', or 'version: source'"
+  fi
+}
+
+# How long a build from source takes, measured on a 2-core machine (docs/github-action.md).
+readonly BUILD_TIME="about 16 minutes on a 2-core runner, the first time; cached after"
+
 # Sets `source` (binary, release or build) and what that source needs.
 decide_source() {
   local own triple ext
@@ -235,23 +286,37 @@ decide_source() {
     return
   fi
   own=$(own_version)
-  if [[ $version != source ]] && triple=$(target_triple); then
+  if [[ $version != source ]]; then
+    triple=$(target_triple) ||
+      die "no idem release is built for this runner (${RUNNER_OS:-$(uname -s)} ${RUNNER_ARCH:-$(uname -m)}); set 'version: source' to build it ($BUILD_TIME), or give 'binary'"
     release_version=${version:-$own}
-    [[ $(platform_os) == windows ]] && ext=zip || ext=tar.gz
-    archive="idem-v$release_version-$triple.$ext"
-    archive_sha256=$(table_sha256 "$archive")
-    if [[ -n $archive_sha256 ]]; then
-      source=release
-      return
-    fi
-    if [[ -n $version && $version != "$own" ]]; then
-      die "idem $version for $triple is not in this action's SHA-256 table (action/idem-sha256.txt), so it cannot be verified; use the action at tag v$version, set 'version: source' to build this action's idem $own, or give 'binary'"
-    fi
+    # Releases publish .tar.gz; a .zip the table lists is taken too (unpacked with unzip).
+    for ext in tar.gz zip; do
+      archive="idem-v$release_version-$triple.$ext"
+      archive_sha256=$(table_sha256 "$archive")
+      if [[ -n $archive_sha256 ]]; then
+        source=release
+        return
+      fi
+    done
+    die "idem $release_version for $triple is not in this action's SHA-256 table (action/idem-sha256.txt), so no download can be verified: pin the action to a release tag (OWNER/idem@<sha> # vX.Y.Z, see docs/github-action.md), set 'version' to a version the table lists, set 'version: source' to build idem $own from the action's source ($BUILD_TIME), or give 'binary'"
   fi
   source=build
   build_hash=$(source_hash)
   build_dir="${RUNNER_TOOL_CACHE:-$temp_dir}/idem/build-${build_hash:0:16}"
   build_key="idem-bin-${RUNNER_OS:-$(uname -s)}-${RUNNER_ARCH:-$(uname -m)}-$build_hash"
+}
+
+# What tells this job's state apart from every other job's: the job, the matrix leg, and
+# the root, state and plan (relative to the workspace). Jobs of one run that share a
+# run id would otherwise restore each other's checkpoints and skip records they never did.
+state_identity() {
+  local matrix=${IDEM_ACTION_MATRIX:-null}
+  # toJSON(matrix) is pretty-printed; keep the key independent of its layout.
+  matrix=$(jq -cS . <<<"$matrix" 2>/dev/null || printf '%s' "$matrix")
+  printf 'job %s\nmatrix %s\nroot %s\nstate %s\nplan %s\n' "${GITHUB_JOB:-}" "$matrix" \
+    "$(relative "$root_abs")" "$(relative "$state_abs")" "$(relative "$plan_abs")" |
+    sha256 | cut -c1-16
 }
 
 # --- phases -------------------------------------------------------------------------------
@@ -269,8 +334,16 @@ phase_prepare() {
     set_output build-dir "$build_dir"
     set_output build-key "$build_key"
   fi
+  set_output persist-state "$persist_state"
+  set_output upload-report "$upload_report"
+  local identity job
+  identity=$(state_identity)
+  job=$(printf '%s' "${GITHUB_JOB:-job}" | tr -c 'A-Za-z0-9_.-' '_' | cut -c1-40)
+  if [[ $upload_report == true ]]; then
+    set_output report-artifact "idem-report-$job-$identity-${GITHUB_RUN_ATTEMPT:-1}"
+  fi
   if [[ $persist_state == true ]]; then
-    local prefix="idem-state-${state_key:+$state_key-}$GITHUB_RUN_ID-"
+    local prefix="idem-state-${state_key:+$state_key-}$GITHUB_RUN_ID-$job-$identity-"
     # SQLite keeps recent writes in the -wal file until a checkpoint; both are the state.
     set_output state-files "$state_abs"$'\n'"$state_abs-wal"
     set_output state-key "$prefix${GITHUB_RUN_ATTEMPT:-1}"
@@ -282,6 +355,7 @@ phase_install() {
   read_inputs
   decide_source
   local path
+  cache_hit=false
   case $source in
   binary)
     path=$binary_abs
@@ -300,33 +374,58 @@ phase_install() {
     ;;
   esac
   printf 'idem: %s\n' "$path"
-  "$path" --version || die "$path does not run"
+  local said
+  said=$("$path" --version) || die "$path does not run (is it built for this runner's platform?)"
+  printf '%s\n' "$said"
   set_output path "$path"
+  set_output version "${said#idem }"
+  set_output cache-hit "$cache_hit"
 }
 
 install_release() {
-  local repo=${GITHUB_ACTION_REPOSITORY:-${GITHUB_REPOSITORY:-}} dir tmp got bin
-  [[ -n $repo ]] || die "cannot tell which repository publishes idem's releases (GITHUB_ACTION_REPOSITORY is empty)"
-  local url="${GITHUB_SERVER_URL:-https://github.com}/$repo/releases/download/v$release_version/$archive"
+  local dir tmp got bin exe
+  release_repository
+  exe="idem$(exe_suffix)"
   dir="${RUNNER_TOOL_CACHE:-$temp_dir}/idem/$release_version/$(target_triple)"
+  # A tool cache that outlives the job (self-hosted runners) already holds this archive's
+  # binary: the checksum file beside it says which archive it came from.
+  if [[ -x $dir/$exe && $(cat "$dir/archive.sha256" 2>/dev/null) == "$archive_sha256" ]]; then
+    printf 'using %s from the tool cache (archive SHA-256 %s)\n' "$dir/$exe" "$archive_sha256"
+    cache_hit=true
+    printf '%s\n' "$dir" >>"${GITHUB_PATH:-/dev/null}"
+    installed="$dir/$exe"
+    return
+  fi
+  local url="${GITHUB_SERVER_URL:-https://github.com}/$repo/releases/download/v$release_version/$archive"
   tmp=$(mktemp -d "$temp_dir/idem-download.XXXXXX")
   printf 'downloading %s\n' "$url"
   curl --proto '=https' --tlsv1.2 -fsSL --retry 3 -o "$tmp/$archive" "$url" ||
-    die "downloading $url failed"
+    die "downloading $url failed (curl exit code $?): is release v$release_version published in $repo with $archive?"
   got=$(sha256 "$tmp/$archive" | cut -c1-64)
   if [[ $got != "$archive_sha256" ]]; then
-    die "$archive has SHA-256 $got but action/idem-sha256.txt says $archive_sha256: refusing to run it"
+    rm -rf "$tmp"
+    die "$archive from $url has SHA-256 $got, but action/idem-sha256.txt says $archive_sha256: refusing to run it (a tampered or replaced archive; report it to $repo)"
   fi
   printf 'SHA-256 verified: %s\n' "$got"
-  mkdir -p "$tmp/x" "$dir"
-  tar -xf "$tmp/$archive" -C "$tmp/x" || die "cannot unpack $archive"
-  bin=$(find "$tmp/x" -type f -name "idem$(exe_suffix)" | head -n 1)
-  [[ -n $bin ]] || die "$archive holds no idem$(exe_suffix)"
-  cp "$bin" "$dir/idem$(exe_suffix)"
-  chmod +x "$dir/idem$(exe_suffix)"
+  mkdir -p "$tmp/x"
+  case $archive in
+  *.zip)
+    command -v unzip >/dev/null || die "unzip is needed to unpack $archive; install it first"
+    unzip -q "$tmp/$archive" -d "$tmp/x" || die "cannot unpack $archive with unzip"
+    ;;
+  *) tar -xzf "$tmp/$archive" -C "$tmp/x" || die "cannot unpack $archive with tar" ;;
+  esac
+  bin=$(find "$tmp/x" -type f -name "$exe" | head -n 1)
+  [[ -n $bin ]] || die "$archive holds no $exe"
+  # Into place whole or not at all: a half-copied binary must never look installed.
+  mkdir -p "$dir"
+  cp "$bin" "$dir/$exe.tmp"
+  chmod +x "$dir/$exe.tmp"
+  mv -f "$dir/$exe.tmp" "$dir/$exe"
+  printf '%s\n' "$archive_sha256" >"$dir/archive.sha256"
   rm -rf "$tmp"
   printf '%s\n' "$dir" >>"${GITHUB_PATH:-/dev/null}"
-  installed="$dir/idem$(exe_suffix)"
+  installed="$dir/$exe"
 }
 
 install_build() {
@@ -334,10 +433,11 @@ install_build() {
   bin="$build_dir/idem$(exe_suffix)"
   if [[ -x $bin ]]; then
     printf 'using the cached build of source %s\n' "$build_hash"
+    cache_hit=true
   else
     command -v cargo >/dev/null ||
-      die "no prebuilt idem for this runner and cargo is not installed: install Rust first (rustup), or give 'binary'"
-    printf 'no release archive in the table for this runner: building source %s\n' "$build_hash"
+      die "'version: source' builds idem with cargo, which is not installed: install Rust first (rustup), or give 'binary'"
+    printf "building idem from the action's source %s (version: source): %s\n" "$build_hash" "$BUILD_TIME"
     # rustup reads rust-toolchain.toml from the current directory, which also adds the
     # wasm32-wasip2 target the guest needs.
     (cd -- "$ACTION_ROOT" && CARGO_TARGET_DIR="$temp_dir/idem-target" cargo build --release --locked) ||
@@ -382,6 +482,13 @@ phase_run() {
   64) result=usage-error ;;
   *) result=error ;;
   esac
+  # idem always prints its report; without one it died first (killed, out of memory), and
+  # no exit code it left can be taken as a pass.
+  local no_report=false
+  if ! have_report; then
+    no_report=true
+    result=error
+  fi
 
   report_outputs "$code"
   # Step names and diffs are the plan's and the files' text: inert here too.
@@ -389,10 +496,23 @@ phase_run() {
   printf '::stop-commands::%s\n' "$token"
   render_log
   printf '::%s::\n' "$token"
-  annotate
+
+  # The closing line tells the user what to do; it counts in the budget of its type.
+  local closing=none
+  if [[ $no_report == false && $code == 2 && $mode == check && $fail_on_drift == false ]]; then
+    closing=notice
+  elif [[ $result != success ]]; then
+    closing=error
+  fi
+  annotate "$closing"
   render_summary "$code" >>"${GITHUB_STEP_SUMMARY:-/dev/null}"
 
-  if [[ $code == 2 && $mode == check && $fail_on_drift == false ]]; then
+  if [[ $no_report == true ]]; then
+    error "idem exited with code $code and printed no JSON report (it died before it could: see the log of this step); the run's outcome is unknown, so the step fails"
+    ((code == 0 || code == 2 || code == 3)) && code=1
+    exit "$code"
+  fi
+  if [[ $closing == notice ]]; then
     notice "changes are pending (drift); fail-on-drift is false, so the step passes"
     exit 0
   fi
@@ -406,8 +526,13 @@ phase_run() {
   exit "$code"
 }
 
-# True when the report is one of idem's JSON reports.
-have_report() { jq -e 'type == "object" and has("schema")' "$report" >/dev/null 2>&1; }
+# True when the report is one of idem's JSON reports: exactly one JSON object with a schema.
+# Slurped, so that an empty file is an empty list and fails the test; `jq -e` on an empty
+# file exits 0 with jq 1.6 (Ubuntu 22.04's), which took a dead idem for a valid report.
+have_report() {
+  [[ -s $report ]] &&
+    jq -es 'length == 1 and (.[0] | type == "object" and has("schema"))' "$report" >/dev/null 2>&1
+}
 
 report_outputs() {
   local code=$1 key value
@@ -418,9 +543,9 @@ report_outputs() {
       "changed=\(.changed == true)",
       (.summary // {} | "created=\(.created // 0)", "updated=\(.updated // 0)",
         "removed=\(.removed // 0)", "unchanged=\(.unchanged // 0)", "failed=\(.failed // 0)",
-        "changes=\(.changes // 0)")' "$report")
+        "not-run=\(.not_run // 0)", "changes=\(.changes // 0)")' "$report")
   else
-    for key in created updated removed unchanged failed changes; do set_output "$key" 0; done
+    for key in created updated removed unchanged failed not-run changes; do set_output "$key" 0; done
     set_output changed false
   fi
   set_output report "$report"
@@ -435,6 +560,8 @@ readonly JQ_DEFS='
     | gsub(">"; "&gt;") | gsub("\\|"; "\\|");
   def clip(n): if length > n then .[0:n] + "…" else . end;
   def change: "\(.kind) \(.path // "")" + (if .rows then " (\(.rows) rows)" else "" end);
+  def ms: if . == null then "" elif . >= 1000 then "\(. / 10 | floor / 100) s"
+    else "\(. * 100 | floor / 100) ms" end;
 '
 
 render_log() {
@@ -455,19 +582,25 @@ render_log() {
     "$report"
 }
 
-# Annotations point at the plan's lines; GitHub shows at most ten per step, so the rest are
-# counted in one warning. Failures come first, then verify findings, then drift under check.
+# Annotations point at the plan's lines. GitHub keeps ten errors and ten warnings per step
+# and drops the rest: the budget of each type holds everything this step writes of it, the
+# closing line (CLOSING: error, notice or none) included, since that is the line that says
+# what to do. When findings overflow, the last slot counts the rest. Failures come first,
+# then verify findings, then drift under check.
 annotate() {
+  local closing=$1
   have_report || return 0
   local plan_file drift_level=warning
-  plan_file=$(absolute "$plan")
-  plan_file=${plan_file#"$(cd -- "$workspace" && pwd -P)/"}
+  plan_file=$(relative "$plan_abs")
   [[ $fail_on_drift == true ]] && drift_level=error
   jq -r --arg file "$plan_file" --arg drift "$drift_level" --arg mode "$mode" \
-    --argjson limit "$ANNOTATION_LIMIT" "$JQ_DEFS"'
+    --arg closing "$closing" --argjson limit "$ANNOTATION_LIMIT" "$JQ_DEFS"'
     def data: gsub("%"; "%25") | gsub("\r"; "%0D") | gsub("\n"; "%0A");
     def prop: data | gsub(":"; "%3A") | gsub(","; "%2C");
     def finding($level; $line; $title; $text): {$level, $line, $title, $text};
+    def line: "::\(.level) file=\($file | prop)"
+      + (if (.line | type) == "number" and .line > 0 then ",line=\(.line)" else "" end)
+      + ",title=\("idem: \(.title)" | prop)::\(.text | data)";
     .steps //= []
     | . as $r
     | [ (if .error != null then finding("error"; .error.line; "plan error";
@@ -486,17 +619,18 @@ annotate() {
                 "would be \(.outcome): " + ([(.changes // [])[] | change] | join(", ") | clip(2000))))
          else empty end)
       ] as $all
-    | ($all[:$limit][]
-        | "::\(.level) file=\($file | prop)"
-          + (if (.line | type) == "number" and .line > 0 then ",line=\(.line)" else "" end)
-          + ",title=\("idem: \(.title)" | prop)::\(.text | data)"),
-      (if ($all | length) > $limit then
-        "::warning title=idem action::\(($all | length) - $limit) more findings are not annotated (GitHub shows \($limit) per step); see the job summary and the report"
-       else empty end)' "$report"
+    | ("error", "warning") as $level
+    | [$all[] | select(.level == $level)] as $mine
+    | ($limit - (if $closing == $level then 1 else 0 end)) as $room
+    | if ($mine | length) <= $room then $mine[] | line
+      else ($mine[:$room - 1][] | line),
+        "::\($level) title=idem action::\(($mine | length) - $room + 1) more findings are not annotated (GitHub keeps \($limit) of each type per step); see the job summary and the report"
+      end' "$report"
 }
 
-# The job summary: a headline, the counts, one table row per step and the errors. Rows are
-# dropped from the end when the whole would pass GitHub's 1 MiB per step, with a note.
+# The job summary: a headline, the counts, a timeline of the steps, one table row per step,
+# the errors, and the first lines of each diff. Rows, then diffs, are dropped from the end
+# when the whole would pass GitHub's 1 MiB per step, with a note.
 render_summary() {
   local code=$1 tmp used budget
   if ! have_report; then
@@ -512,21 +646,47 @@ render_summary() {
     | "### \($icon) idem \($mode): \($result)",
       "",
       "Plan `\($plan | cell)` · root `\(.root // $root | cell)` · exit code \($code)"
-        + (if .dry_run then " · dry run" else "" end) + (if .idem then " · idem \(.idem)" else "" end),
+        + (if .dry_run then " · dry run" else "" end) + (if .idem then " · idem \(.idem)" else "" end)
+        + (if .duration_ms then " · \(.duration_ms | ms)" else "" end),
       "",
-      "| steps | created | updated | removed | unchanged | failed | changes |",
-      "|---:|---:|---:|---:|---:|---:|---:|",
-      "| \($s.steps // 0) | \($s.created // 0) | \($s.updated // 0) | \($s.removed // 0) | \($s.unchanged // 0) | \($s.failed // 0) | \($s.changes // 0) |",
-      "",
-      (if (.steps // [] | length) > 0 then
-        "| # | step | \(if .dry_run then "would be" else "outcome" end) | changes | line |",
-        "|---:|---|---|---|---:|"
-       else empty end)' "$report" >"$tmp/head"
+      "| steps | created | updated | removed | unchanged | failed | not run | changes |",
+      "|---:|---:|---:|---:|---:|---:|---:|---:|",
+      "| \($s.steps // 0) | \($s.created // 0) | \($s.updated // 0) | \($s.removed // 0) | \($s.unchanged // 0) | \($s.failed // 0) | \($s.not_run // 0) | \($s.changes // 0) |",
+      ""' "$report" >"$tmp/head"
+  # The timeline: Mermaid draws it in the summary. Steps run one after another, so each
+  # starts where the last ended; times are milliseconds from the start (dateFormat x).
+  jq -r --argjson max 40 '
+    def task_name: tostring | gsub("[^A-Za-z0-9 ._/()+=-]"; "_") | .[0:60];
+    def tag: {"failed": "crit, ", "created": "active, ", "updated": "active, ",
+      "removed": "active, ", "unchanged": "done, "}[.] // "";
+    (.steps // []) as $steps
+    | if ($steps | length) == 0 then empty else
+      ([$steps[] | (.duration_ms // 0)] | reduce .[] as $d ([0]; . + [.[-1] + $d])) as $at
+      | "```mermaid",
+        "gantt",
+        "    title Steps over time (ms from the start of the run)",
+        "    dateFormat x",
+        "    axisFormat %S.%L",
+        "    section steps",
+        ($steps | to_entries[] | select(.key < $max - 1 or ($steps | length) <= $max)
+          | .key as $i | .value
+          | "    \(.index) \(.name | task_name) (\(.outcome)) :\(.outcome | tag)s\(.index), \($at[$i] | floor), \([($at[$i + 1] | ceil), ($at[$i] | floor) + 1] | max)"),
+        (if ($steps | length) > $max then
+          "    \(($steps | length) - $max + 1) more steps :m, \($at[$max - 1] | floor), \([($at[-1] | ceil), ($at[$max - 1] | floor) + 1] | max)"
+         else empty end),
+        "```",
+        ""
+      end' "$report" >"$tmp/timeline"
+  jq -r 'if (.steps // [] | length) > 0 then
+      "| # | step | \(if .dry_run then "would be" else "outcome" end) | changes | records | time | line |",
+      "|---:|---|---|---|---|---:|---:|"
+    else empty end' "$report" >>"$tmp/head"
   jq -r "$JQ_DEFS"'
     (.steps // [])[]
     | "| \(.index) | \(.name | cell | clip(300)) | \(.outcome) | "
       + ([(.changes // [])[:5][] | change | cell] + (if (.changes // [] | length) > 5 then ["+\((.changes | length) - 5) more"] else [] end) | join("<br>") | clip(1000))
-      + " | \(.line // "") |"' "$report" >"$tmp/rows"
+      + " | \(.counters // {} | to_entries | map("\(.key) \(.value)") | join(", ") | cell)"
+      + " | \(.duration_ms | ms) | \(.line // "") |"' "$report" >"$tmp/rows"
   jq -r "$JQ_DEFS"'
     ([(.steps // [])[] | select(.outcome == "failed")][:10]) as $failed
     | "",
@@ -544,18 +704,63 @@ render_summary() {
           + ([.verify.changes[:20][] | "step \(.step): \(change | cell)"] | join(", ")), ""
        else empty end)' "$report" >"$tmp/foot"
 
-  used=$(($(wc -c <"$tmp/head") + $(wc -c <"$tmp/foot")))
+  used=0
+  for part in head foot; do used=$((used + $(wc -c <"$tmp/$part"))); done
   [[ -f ${GITHUB_STEP_SUMMARY:-} ]] && used=$((used + $(wc -c <"$GITHUB_STEP_SUMMARY")))
   budget=$((SUMMARY_LIMIT - used - 512))
-  cat "$tmp/head"
+  # The timeline (a few KiB at most) only when it leaves at least half the room to the rows.
+  if (($(wc -c <"$tmp/timeline") * 2 > budget)); then
+    : >"$tmp/timeline"
+  fi
+  budget=$((budget - $(wc -c <"$tmp/timeline")))
   LC_ALL=C awk -v budget="$budget" '
     !cut && used + length($0) + 1 <= budget { used += length($0) + 1; print; next }
     { cut++ }
     END {
       if (cut) printf "\n> **Note:** %d more steps are not shown: GitHub keeps at most 1 MiB of summary per step. The full report is the file in the `report` output.\n", cut
-    }' "$tmp/rows"
-  cat "$tmp/foot"
+    }' "$tmp/rows" >"$tmp/rows.shown"
+  budget=$((budget - $(wc -c <"$tmp/rows.shown")))
+  # Each diff's first lines, in a fence longer than any run of backticks in it, so that no
+  # file's content can close the fence. Whole blocks only: the budget drops the rest.
+  jq -r --argjson budget "$budget" --argjson lines 20 "$JQ_DEFS"'
+    [(.steps // [])[] | .index as $step | (.changes // [])[] | select(.diff != null)
+      | (.diff | rtrimstr("\n") | split("\n")) as $l
+      | ([.diff | match("`+"; "g") | .length] | max // 0) as $ticks
+      | ("`" * ([$ticks + 1, 3] | max)) as $fence
+      | "<details><summary>step \($step): \(change | cell) (\($l | length) lines"
+        + (if ($l | length) > $lines then ", first \($lines) shown" else "" end) + ")</summary>\n\n"
+        + $fence + "diff\n" + ($l[:$lines] | join("\n")) + "\n" + $fence + "\n\n</details>\n"
+    ] as $blocks
+    | if ($blocks | length) == 0 then empty else
+      (reduce $blocks[] as $b ({used: 0, shown: [], cut: 0};
+        ($b | utf8bytelength) as $n
+        | if .cut == 0 and .used + $n + 1 <= $budget - 200 then .used += $n + 1 | .shown += [$b]
+          else .cut += 1 end)) as $r
+      | "**Diffs** (the first \($lines) lines of each)", "",
+        $r.shown[],
+        (if $r.cut > 0 then "> **Note:** \($r.cut) more diffs are not shown (GitHub keeps at most 1 MiB of summary per step); they are in the log and the report." else empty end)
+      end' "$report" >"$tmp/diffs"
+  # The timeline goes above the table: the head ends with the table's header, so split it.
+  sed '/^| # | step |/,$d' "$tmp/head"
+  cat "$tmp/timeline"
+  sed -n '/^| # | step |/,$p' "$tmp/head"
+  cat "$tmp/rows.shown" "$tmp/foot" "$tmp/diffs"
   rm -rf "$tmp"
+}
+
+# Appends the link to the uploaded JSON report to the job summary (the `link` phase, after
+# actions/upload-artifact).
+phase_link() {
+  local url=${IDEM_ACTION_ARTIFACT_URL:-} name=${IDEM_ACTION_ARTIFACT_NAME:-report}
+  no_control artifact-url "$url"
+  no_control artifact-name "$name"
+  if [[ ! $url =~ ^https://[^[:space:]\)\(]+$ ]]; then
+    error "upload-report: actions/upload-artifact gave no artifact URL ('$url'); the report was not uploaded, see that step's log"
+    exit 1
+  fi
+  printf '\n📎 The full JSON report: [%s](%s) (a zip artifact of this run)\n' "$name" "$url" \
+    >>"${GITHUB_STEP_SUMMARY:-/dev/null}"
+  printf 'report uploaded: %s\n' "$url"
 }
 
 # Whether the step passes with this exit code.
@@ -578,7 +783,8 @@ main() {
   prepare) phase_prepare ;;
   install) phase_install ;;
   run) phase_run ;;
-  *) die "usage: idem-action.sh prepare|install|run" ;;
+  link) phase_link ;;
+  *) die "usage: idem-action.sh prepare|install|run|link" ;;
   esac
 }
 

