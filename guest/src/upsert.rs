@@ -389,7 +389,7 @@ fn load(
         loader
             .push(record.as_record())
             .map_err(|m| error(format!("{file}: {item}: {m}")))?;
-        loader.flush_if_full(&statement, &file, table)?;
+        loader.flush_if_full(&statement, &file, table, records)?;
     }
     drop(first);
     // The "row N" label is formatted only where it is shown: in an error, and once per batch
@@ -401,7 +401,7 @@ fn load(
         if loader.len == 1 {
             loader.first_item = records.item();
         }
-        loader.flush_if_full(&statement, &file, table)?;
+        loader.flush_if_full(&statement, &file, table, records)?;
     }
     loader.flush(&statement, &file, table)?;
     drop(statement);
@@ -550,10 +550,11 @@ impl Loader<'_> {
         statement: &sqlite::Statement,
         file: &str,
         table: &str,
+        records: &HostRecords,
     ) -> Result<(), StepError> {
         if self.len >= BATCH {
             self.flush(statement, file, table)?;
-            log::progress(self.total, 0);
+            log::progress(self.total, records.estimated_total(self.total));
         }
         Ok(())
     }
