@@ -10,6 +10,7 @@
 mod cache;
 mod engine;
 mod failure;
+mod interrupt;
 mod plan;
 mod plugin;
 mod stderr;
@@ -22,11 +23,13 @@ use anyhow::{Context, Result, anyhow};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
+use crate::bindings::plan::StepInfo;
 use crate::bindings::report::StepReport as GuestReport;
 use crate::bindings::standard;
 use crate::bindings::types::Datetime;
+use crate::cap::log::Progress;
 use crate::policy::{Mode, Policy};
-use crate::report::StepFailure;
+use crate::report::{Report, StepFailure};
 use store::{Ctx, RunState, new_store};
 
 /// The standard operations guest, built by `build.rs` from `guest/`.
@@ -45,7 +48,8 @@ pub struct RunConfig {
     pub state_path: PathBuf,
     pub now: Datetime,
     pub diff: bool,
-    pub progress: bool,
+    /// The running step's meter, which the caller may show (it is written in any case).
+    pub progress: Progress,
     pub lock_timeout: Duration,
     /// Per plugin step.
     pub plugin_timeout: Duration,
@@ -54,6 +58,23 @@ pub struct RunConfig {
     pub memory: usize,
     pub verify: bool,
 }
+
+/// What the plan loop tells as it goes, for output a person or a tool can follow live. Each
+/// call comes from the thread running the plan; none may fail the run. Only the recorded run
+/// tells (not the second, checking run of `apply --verify`).
+pub trait Events {
+    /// The run is recorded and its plan loaded: `report` has its mode, plan, root and whether
+    /// it resumes an interrupted run; `steps` is how many steps it has.
+    fn run_started(&mut self, _report: &Report, _steps: usize) {}
+    /// Step `index` (from 1) of `steps` starts.
+    fn step_started(&mut self, _index: usize, _steps: usize, _info: &StepInfo) {}
+    /// A step finished: it is the last of `report.steps`.
+    fn step_finished(&mut self, _report: &Report) {}
+}
+
+/// Events nobody follows.
+pub struct NoEvents;
+impl Events for NoEvents {}
 
 /// What running one step gave: the guest's report, or why the step failed.
 type StepEnd = std::result::Result<GuestReport, StepFailure>;
@@ -99,7 +120,7 @@ impl Host {
             Mode::Plan,
             cfg.now,
             false,
-            false,
+            Progress::default(),
         )?;
         let mut store = new_store(&self.engine, run, Policy::new(Mode::Plan));
         let guest = standard::Standard::instantiate(&mut store, &self.standard, &self.linker)

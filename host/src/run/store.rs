@@ -15,7 +15,7 @@ use wasmtime::component::{HasData, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::engine::{EPOCH_TICK, Limiter};
+use super::engine::Limiter;
 use super::stderr::TailPipe;
 use crate::bindings::types::Datetime;
 use crate::bindings::{checkpoint, clock, fs, log, policy, report, sqlite, types};
@@ -47,7 +47,7 @@ impl RunState {
         mode: Mode,
         now: Datetime,
         diffs: bool,
-        progress: bool,
+        progress: Progress,
     ) -> Result<Self> {
         let dir = cap_std::fs::Dir::open_ambient_dir(root, cap_std::ambient_authority())
             .with_context(|| format!("opening the root {}", root.display()))?;
@@ -59,8 +59,8 @@ impl RunState {
         Ok(RunState {
             fs: FsCap::new(dir, sink, now, diffs),
             dbs: Databases::new(root.to_path_buf(), backing),
-            state: StateStore::open(state_path, mode.dry_run())?,
-            progress: Progress::new(progress),
+            state: StateStore::open(state_path, mode.dry_run())?.metered(progress.clone()),
+            progress,
             now,
         })
     }
@@ -131,7 +131,7 @@ impl Ctx {
 
     pub fn log_view(&mut self) -> LogView<'_> {
         LogView {
-            progress: &mut self.run().progress,
+            progress: &self.run().progress,
         }
     }
 
@@ -197,12 +197,7 @@ pub fn new_store(engine: &Engine, run: RunState, policy: Policy) -> Store<Ctx> {
     };
     let mut store = Store::new(engine, ctx);
     store.limiter(|c| &mut c.limiter);
-    let ticks = match limits.time {
-        Some(t) => (t.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64,
-        None => u64::MAX / 2,
-    };
-    store.set_epoch_deadline(ticks);
-    store.epoch_deadline_trap();
+    super::interrupt::arm(&mut store, limits.time);
     store
 }
 

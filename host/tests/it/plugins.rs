@@ -25,15 +25,15 @@ fn workspace() -> PathBuf {
 }
 
 /// The components built from this workspace's plugin crates.
-struct Built {
-    hostile: Vec<u8>,
+pub struct Built {
+    pub hostile: Vec<u8>,
     manifest: Vec<u8>,
     /// The standard operations guest: a component of another world (`standard`).
     standard: Vec<u8>,
 }
 
 /// Build the Rust plugins (and the standard guest, for its other world) once per test run.
-fn built() -> &'static Built {
+pub fn built() -> &'static Built {
     static BUILT: OnceLock<Built> = OnceLock::new();
     BUILT.get_or_init(|| {
         let target_dir = workspace().join("target").join("guest");
