@@ -640,7 +640,10 @@ mod tests {
             .unwrap();
         }
         let all = HistoryFilter::default();
-        let old = StateStore::open(&path, true).unwrap().history(&all).unwrap();
+        let old = StateStore::open(&path, true)
+            .unwrap()
+            .history(&all)
+            .unwrap();
         assert_eq!((old[0].plan.as_str(), &old[0].failure), ("old.yml", &None));
         let mut s = StateStore::open(&path, false).unwrap();
         s.begin_run("apply", "new.yml", "h").unwrap();

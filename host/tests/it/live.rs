@@ -278,20 +278,49 @@ fn sigterm_stops_a_plugin_step_at_once_and_exits_143_in_the_json_report() {
 fn a_second_sigint_stops_at_once() {
     let t = Env::new();
     t.write("hostile.wasm", &crate::plugins::built().hostile);
-    // A lock held by someone else: the first SIGINT ends the wait, so hold the run in a
-    // place the first signal does not reach quickly is not needed; two signals in a row
-    // must end the process with 130 either way.
+    // One endless SQL query: the plugin sits in one host call, where the first signal cannot
+    // stop it (it waits for the call to return); the second must end the process there and
+    // then.
+    let sql =
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+    let config = serde_json::json!({"mode": "sql", "database": "app.db", "sql": sql}).to_string();
     let mut child = spawn(t.cmd().args([
         "run",
         "hostile.wasm",
+        "--database",
+        "app.db",
         "--config-json",
-        r#"{"mode": "loop"}"#,
+        &config,
     ]));
     std::thread::sleep(Duration::from_millis(1500));
     send(&child, libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first signal waits for a safe point"
+    );
     send(&child, libc::SIGINT);
+    let mut out = String::new();
+    let mut err = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130));
+    assert_eq!(status.code(), Some(130), "{out}{err}");
+    assert!(err.contains("stopped at once (second signal)"), "{err}");
+    assert!(
+        !out.contains("interrupted (SIGINT)"),
+        "no orderly summary: {out}"
+    );
 }
 
 #[test]
@@ -639,5 +668,30 @@ fn a_lock_wait_is_announced_once() {
         1,
         "{}",
         r.stderr
+    );
+}
+
+#[test]
+fn a_plugin_s_message_is_shown_under_its_line_in_the_text_report() {
+    let t = Env::new();
+    t.write("manifest.wasm", &crate::plugins::built().manifest);
+    t.write("dist/app.js", "console.log(1)\n");
+    let args = [
+        "run",
+        "manifest.wasm",
+        "--config-json",
+        r#"{"dir": "dist"}"#,
+        "--dry-run",
+    ];
+    let j = t.json(&args, 0);
+    let message = j["steps"][0]["message"]
+        .as_str()
+        .expect("the plugin's message");
+    let r = t.idem(&args);
+    r.code(0);
+    assert!(
+        r.stdout.contains(&format!("\n              {message}\n")),
+        "the message {message:?} under the step's line:\n{}",
+        r.stdout
     );
 }

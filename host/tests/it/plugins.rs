@@ -27,7 +27,7 @@ fn workspace() -> PathBuf {
 /// The components built from this workspace's plugin crates.
 pub struct Built {
     pub hostile: Vec<u8>,
-    manifest: Vec<u8>,
+    pub manifest: Vec<u8>,
     /// The standard operations guest: a component of another world (`standard`).
     standard: Vec<u8>,
 }
