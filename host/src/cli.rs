@@ -502,6 +502,7 @@ fn run(cli: Cli) -> Result<u8> {
             cfg.plan_name = plugin.clone();
             cfg.plan_source = format!("{plugin}\n{config}");
             let host = Host::new(cache_dir(g))?;
+            cfg.progress = host.progress();
             let call = PluginCall {
                 path: plugin,
                 config,
@@ -630,6 +631,7 @@ fn run_plan(g: &Global, mode: Mode, args: PlanArgs, verify: bool) -> Result<u8> 
     cfg.verify = verify;
     read_plan(&mut cfg, args.plan.as_deref())?;
     let host = Host::new(cache_dir(g))?;
+    cfg.progress = host.progress();
     let mut live = live(g, &cfg);
     let report = host.run_plan(&cfg, &mut live)?;
     finish(live, &report)

@@ -274,7 +274,9 @@ fn secs(d: Duration) -> String {
 /// The words shown for a running step: counts, percentage, rate, elapsed, ETA.
 fn describe(r: &Reading, op: &str) -> String {
     let mut parts = Vec::new();
-    if r.done > 0 || r.total > 0 {
+    if let Some(note) = r.note {
+        parts.push(note.to_string());
+    } else if r.done > 0 || r.total > 0 {
         if r.total > 0 {
             let pct = (r.done as f64 / r.total as f64 * 100.0).min(100.0);
             parts.push(format!(
@@ -396,6 +398,7 @@ mod tests {
             total: 3_500,
             skipped: 1_000,
             checkpointed: 500,
+            note: None,
         };
         assert_eq!(
             describe(&r, "each"),
@@ -408,5 +411,10 @@ mod tests {
             ..r
         };
         assert_eq!(describe(&idle, "plugin"), "running, elapsed 10s");
+        let loading = Reading {
+            note: Some("loading"),
+            ..idle
+        };
+        assert_eq!(describe(&loading, "plugin"), "loading, elapsed 10s");
     }
 }

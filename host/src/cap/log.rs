@@ -30,6 +30,7 @@ struct StepMeter {
     total: u64,
     skipped: u64,
     checkpointed: u64,
+    note: Option<&'static str>,
 }
 
 /// What the meter says of the running step at one moment.
@@ -47,6 +48,9 @@ pub struct Reading {
     pub skipped: u64,
     /// Keys marked done by this step so far (what an interrupt keeps).
     pub checkpointed: u64,
+    /// What the host is doing for the step, when that is what takes the time (loading a
+    /// plugin's component, which may mean compiling it).
+    pub note: Option<&'static str>,
 }
 
 impl Reading {
@@ -86,6 +90,7 @@ impl Progress {
                 total: 0,
                 skipped: 0,
                 checkpointed: 0,
+                note: None,
             })
         });
     }
@@ -108,6 +113,7 @@ impl Progress {
                 total: s.total,
                 skipped: s.skipped,
                 checkpointed: s.checkpointed,
+                note: s.note,
             })
         })
     }
@@ -118,6 +124,15 @@ impl Progress {
             if let Some(s) = m {
                 s.done = done;
                 s.total = total;
+            }
+        });
+    }
+
+    /// Say what the host is doing for the running step (`None`: that is over).
+    pub fn note(&self, note: Option<&'static str>) {
+        self.with(|m| {
+            if let Some(s) = m {
+                s.note = note;
             }
         });
     }
@@ -166,6 +181,7 @@ mod tests {
             total: 3_500,
             skipped: 1_000,
             checkpointed: 500,
+            note: None,
         };
         assert_eq!(r.rate(), 50.0);
         assert_eq!(r.eta(), Some(Duration::from_secs(40)));

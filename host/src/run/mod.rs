@@ -85,6 +85,8 @@ pub struct Host {
     linker: Linker<Ctx>,
     standard: Component,
     cache_dir: Option<PathBuf>,
+    /// The meter of the running step, told while a plugin's component loads.
+    progress: Progress,
 }
 
 impl Host {
@@ -105,11 +107,26 @@ impl Host {
             linker,
             standard,
             cache_dir,
+            progress: Progress::default(),
         })
     }
 
+    /// The meter the runs of this host write into: give it to [`RunConfig::progress`] and
+    /// it also tells when a plugin step's time goes to loading its component.
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
+    }
+
     fn load_component(&self, bytes: &[u8], content_hash: &str) -> Result<Component> {
-        cache::load_component(&self.engine, self.cache_dir.as_deref(), bytes, content_hash)
+        // A cold compile of a large component (Python, JS) takes seconds to a minute: say so
+        // rather than show a step that seems stuck.
+        self.progress.note(Some(
+            "loading the component (compiled on its first run; cached afterwards)",
+        ));
+        let loaded =
+            cache::load_component(&self.engine, self.cache_dir.as_deref(), bytes, content_hash);
+        self.progress.note(None);
+        loaded
     }
 
     /// The plan format's JSON Schema, from the standard guest.
