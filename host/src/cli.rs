@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use tracing_subscriber::field::MakeExt;
 
 use crate::bindings::plan::PluginCall;
 use crate::cap::log::Progress;
@@ -342,8 +343,21 @@ fn init_tracing(g: &Global) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("idem={level},idem::guest={level}"))
     });
+    // Log fields carry guest-controlled text (paths built from records, a guest's messages):
+    // every value is escaped as the text report escapes it, so no log line drives the
+    // terminal. Escaping the whole stream instead would also escape the logger's own colours.
+    let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            write!(w, "{}", crate::term::escape_text(&text))
+        } else {
+            write!(w, "{field}={}", escape(&text))
+        }
+    })
+    .delimited(" ");
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .fmt_fields(fields)
         .with_ansi(crate::term::color(color_choice(g), true))
         .with_writer(std::io::stderr)
         .with_target(false)

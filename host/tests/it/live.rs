@@ -291,8 +291,10 @@ fn a_second_sigint_stops_at_once() {
         "app.db",
         "--config-json",
         &config,
+        "--progress-interval",
+        "1",
     ]));
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(2500));
     send(&child, libc::SIGINT);
     std::thread::sleep(Duration::from_millis(500));
     assert!(
@@ -317,6 +319,11 @@ fn a_second_sigint_stops_at_once() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{out}{err}");
     assert!(err.contains("stopped at once (second signal)"), "{err}");
+    // The heartbeat went on while the plugin sat in that one host call.
+    assert!(
+        err.contains("idem: step 1/1 plugin hostile.wasm: running, elapsed 2s"),
+        "{err}"
+    );
     assert!(
         !out.contains("interrupted (SIGINT)"),
         "no orderly summary: {out}"
@@ -462,6 +469,18 @@ fn a_control_character_in_a_record_value_is_shown_escaped() {
         r.stdout
     );
     r.says("record id=a\\u{1b}[2Jb\\u{7}");
+    // Nor in the log lines: the path built from the value, in a debug line of each change.
+    t.write(
+        "ok.yml",
+        "steps:\n  - each: data/x.csv\n    key: id\n    steps:\n      - file: \"out/{id}\"\n        content: x\n",
+    );
+    let r = t.idem(&["plan", "ok.yml", "-vv", "--color", "never"]);
+    r.code(0);
+    assert!(
+        !r.stderr.contains('\x1b') && r.stderr.contains("path=out/a\\u{1b}[2Jb"),
+        "{:?}",
+        r.stderr
+    );
     // JSON keeps the value exact (serde escapes it).
     let j = t.json(&["apply"], 1);
     assert_eq!(
