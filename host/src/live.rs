@@ -58,6 +58,8 @@ struct Display {
     next_beat: (usize, Duration),
     /// The last progress event: (step, done, whole seconds elapsed).
     last_event: (usize, u64, u64),
+    /// The second, checking run of `apply --verify` is under way.
+    verify: bool,
 }
 
 /// The live output of one run, and the thread that shows its progress.
@@ -91,6 +93,7 @@ impl Live {
             bar: None,
             next_beat: (0, Duration::ZERO),
             last_event: (0, u64::MAX, 0),
+            verify: false,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let bar = matches!(settings.output, Output::Text { quiet: false })
@@ -225,6 +228,17 @@ impl Events for Live {
         }
     }
 
+    fn verify_started(&mut self) {
+        let mut d = lock(&self.display);
+        d.verify = true;
+        d.finished = 0;
+        d.next_beat = (0, Duration::ZERO);
+        d.last_event = (0, u64::MAX, 0);
+        if let Some((_, bar)) = d.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+
     fn step_finished(&mut self, report: &Report) {
         let Some(step) = report.steps.last() else {
             return;
@@ -305,6 +319,12 @@ fn op_of(d: &Display, index: usize) -> String {
     d.ops.get(index - 1).cloned().unwrap_or_default()
 }
 
+/// `step 2/3`, or `verify step 2/3` during `apply --verify`'s second run.
+fn step_label(d: &Display, index: usize) -> String {
+    let verify = if d.verify { "verify " } else { "" };
+    format!("{verify}step {index}/{}", d.steps)
+}
+
 /// The terminal's bar for the running step, made once it has run 300 ms (quick steps never
 /// flicker one).
 fn draw_bar(d: &mut Display, r: &Reading, color: bool) {
@@ -314,7 +334,10 @@ fn draw_bar(d: &mut Display, r: &Reading, color: bool) {
     let op = op_of(d, r.index);
     if d.bar.as_ref().is_none_or(|(i, _)| *i != r.index) {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        bar.set_prefix(format!("step {}/{} {}", r.index, d.steps, escape(&r.name)));
+        bar.set_prefix(format!("{} {}", step_label(d, r.index), escape(&r.name)));
+        if let Some((_, old)) = d.bar.take() {
+            old.finish_and_clear();
+        }
         d.bar = Some((r.index, bar));
     }
     let Some((_, bar)) = &d.bar else { return };
@@ -348,9 +371,8 @@ fn heartbeat(d: &mut Display, r: &Reading, interval: Duration) {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(
         err,
-        "idem: step {}/{} {}: {}",
-        r.index,
-        d.steps,
+        "idem: {} {}: {}",
+        step_label(d, r.index),
         escape(&r.name),
         describe(r, &op)
     );
@@ -371,6 +393,7 @@ fn progress_event(d: &mut Display, r: &Reading) {
     emit_line(
         &json!({
             "event": "progress",
+            "verify": d.verify,
             "index": r.index,
             "name": r.name,
             "done": r.done,
@@ -387,6 +410,22 @@ fn progress_event(d: &mut Display, r: &Reading) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_checking_run_of_verify_is_labelled_as_such() {
+        let mut d = Display {
+            finished: 0,
+            steps: 3,
+            ops: Vec::new(),
+            bar: None,
+            next_beat: (0, Duration::ZERO),
+            last_event: (0, 0, 0),
+            verify: false,
+        };
+        assert_eq!(step_label(&d, 2), "step 2/3");
+        d.verify = true;
+        assert_eq!(step_label(&d, 2), "verify step 2/3");
+    }
 
     #[test]
     fn a_running_step_is_described_with_total_percentage_rate_and_eta() {

@@ -70,6 +70,9 @@ pub trait Events {
     fn step_started(&mut self, _index: usize, _steps: usize, _info: &StepInfo) {}
     /// A step finished: it is the last of `report.steps`.
     fn step_finished(&mut self, _report: &Report) {}
+    /// `apply --verify`'s second, checking run starts: its steps are metered (so a long one
+    /// still shows progress) but not told one by one.
+    fn verify_started(&mut self) {}
 }
 
 /// Events nobody follows.

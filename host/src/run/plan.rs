@@ -27,8 +27,9 @@ impl Host {
     pub fn run_plan(&self, cfg: &RunConfig, events: &mut dyn Events) -> Result<Report> {
         let started = Instant::now();
         let _lock = lock(cfg)?;
-        let mut report = self.run_once(cfg, cfg.mode, Some(events))?;
+        let mut report = self.run_once(cfg, cfg.mode, Some(&mut *events))?;
         if cfg.verify && cfg.mode == Mode::Apply && report.ok() {
+            events.verify_started();
             let second = self.run_once(cfg, Mode::Plan, None)?;
             let mut changes = Vec::new();
             let mut errors = Vec::new();
