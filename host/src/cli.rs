@@ -359,7 +359,7 @@ fn init_tracing(g: &Global) {
         .with_env_filter(filter)
         .fmt_fields(fields)
         .with_ansi(crate::term::color(color_choice(g), true))
-        .with_writer(std::io::stderr)
+        .with_writer(crate::live::LogWriter)
         .with_target(false)
         .without_time()
         .try_init();

@@ -11,7 +11,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -72,6 +72,54 @@ pub struct Live {
     started: bool,
 }
 
+/// The display of this process's run, for log lines to lift its bar.
+static DISPLAY: OnceLock<Arc<Mutex<Display>>> = OnceLock::new();
+
+/// Where log lines (tracing) go: standard error, one whole line at a time, with the progress
+/// bar lifted while it is written (otherwise a line lands on the bar's and both are garbled).
+pub struct LogWriter;
+
+/// One log line, written when tracing is done with it.
+pub struct LogLine(Vec<u8>);
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogLine;
+    fn make_writer(&'a self) -> LogLine {
+        LogLine(Vec::new())
+    }
+}
+
+impl Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let write = || {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(&self.0);
+            let _ = err.flush();
+        };
+        match DISPLAY.get() {
+            Some(d) => match &lock(d).bar {
+                Some((_, bar)) => bar.suspend(write),
+                None => write(),
+            },
+            None => write(),
+        }
+    }
+}
+
 fn lock(d: &Mutex<Display>) -> std::sync::MutexGuard<'_, Display> {
     d.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -95,6 +143,7 @@ impl Live {
             last_event: (0, u64::MAX, 0),
             verify: false,
         }));
+        let _ = DISPLAY.set(Arc::clone(&display));
         let stop = Arc::new(AtomicBool::new(false));
         let bar = matches!(settings.output, Output::Text { quiet: false })
             && std::io::stderr().is_terminal();

@@ -542,6 +542,42 @@ fn on_a_terminal_a_csv_step_shows_a_bar_with_total_percentage_and_eta() {
 }
 
 #[test]
+fn on_a_terminal_log_lines_lift_the_bar_instead_of_landing_on_it() {
+    let t = Env::new();
+    each_plan(&t, 2_000);
+    // -vv logs a debug line per change while the bar is drawn.
+    let cmdline = format!("{} apply -vv", bin());
+    let c = t.cmd();
+    let out = Command::new("script")
+        .args(["-qefc", &cmdline, "/dev/null"])
+        .current_dir(t.root())
+        .envs(
+            c.get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        )
+        .env("TERM", "xterm")
+        .env("COLUMNS", "160")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1), from util-linux (tests/setup.sh installs it)");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(screen.contains("ETA"), "a bar was drawn: {screen}");
+    assert!(screen.contains("DEBUG change"), "debug lines were logged");
+    // A terminal line is what lies between two carriage returns or newlines: the bar's text
+    // and a log line must never share one.
+    let garbled: Vec<&str> = screen
+        .split(['\r', '\n'])
+        .filter(|l| l.contains("ETA") && l.contains("DEBUG"))
+        .collect();
+    assert!(
+        garbled.is_empty(),
+        "log lines written onto the bar: {:?}",
+        &garbled[..garbled.len().min(3)]
+    );
+}
+
+#[test]
 fn history_stores_why_a_run_failed_and_filters_by_failed_since_and_limit_zero() {
     let t = Env::new();
     t.write(
