@@ -6,6 +6,10 @@ set -euo pipefail
 # The plan schema's tests validate plans with check-jsonschema.
 command -v check-jsonschema >/dev/null || pip install --quiet "check-jsonschema==0.39.0"
 
+# The live-output tests (host/tests/it/live.rs) run idem on a pseudo-terminal with script(1),
+# from util-linux's bsdutils.
+command -v script >/dev/null || { apt-get update -qq && apt-get install -y -qq bsdutils; }
+
 # The Python example plugin (examples/plugins/python) is built into a component by
 # componentize-py; host/tests/it/plugins.rs fails, naming this script, when it is missing.
 command -v componentize-py >/dev/null || pip install --quiet "componentize-py==0.25.1"

@@ -92,10 +92,12 @@ pub fn run(step: &EachStep) -> Result<StepReport, StepError> {
             key,
         });
         if pending.len() >= BATCH {
-            run_batch(step, &scope, &mut pending, &mut progress)?;
+            let total = records.estimated_total(records.count());
+            run_batch(step, &scope, &mut pending, &mut progress, total)?;
         }
     }
-    run_batch(step, &scope, &mut pending, &mut progress)?;
+    let total = records.count();
+    run_batch(step, &scope, &mut pending, &mut progress, total)?;
     mark(&scope, &mut progress.to_mark)?;
 
     let failed = progress.failures.len() as u64;
@@ -113,6 +115,7 @@ fn run_batch(
     scope: &str,
     pending: &mut Vec<Pending>,
     progress: &mut Progress,
+    total: u64,
 ) -> Result<(), StepError> {
     if pending.is_empty() {
         return Ok(());
@@ -161,8 +164,8 @@ fn run_batch(
             }),
         }
     }
-    let total = progress.processed + progress.skipped + progress.failures.len() as u64;
-    log::progress(total, 0);
+    let done = progress.processed + progress.skipped + progress.failures.len() as u64;
+    log::progress(done, total);
     Ok(())
 }
 

@@ -82,7 +82,11 @@ pub fn open_records(path: &str, format: Option<Format>) -> Result<HostRecords, S
         ))
     })?;
     let reader = fs::open_reader(path).map_err(|e| fail(format!("opening {path}"), e))?;
-    Ok(Records::new(path, format, HostReader(reader))?)
+    let mut records = Records::new(path, format, HostReader(reader))?;
+    // The size lets progress show a total (see `Records::estimated_total`); a file it cannot
+    // stat now still reads, without one.
+    records.size = fs::stat(path).ok().flatten().map(|m| m.size);
+    Ok(records)
 }
 
 /// The parent directory of a relative path, if it has one.

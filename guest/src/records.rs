@@ -138,6 +138,8 @@ struct Bytes<S: ChunkSource> {
     source: S,
     chunk: Vec<u8>,
     pos: usize,
+    /// Bytes of the file before `chunk`: with `pos`, how far the reader has got.
+    offset: u64,
     eof: bool,
     error: Option<S::Error>,
     /// For CSV: the quoting check of every byte handed to the `csv` crate.
@@ -279,6 +281,7 @@ impl<S: ChunkSource> Bytes<S> {
             source,
             chunk: Vec::new(),
             pos: 0,
+            offset: 0,
             eof: false,
             error: None,
             csv: None,
@@ -291,11 +294,17 @@ impl<S: ChunkSource> Bytes<S> {
             if self.eof {
                 return Ok(false);
             }
+            self.offset += self.chunk.len() as u64;
             self.chunk = self.source.next_chunk()?;
             self.pos = 0;
             self.eof = self.chunk.is_empty();
         }
         Ok(true)
+    }
+
+    /// Bytes of the file consumed so far.
+    fn consumed(&self) -> u64 {
+        self.offset + self.pos as u64
     }
 
     fn buffered(&self) -> &[u8] {
@@ -374,6 +383,8 @@ enum Inner<S: ChunkSource> {
 pub struct Records<S: ChunkSource> {
     file: String,
     count: u64,
+    /// The file's size in bytes, when known: what progress totals are estimated from.
+    pub size: Option<u64>,
     inner: Inner<S>,
 }
 
@@ -437,6 +448,7 @@ impl<S: ChunkSource> Records<S> {
         Ok(Records {
             file: file.to_owned(),
             count: 0,
+            size: None,
             inner,
         })
     }
@@ -447,6 +459,11 @@ impl<S: ChunkSource> Records<S> {
             Inner::Csv { header, .. } => Some(header),
             _ => None,
         }
+    }
+
+    /// How many records have been read.
+    pub fn count(&self) -> u64 {
+        self.count
     }
 
     /// The last record read, in the user's words: `row 17`, `record 17`, `line 17`.
@@ -483,6 +500,23 @@ impl<S: ChunkSource> Records<S> {
             Inner::Json { .. } => |p| format!("record {}", p.index),
             Inner::Ndjson { .. } => |p| format!("line {}", p.line),
         }
+    }
+
+    /// Bytes of the file read up to the end of the last record: against the file's size, how
+    /// far through it the reader is.
+    pub fn bytes_read(&self) -> u64 {
+        match &self.inner {
+            Inner::Csv { reader, .. } => reader.position().byte(),
+            Inner::Json { bytes, .. } | Inner::Ndjson { bytes, .. } => bytes.consumed(),
+        }
+    }
+
+    /// The total to report `done` records against (`log.progress`): the records read so far
+    /// scaled by the file's size over the bytes read, so the percentage a host shows is exactly
+    /// how far through the file the reader is and the count stays in records; 0 (unknown)
+    /// before anything is read or without a size.
+    pub fn estimated_total(&self, done: u64) -> u64 {
+        estimated_total(done, self.bytes_read(), self.size.unwrap_or(0))
     }
 
     /// The file's name, as given.
@@ -861,6 +895,19 @@ impl JsonScan<'_> {
     }
 }
 
+/// `done` records took `position` of `size` bytes: about how many the whole file holds (never
+/// fewer than `done`, exactly `done` at the end).
+pub fn estimated_total(done: u64, position: u64, size: u64) -> u64 {
+    if done == 0 || position == 0 || size == 0 {
+        return 0;
+    }
+    if position >= size {
+        return done;
+    }
+    let estimate = (u128::from(done) * u128::from(size)).div_ceil(u128::from(position));
+    u64::try_from(estimate).unwrap_or(u64::MAX).max(done)
+}
+
 fn is_space_or_bom(b: u8) -> bool {
     b.is_ascii_whitespace() || matches!(b, 0xEF | 0xBB | 0xBF)
 }
@@ -923,6 +970,37 @@ mod tests {
             assert_eq!(r, &results[0]);
         }
         results.remove(0)
+    }
+
+    #[test]
+    fn the_position_is_the_end_of_the_last_record_read() {
+        let cases = [
+            (Format::Csv, "id,name\n1,Ada\n2,Grace\n", vec![14, 22]),
+            (Format::Ndjson, "{\"a\":1}\n{\"a\":22}\n", vec![8, 17]),
+        ];
+        for (format, data, want) in cases {
+            for size in [1, 3, 64 * 1024] {
+                let source = Chunks {
+                    data: data.as_bytes(),
+                    size,
+                };
+                let mut records = Records::new("in", format, source).unwrap();
+                let mut got = Vec::new();
+                while records.next_record().unwrap().is_some() {
+                    got.push(records.bytes_read());
+                }
+                assert_eq!(got, want, "{format:?} in chunks of {size}");
+            }
+        }
+    }
+
+    #[test]
+    fn totals_are_estimated_from_the_bytes_read() {
+        assert_eq!(estimated_total(0, 0, 100), 0, "nothing read: unknown");
+        assert_eq!(estimated_total(10, 25, 0), 0, "no size: unknown");
+        assert_eq!(estimated_total(10, 25, 100), 40);
+        assert_eq!(estimated_total(10, 30, 100), 34, "rounded up");
+        assert_eq!(estimated_total(40, 100, 100), 40, "exact at the end");
     }
 
     fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -565,7 +565,7 @@ fn load(
         if let Some(key) = hit {
             duplicate(*pos, key)?;
         }
-        loader.flush_if_full(&statement)?;
+        loader.flush_if_full(&statement, records)?;
     }
     drop(first);
     // A record's position is worded only where it is shown: in an error.
@@ -576,7 +576,7 @@ fn load(
             Ok(Some(key)) => duplicate(pos, key)?,
             Err(m) => return Err(error(format!("{file}: {}: {m}", label(pos)))),
         }
-        loader.flush_if_full(&statement)?;
+        loader.flush_if_full(&statement, records)?;
     }
     loader.flush(&statement)?;
     drop(statement);
@@ -1082,10 +1082,14 @@ impl Loader<'_> {
         Ok(hit)
     }
 
-    fn flush_if_full(&mut self, statement: &sqlite::Statement) -> Result<(), StepError> {
+    fn flush_if_full(
+        &mut self,
+        statement: &sqlite::Statement,
+        records: &HostRecords,
+    ) -> Result<(), StepError> {
         if self.len >= BATCH {
             self.flush(statement)?;
-            log::progress(self.total, 0);
+            log::progress(self.total, records.estimated_total(self.total));
         }
         Ok(())
     }

@@ -80,6 +80,8 @@ pub enum Outcome {
     Removed,
     Failed,
     NotRun,
+    /// A signal stopped the run during this step (its checkpoints were saved).
+    Interrupted,
 }
 
 impl Outcome {
@@ -91,6 +93,7 @@ impl Outcome {
             Outcome::Removed => "removed",
             Outcome::Failed => "failed",
             Outcome::NotRun => "not-run",
+            Outcome::Interrupted => "interrupted",
         }
     }
 

@@ -1,18 +1,23 @@
 //! The command line: arguments become one validated [`RunConfig`], the host runs it, the
 //! report is rendered once, and its exit code is returned.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use tracing_subscriber::field::MakeExt;
 
 use crate::bindings::plan::PluginCall;
+use crate::cap::log::Progress;
+use crate::live::{Live, Output, Settings};
 use crate::policy::Mode;
-use crate::report::{Report, exit};
+use crate::report::{Report, TextStyle, exit};
 use crate::run::{Cache, Host, RunConfig};
+use crate::state::HistoryFilter;
+use crate::term::{ColorChoice, escape};
 
 /// Make CI, cron and provisioning jobs safe to run again and again.
 ///
@@ -22,7 +27,7 @@ use crate::run::{Cache, Host, RunConfig};
 #[command(name = "idem", version, about, propagate_version = true)]
 #[command(
     after_help = "Exit codes: 0 success or converged, 1 error, 2 changes pending (check), \
-3 not idempotent (apply --verify), 64 usage error."
+3 not idempotent (apply --verify), 64 usage error, 130/143 stopped by SIGINT/SIGTERM."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -32,6 +37,7 @@ pub struct Cli {
 }
 
 #[derive(Args, Debug)]
+#[command(next_help_heading = "Global options")]
 struct Global {
     /// Root of everything the plan may touch.
     #[arg(
@@ -61,8 +67,18 @@ struct Global {
     )]
     lock_timeout: u64,
     /// Pin the run's clock: Unix seconds or a UTC time like 2026-01-31T12:00:00Z.
-    #[arg(long, global = true, env = "IDEM_NOW", value_name = "TIME")]
+    #[arg(long, global = true, env = "IDEM_NOW", value_name = "TIME", value_parser = valid_now)]
     now: Option<String>,
+    /// Seconds between two progress lines of a running step when stderr is not a terminal (CI
+    /// logs); 0 for none.
+    #[arg(
+        long,
+        global = true,
+        env = "IDEM_PROGRESS_INTERVAL",
+        default_value_t = 30,
+        value_name = "SECS"
+    )]
+    progress_interval: u64,
     /// Where compiled components are cached [default: $XDG_CACHE_HOME/idem or ~/.cache/idem].
     #[arg(long, global = true, env = "IDEM_CACHE_DIR", value_name = "DIR")]
     cache_dir: Option<PathBuf>,
@@ -98,7 +114,10 @@ struct Global {
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Format {
     Text,
+    /// One JSON report at the end.
     Json,
+    /// JSON events, one a line, as the run goes; the last holds the report.
+    Ndjson,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -165,9 +184,16 @@ enum Command {
     },
     /// Recent runs and their changes, from the state store.
     History {
-        /// How many runs.
+        /// How many runs, newest first; 0 for all.
         #[arg(long, default_value_t = 10)]
         limit: usize,
+        /// Only runs that did not succeed (failed, plan error, interrupted).
+        #[arg(long)]
+        failed: bool,
+        /// Only runs started since then: a time (Unix seconds or 2026-01-31T12:00:00Z) or an
+        /// age (90m, 24h, 7d).
+        #[arg(long, value_name = "WHEN", value_parser = valid_since)]
+        since: Option<String>,
     },
     /// Print the JSON Schema of the plan format.
     Schema,
@@ -175,8 +201,73 @@ enum Command {
     Init,
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
-    /// Print the man page (roff).
-    Man,
+    /// Print the man page (roff); with --dir, write one page per command there.
+    Man {
+        /// Write idem.1 and idem-COMMAND.1 into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `--now` must be a time now, so a bad one is a usage error (exit 64) naming the input.
+fn valid_now(text: &str) -> Result<String, String> {
+    crate::cap::clock::parse_now(text).map(|_| text.to_string())
+}
+
+/// `--since`: an age before now (`90m`, `24h`, `7d`) or a time, as an RFC 3339 UTC time.
+fn valid_since(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    let unit = |u: char| match u {
+        's' => Some(1),
+        'm' => Some(60),
+        'h' => Some(3600),
+        'd' => Some(86_400),
+        _ => None,
+    };
+    if let Some(u) = t.chars().last().and_then(unit)
+        && let Ok(n) = t[..t.len() - 1].parse::<i64>()
+    {
+        let now = crate::cap::clock::system_now().seconds;
+        return Ok(crate::state::format_time(now - n * u, 0));
+    }
+    match crate::cap::clock::parse_now(t) {
+        Ok(d) => Ok(crate::state::format_time(d.seconds, 0)),
+        Err(_) => Err(format!(
+            "--since {text:?}: expected an age like 90m, 24h or 7d, Unix seconds, or a UTC time like 2026-01-31T12:00:00Z"
+        )),
+    }
+}
+
+impl Command {
+    /// The mode and plan a run command runs, for a report of a run that could not start.
+    fn run_of(&self) -> Option<(Mode, String)> {
+        let plan = |a: &PlanArgs| {
+            a.plan
+                .as_ref()
+                .map_or("idem.yml".to_string(), |p| p.display().to_string())
+        };
+        match self {
+            Command::Apply { args, .. } => Some((Mode::Apply, plan(args))),
+            Command::Plan { args } => Some((Mode::Plan, plan(args))),
+            Command::Check { args } => Some((Mode::Check, plan(args))),
+            Command::Run {
+                plugin,
+                dry_run,
+                check,
+                ..
+            } => Some((
+                if *check {
+                    Mode::Check
+                } else if *dry_run {
+                    Mode::Plan
+                } else {
+                    Mode::Apply
+                },
+                plugin.clone(),
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// Parse the command line, run, print, and map the result to an exit code.
@@ -201,19 +292,42 @@ pub fn main() -> ExitCode {
         }
     };
     init_tracing(&cli.global);
-    let json = cli.global.format == Format::Json;
+    let format = cli.global.format;
+    let started = cli.command.run_of();
+    if started.is_some() {
+        crate::signal::install();
+    }
+    let root = cli.global.root.clone();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            if json {
-                let doc = serde_json::json!({
+            let message = format!("{e:#}");
+            // A run that could not start still gets the report's whole shape.
+            let doc = match &started {
+                Some((mode, plan)) => {
+                    Report::not_started(*mode, plan, &root, message.clone()).to_json()
+                }
+                None => serde_json::json!({
                     "schema": 1, "ok": false, "exit_code": exit::ERROR,
-                    "error": {"message": format!("{e:#}")}, "steps": [],
-                });
-                println!("{doc}");
+                    "error": {"message": &message}, "steps": [],
+                }),
+            };
+            match format {
+                Format::Json => println!("{doc}"),
+                Format::Ndjson => {
+                    println!(
+                        "{}",
+                        serde_json::json!({"event": "run-finished", "report": doc})
+                    )
+                }
+                Format::Text => {}
             }
-            eprintln!("idem: error: {e:#}");
-            ExitCode::from(exit::ERROR)
+            let code = match crate::signal::requested() {
+                Some(sig) if started.is_some() => crate::signal::exit_code(sig),
+                _ => exit::ERROR,
+            };
+            eprintln!("idem: error: {}", crate::term::escape_text(&message));
+            ExitCode::from(code)
         }
     }
 }
@@ -232,9 +346,23 @@ fn init_tracing(g: &Global) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("idem={level},idem::guest={level}"))
     });
+    // Log fields carry guest-controlled text (paths built from records, a guest's messages):
+    // every value is escaped as the text report escapes it, so no log line drives the
+    // terminal. Escaping the whole stream instead would also escape the logger's own colours.
+    let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            write!(w, "{}", crate::term::escape_text(&text))
+        } else {
+            write!(w, "{field}={}", escape(&text))
+        }
+    })
+    .delimited(" ");
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .fmt_fields(fields)
+        .with_ansi(crate::term::color(color_choice(g), true))
+        .with_writer(crate::live::LogWriter)
         .with_target(false)
         .without_time()
         .try_init();
@@ -260,14 +388,11 @@ fn cache_dir(g: &Global) -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("idem"))
 }
 
-fn use_color(g: &Global) -> bool {
+fn color_choice(g: &Global) -> ColorChoice {
     match g.color {
-        Color::Always => true,
-        Color::Never => false,
-        Color::Auto => {
-            std::io::stdout().is_terminal()
-                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-        }
+        Color::Always => ColorChoice::Always,
+        Color::Never => ColorChoice::Never,
+        Color::Auto => ColorChoice::Auto,
     }
 }
 
@@ -300,7 +425,7 @@ fn base_config(g: &Global, mode: Mode, diff: bool) -> Result<RunConfig> {
         state_path,
         now,
         diff,
-        progress: g.format == Format::Text && !g.quiet,
+        progress: Progress::default(),
         lock_timeout: Duration::from_secs(g.lock_timeout),
         plugin_timeout: Duration::from_secs(g.plugin_timeout.max(1)),
         plugin_memory: g.plugin_memory.max(1) << 20,
@@ -328,16 +453,29 @@ fn read_plan(cfg: &mut RunConfig, plan: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-fn print_report(g: &Global, report: &Report, diff: bool) -> Result<u8> {
-    // Stdout is line-buffered: a report of 100,000 removals would be 100,000 writes.
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-    if g.format == Format::Json {
-        serde_json::to_writer_pretty(&mut out, &report.to_json())?;
-        writeln!(out)?;
-    } else if !g.quiet || !report.ok() {
-        report.render_text(&mut out, use_color(g), g.verbose > 0, diff)?;
-    }
-    out.flush()?;
+/// The live output of a run, as the global options ask for it.
+fn live(g: &Global, cfg: &RunConfig) -> Live {
+    let output = match g.format {
+        Format::Text => Output::Text { quiet: g.quiet },
+        Format::Json => Output::Json,
+        Format::Ndjson => Output::Ndjson,
+    };
+    let settings = Settings {
+        output,
+        style: TextStyle {
+            color: crate::term::color(color_choice(g), false),
+            verbose: g.verbose > 0,
+            diff: cfg.diff,
+        },
+        stderr_color: crate::term::color(color_choice(g), true),
+        heartbeat: Duration::from_secs(g.progress_interval),
+    };
+    Live::start(settings, cfg.progress.clone())
+}
+
+/// The report at the end, after what was shown live, and its exit code.
+fn finish(live: Live, report: &Report) -> Result<u8> {
+    live.finish(report)?;
     Ok(report.exit_code())
 }
 
@@ -390,25 +528,41 @@ fn run(cli: Cli) -> Result<u8> {
             cfg.plan_name = plugin.clone();
             cfg.plan_source = format!("{plugin}\n{config}");
             let host = Host::new(cache(g, &cfg.root))?;
+            cfg.progress = host.progress();
             let call = PluginCall {
                 path: plugin,
                 config,
                 paths,
                 databases,
             };
-            let report = host.run_plugin_file(&cfg, call)?;
-            print_report(g, &report, diff)
+            let mut live = live(g, &cfg);
+            let report = host.run_plugin_file(&cfg, call, &mut live)?;
+            finish(live, &report)
         }
-        Command::History { limit } => {
+        Command::History {
+            limit,
+            failed,
+            since,
+        } => {
             let cfg = base_config(g, Mode::Plan, false)?;
             let store = crate::state::StateStore::open(&cfg.state_path, true)?;
-            let runs = store.history(limit)?;
+            let filter = HistoryFilter {
+                limit,
+                failed,
+                since,
+            };
+            let runs = store.history(&filter)?;
             let mut out = std::io::stdout().lock();
-            if g.format == Format::Json {
+            if g.format != Format::Text {
                 serde_json::to_writer_pretty(&mut out, &runs)?;
                 writeln!(out)?;
             } else if runs.is_empty() {
-                writeln!(out, "no runs recorded in {}", cfg.state_path.display())?;
+                let which = if failed || filter.since.is_some() {
+                    "no runs match"
+                } else {
+                    "no runs recorded"
+                };
+                writeln!(out, "{which} in {}", cfg.state_path.display())?;
             } else {
                 for r in &runs {
                     let ci = match (&r.ci_run_id, &r.ci_run_attempt) {
@@ -417,17 +571,35 @@ fn run(cli: Cli) -> Result<u8> {
                     };
                     writeln!(
                         out,
-                        "#{} {} {} {} -> {} ({} changes){ci}",
+                        "#{} {} {} {} -> {} ({}){ci}",
                         r.id,
                         r.started,
                         r.mode,
-                        r.plan,
+                        escape(&r.plan),
                         r.outcome.as_deref().unwrap_or("running"),
-                        r.changes.unwrap_or(0)
+                        crate::report::count(r.changes.unwrap_or(0) as u64, "change", "changes")
                     )?;
+                    if let Some(f) = &r.failure {
+                        let at = match (f.step, &f.step_name) {
+                            (Some(i), Some(n)) => format!("step {i} ({}): ", escape(n)),
+                            _ => String::new(),
+                        };
+                        writeln!(out, "    {at}{}", escape(&f.error))?;
+                    }
                     for j in &r.journal {
-                        let rows = j.rows.map(|n| format!(" ({n} rows)")).unwrap_or_default();
-                        writeln!(out, "    step {} {} {}{rows}", j.step, j.kind, j.target)?;
+                        let rows = j
+                            .rows
+                            .map(|n| {
+                                format!(" ({})", crate::report::count(n as u64, "row", "rows"))
+                            })
+                            .unwrap_or_default();
+                        writeln!(
+                            out,
+                            "    step {} {} {}{rows}",
+                            j.step,
+                            j.kind,
+                            escape(&j.target)
+                        )?;
                     }
                 }
             }
@@ -448,11 +620,36 @@ fn run(cli: Cli) -> Result<u8> {
             clap_complete::generate(shell, &mut Cli::command(), "idem", &mut std::io::stdout());
             Ok(exit::OK)
         }
-        Command::Man => {
+        Command::Man { dir: None } => {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             Ok(exit::OK)
         }
+        Command::Man { dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating the man page directory {}", dir.display()))?;
+            let mut cmd = Cli::command();
+            cmd.build();
+            write_man_pages(&cmd, &dir)?;
+            Ok(exit::OK)
+        }
     }
+}
+
+/// `idem.1` and one `idem-COMMAND.1` per subcommand (what the top page's SEE ALSO names).
+fn write_man_pages(cmd: &clap::Command, dir: &Path) -> Result<()> {
+    let name = cmd.get_display_name().unwrap_or(cmd.get_name()).to_string();
+    let path = dir.join(format!("{name}.1"));
+    let mut buf = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut buf)?;
+    std::fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))?;
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let sub = sub
+            .clone()
+            .display_name(format!("{name}-{}", sub.get_name()))
+            .bin_name(format!("{name} {}", sub.get_name()));
+        write_man_pages(&sub, dir)?;
+    }
+    Ok(())
 }
 
 fn run_plan(g: &Global, mode: Mode, args: PlanArgs, verify: bool) -> Result<u8> {
@@ -460,6 +657,8 @@ fn run_plan(g: &Global, mode: Mode, args: PlanArgs, verify: bool) -> Result<u8> 
     cfg.verify = verify;
     read_plan(&mut cfg, args.plan.as_deref())?;
     let host = Host::new(cache(g, &cfg.root))?;
-    let report = host.run_plan(&cfg)?;
-    print_report(g, &report, args.diff)
+    cfg.progress = host.progress();
+    let mut live = live(g, &cfg);
+    let report = host.run_plan(&cfg, &mut live)?;
+    finish(live, &report)
 }

@@ -88,7 +88,11 @@ fn write_new(root: &Path, rel: &str, content: &str) -> Result<&'static str> {
     }
     let dir = path.parent().expect("a relative file path has a parent");
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+    // Created 0666 less the umask, as any editor or `touch` would: a temporary file's usual
+    // 0600 would leave a starter plan unreadable to the rest of a team.
+    let mut tmp = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .tempfile_in(dir)
         .with_context(|| format!("writing into {}", dir.display()))?;
     tmp.write_all(content.as_bytes())?;
     tmp.as_file().sync_all()?;

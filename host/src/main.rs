@@ -10,10 +10,13 @@ mod cap;
 mod change;
 mod cli;
 mod init;
+mod live;
 mod policy;
 mod report;
 mod run;
+mod signal;
 mod state;
+mod term;
 
 fn main() -> std::process::ExitCode {
     cli::main()

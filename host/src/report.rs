@@ -13,6 +13,8 @@ use crate::bindings::report::StepReport as GuestReport;
 use crate::bindings::types::Error;
 use crate::change::{Change, Outcome};
 use crate::policy::Mode;
+use crate::state::RunFailure;
+use crate::term::{escape, escape_text};
 
 /// Exit codes, stable and documented in the README.
 pub mod exit {
@@ -56,6 +58,8 @@ pub enum FailureKind {
     Load,
     /// The guest returned an error for the step.
     Guest,
+    /// SIGINT or SIGTERM stopped the step.
+    Interrupted,
     /// The host failed around the step (writing checkpoints, a transaction left open).
     Host,
 }
@@ -258,6 +262,64 @@ pub struct Report {
     /// A failure of idem's own bookkeeping after the steps ran (the state store could not
     /// record the run's end): the steps' results stand, but the run did not end cleanly.
     pub fault: Option<String>,
+    /// A signal stopped this run.
+    pub interrupted: Option<Interrupted>,
+}
+
+/// Where a signal stopped the run, and what was done by then.
+#[derive(Clone, Debug, Serialize)]
+pub struct Interrupted {
+    /// `SIGINT` or `SIGTERM`.
+    #[serde(serialize_with = "signal_name")]
+    pub signal: i32,
+    /// The step it stopped in (from 1) and its name; null when it came between steps.
+    pub step: Option<usize>,
+    pub name: Option<String>,
+    /// Steps that had finished.
+    pub steps_done: usize,
+    /// That step's count of items done and its total, as it last reported them (0 when
+    /// unknown).
+    pub done: u64,
+    pub total: u64,
+    /// Keys the step had marked done in its checkpoint: what the next run skips.
+    pub checkpointed: u64,
+}
+
+fn signal_name<S: serde::Serializer>(signal: &i32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(crate::signal::name(*signal))
+}
+
+impl Interrupted {
+    /// The one sentence that says what happened: `interrupted (SIGINT) in step 2 (each x.csv)
+    /// after 1,280 of 5,000 records; 1,280 checkpointed; checkpoints saved; re-run to resume`.
+    pub fn sentence(&self, dry_run: bool) -> String {
+        let signal = crate::signal::name(self.signal);
+        let mut s = match (self.step, &self.name) {
+            (Some(i), Some(n)) => format!("interrupted ({signal}) in step {i} ({})", escape(n)),
+            _ => format!(
+                "interrupted ({signal}) after {}",
+                count(self.steps_done as u64, "step", "steps")
+            ),
+        };
+        if self.step.is_some() && self.done > 0 {
+            s.push_str(" after ");
+            if self.total >= self.done {
+                s.push_str(&format!("{} of ", thousands(self.done)));
+                s.push_str(&count(self.total, "record", "records"));
+            } else {
+                s.push_str(&count(self.done, "record", "records"));
+            }
+        }
+        if dry_run {
+            s.push_str("; a dry run: nothing was changed");
+        } else {
+            if self.checkpointed > 0 {
+                s.push_str(&format!("; {} checkpointed", thousands(self.checkpointed)));
+            }
+            s.push_str("; checkpoints saved; re-run to resume");
+        }
+        s
+    }
 }
 
 /// A host error as one line for a person.
@@ -286,17 +348,36 @@ impl Report {
             recovered_temporaries: 0,
             resumed: false,
             fault: None,
+            interrupted: None,
         }
     }
 
-    /// No plan error and no failed step or record.
+    /// A run that could not start (no plan, a root that is not there): the report's whole
+    /// shape, with `message` as its error.
+    pub fn not_started(mode: Mode, plan: &str, root: &Path, message: String) -> Self {
+        let mut r = Report::new(mode, plan, root);
+        r.error = Some(PlanErrorReport {
+            message,
+            file: plan.to_string(),
+            line: None,
+            column: None,
+            hint: None,
+            excerpt: None,
+        });
+        r
+    }
+
+    /// No plan error, no failed step or record, no interruption.
     pub fn ok(&self) -> bool {
         self.error.is_none()
             && self.fault.is_none()
-            && self
-                .steps
-                .iter()
-                .all(|s| !matches!(s.outcome, Outcome::Failed | Outcome::NotRun))
+            && self.interrupted.is_none()
+            && self.steps.iter().all(|s| {
+                !matches!(
+                    s.outcome,
+                    Outcome::Failed | Outcome::NotRun | Outcome::Interrupted
+                )
+            })
     }
 
     /// Whether anything changed (or would).
@@ -310,7 +391,9 @@ impl Report {
 
     /// The exit code this report calls for.
     pub fn exit_code(&self) -> u8 {
-        if !self.ok() {
+        if let Some(i) = &self.interrupted {
+            crate::signal::exit_code(i.signal)
+        } else if !self.ok() {
             exit::ERROR
         } else if self.verify.as_ref().is_some_and(|v| !v.ok) {
             exit::NOT_IDEMPOTENT
@@ -346,6 +429,7 @@ impl Report {
                 "removed": self.count(Outcome::Removed),
                 "failed": self.count(Outcome::Failed),
                 "not_run": self.count(Outcome::NotRun),
+                "interrupted": self.count(Outcome::Interrupted),
                 "changes": self.change_count(),
             },
             "steps": self.steps,
@@ -353,127 +437,206 @@ impl Report {
             "resumed": self.resumed,
             "fault": self.fault,
             "recovered_temporaries": self.recovered_temporaries,
+            "interrupted": self.interrupted,
             "duration_ms": (self.duration.as_secs_f64() * 1e6).round() / 1e3,
         })
     }
 
-    /// The text a person reads. `verbose` lists every change under its step.
-    pub fn render_text(
-        &self,
-        out: &mut dyn Write,
-        color: bool,
-        verbose: bool,
-        diff: bool,
-    ) -> std::io::Result<()> {
-        let paint = |code: &str, text: &str| {
-            if color {
-                format!("\x1b[{code}m{text}\x1b[0m")
-            } else {
-                text.to_string()
-            }
-        };
+    /// Why the run did not succeed, for history: the plan's error, the first failed step's
+    /// error (or its first failed record), or the interruption.
+    pub fn failure(&self) -> Option<RunFailure> {
         if let Some(e) = &self.error {
-            return render_plan_error(out, e, color);
+            let at = match e.line {
+                Some(l) => format!("{}:{l}: ", e.file),
+                None => String::new(),
+            };
+            return Some(RunFailure {
+                error: format!("{at}{}", e.message),
+                step: None,
+                step_name: None,
+            });
         }
-        let dry = self.mode.dry_run();
+        let failed = self
+            .steps
+            .iter()
+            .find(|s| matches!(s.outcome, Outcome::Failed | Outcome::Interrupted));
+        if let (Some(s), Some(i)) = (failed, &self.interrupted)
+            && s.outcome == Outcome::Interrupted
+        {
+            return Some(RunFailure {
+                error: i.sentence(self.mode.dry_run()),
+                step: Some(s.index),
+                step_name: Some(s.name.clone()),
+            });
+        }
+        if let Some(s) = failed {
+            let error = match (&s.error, s.failures.first()) {
+                (Some(e), _) => e.clone(),
+                (None, Some(f)) => format!(
+                    "{} failed; first {}: {}",
+                    count(s.failures.len() as u64, "record", "records"),
+                    f.item,
+                    f.message
+                ),
+                (None, None) => "failed".to_string(),
+            };
+            return Some(RunFailure {
+                error,
+                step: Some(s.index),
+                step_name: Some(s.name.clone()),
+            });
+        }
+        self.interrupted.as_ref().map(|i| RunFailure {
+            error: i.sentence(self.mode.dry_run()),
+            step: i.step,
+            step_name: i.name.clone(),
+        })
+    }
+
+    /// The text a person reads, all at once: the head, every step, the summary.
+    pub fn render_text(&self, out: &mut dyn Write, style: &TextStyle) -> std::io::Result<()> {
+        if let Some(e) = &self.error {
+            return render_plan_error(out, e, style.color);
+        }
+        self.render_head(out)?;
+        for s in &self.steps {
+            self.render_step(out, s, style)?;
+        }
+        self.render_summary(out, style)
+    }
+
+    /// What comes before the steps: that this run resumes an interrupted one.
+    pub fn render_head(&self, out: &mut dyn Write) -> std::io::Result<()> {
         if self.resumed {
-            let skipped: u64 = self
-                .steps
-                .iter()
-                .flat_map(|s| s.counters.0.iter())
-                .filter(|(k, _)| k == "skipped")
-                .map(|(_, v)| v)
-                .sum();
             writeln!(
                 out,
-                "resuming an interrupted run: {skipped} records already done are skipped, {} temporary files removed",
-                self.recovered_temporaries
+                "resuming an interrupted run: records its checkpoints mark done are skipped; {} removed",
+                count(
+                    self.recovered_temporaries as u64,
+                    "temporary file",
+                    "temporary files"
+                )
             )?;
         }
-        for s in &self.steps {
-            let word = if dry {
-                s.outcome.planned()
-            } else {
-                s.outcome.as_str()
-            };
-            let code = match s.outcome {
-                Outcome::Unchanged | Outcome::NotRun => "2",
-                Outcome::Created => "32",
-                Outcome::Updated => "33",
-                Outcome::Removed => "35",
-                Outcome::Failed => "31;1",
-            };
-            let mut line = format!("{:<13} {}", paint(code, word), s.name);
-            if color {
-                // Escape codes take no columns: pad as if they were not there.
-                let pad = 13usize.saturating_sub(word.len());
-                line = format!("{}{} {}", paint(code, word), " ".repeat(pad), s.name);
+        Ok(())
+    }
+
+    /// One step's lines: its outcome and name, counters, error, failed records, message, and
+    /// (with `verbose`, `diff`) its changes. The same whether printed as the step ends or in
+    /// the report at the end. Guest-controlled text is escaped.
+    pub fn render_step(
+        &self,
+        out: &mut dyn Write,
+        s: &StepResult,
+        style: &TextStyle,
+    ) -> std::io::Result<()> {
+        let color = style.color;
+        let paint = |code: &str, text: &str| paint(color, code, text);
+        let word = if self.mode.dry_run() {
+            s.outcome.planned()
+        } else {
+            s.outcome.as_str()
+        };
+        let code = match s.outcome {
+            Outcome::Unchanged | Outcome::NotRun => "2",
+            Outcome::Created => "32",
+            Outcome::Updated => "33",
+            Outcome::Removed => "35",
+            Outcome::Failed => "31;1",
+            Outcome::Interrupted => "33;1",
+        };
+        // Escape codes take no columns: pad as if they were not there.
+        let pad = 13usize.saturating_sub(word.len());
+        let mut line = format!(
+            "{}{} {}",
+            paint(code, word),
+            " ".repeat(pad),
+            escape(&s.name)
+        );
+        if !s.counters.0.is_empty() {
+            let c: Vec<String> = s
+                .counters
+                .0
+                .iter()
+                .map(|(k, v)| format!("{} {}", escape(k), thousands(*v)))
+                .collect();
+            line.push_str(&format!("  ({})", c.join(", ")));
+        }
+        writeln!(out, "{line}")?;
+        const INDENT: &str = "              ";
+        let block = |out: &mut dyn Write, code: &str, text: &str| -> std::io::Result<()> {
+            for l in escape_text(text).lines() {
+                writeln!(out, "{INDENT}{}", paint(code, l))?;
             }
-            if !s.counters.0.is_empty() {
-                let c: Vec<String> = s
-                    .counters
-                    .0
-                    .iter()
-                    .map(|(k, v)| format!("{k} {v}"))
-                    .collect();
-                line.push_str(&format!("  ({})", c.join(", ")));
-            }
-            writeln!(out, "{line}")?;
-            if let Some(e) = &s.error {
-                let at = s
-                    .line
-                    .map(|l| format!("{}:{l}: ", self.plan))
+            Ok(())
+        };
+        if let Some(e) = &s.error {
+            let at = s
+                .line
+                .map(|l| format!("{}:{l}: ", self.plan))
+                .unwrap_or_default();
+            block(out, "31", &format!("{at}{e}"))?;
+        }
+        for f in s.failures.iter().take(20) {
+            let text = format!("{}: {}", escape(&f.item), escape(&f.message));
+            writeln!(out, "{INDENT}{}", paint("31", &text))?;
+        }
+        if s.failures.len() > 20 {
+            writeln!(
+                out,
+                "{INDENT}... and {} more failed",
+                thousands(s.failures.len() as u64 - 20)
+            )?;
+        }
+        if let Some(m) = s.message.as_deref().filter(|m| !m.is_empty()) {
+            block(out, "2", m)?;
+        }
+        if style.verbose {
+            for c in &s.changes {
+                let rows = c
+                    .rows
+                    .map(|r| format!(" ({})", count(r, "row", "rows")))
                     .unwrap_or_default();
-                writeln!(out, "              {}", paint("31", &format!("{at}{e}")))?;
+                writeln!(out, "{INDENT}{} {}{rows}", c.kind.as_str(), escape(&c.path))?;
             }
-            for f in s.failures.iter().take(20) {
-                writeln!(
-                    out,
-                    "              {}",
-                    paint("31", &format!("{}: {}", f.item, f.message))
-                )?;
-            }
-            if s.failures.len() > 20 {
-                writeln!(
-                    out,
-                    "              ... and {} more failed",
-                    s.failures.len() - 20
-                )?;
-            }
-            if verbose {
-                for c in &s.changes {
-                    let rows = c.rows.map(|r| format!(" ({r} rows)")).unwrap_or_default();
-                    writeln!(out, "              {} {}{rows}", c.kind.as_str(), c.path)?;
-                }
-            }
-            if diff {
-                for c in &s.changes {
-                    if let Some(d) = &c.diff {
-                        for l in d.lines() {
-                            let l = if !color {
-                                l.to_string()
-                            } else if l.starts_with('+') && !l.starts_with("+++") {
-                                paint("32", l)
-                            } else if l.starts_with('-') && !l.starts_with("---") {
-                                paint("31", l)
-                            } else {
-                                l.to_string()
-                            };
-                            writeln!(out, "    {l}")?;
-                        }
+        }
+        if style.diff {
+            for c in &s.changes {
+                if let Some(d) = &c.diff {
+                    for l in d.lines() {
+                        let l = escape(l);
+                        let l = if !color {
+                            l.into_owned()
+                        } else if l.starts_with('+') && !l.starts_with("+++") {
+                            paint("32", &l)
+                        } else if l.starts_with('-') && !l.starts_with("---") {
+                            paint("31", &l)
+                        } else {
+                            l.into_owned()
+                        };
+                        writeln!(out, "    {l}")?;
                     }
                 }
             }
         }
+        Ok(())
+    }
+
+    /// What comes after the steps: the totals, verification, drift, an interruption.
+    pub fn render_summary(&self, out: &mut dyn Write, style: &TextStyle) -> std::io::Result<()> {
+        let paint = |code: &str, text: &str| paint(style.color, code, text);
+        let dry = self.mode.dry_run();
         let mut parts = Vec::new();
-        for (o, n) in [
-            (Outcome::Created, self.count(Outcome::Created)),
-            (Outcome::Updated, self.count(Outcome::Updated)),
-            (Outcome::Removed, self.count(Outcome::Removed)),
-            (Outcome::Unchanged, self.count(Outcome::Unchanged)),
-            (Outcome::Failed, self.count(Outcome::Failed)),
-            (Outcome::NotRun, self.count(Outcome::NotRun)),
+        for o in [
+            Outcome::Created,
+            Outcome::Updated,
+            Outcome::Removed,
+            Outcome::Unchanged,
+            Outcome::Failed,
+            Outcome::Interrupted,
+            Outcome::NotRun,
         ] {
+            let n = self.count(o);
             if n > 0 {
                 parts.push(format!(
                     "{n} {}",
@@ -488,19 +651,22 @@ impl Report {
         };
         writeln!(
             out,
-            "{} {} steps: {}; {} changes in {:.2} s",
+            "{} {}: {}; {} in {:.2} s",
             verb,
-            self.steps.len(),
+            count(self.steps.len() as u64, "step", "steps"),
             if parts.is_empty() {
                 "nothing to do".into()
             } else {
                 parts.join(", ")
             },
-            self.change_count(),
+            count(self.change_count() as u64, "change", "changes"),
             self.duration.as_secs_f64()
         )?;
         if let Some(f) = &self.fault {
             writeln!(out, "{}", paint("31;1", &format!("error: {f}")))?;
+        }
+        if let Some(i) = &self.interrupted {
+            writeln!(out, "{}", paint("33;1", &i.sentence(dry)))?;
         }
         if let Some(v) = &self.verify {
             if v.ok {
@@ -525,7 +691,9 @@ impl Report {
                             "31;1",
                             &format!(
                                 "NOT VERIFIED: the second run failed at step {} ({}): {}",
-                                e.step, e.name, e.message
+                                e.step,
+                                escape(&e.name),
+                                escape_text(&e.message)
                             )
                         )
                     )?;
@@ -535,9 +703,9 @@ impl Report {
                         out,
                         "  step {} ({}): {} {}",
                         c.step,
-                        c.name,
+                        escape(&c.name),
                         c.change.kind.as_str(),
-                        c.change.path
+                        escape(&c.change.path)
                     )?;
                 }
             }
@@ -546,8 +714,8 @@ impl Report {
             if self.changed() {
                 writeln!(
                     out,
-                    "drift: {} changes pending (exit {})",
-                    self.change_count(),
+                    "drift: {} pending (exit {})",
+                    count(self.change_count() as u64, "change", "changes"),
                     exit::DRIFT
                 )?;
             } else {
@@ -556,6 +724,42 @@ impl Report {
         }
         Ok(())
     }
+}
+
+/// How text is shown.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TextStyle {
+    pub color: bool,
+    /// List every change under its step.
+    pub verbose: bool,
+    /// Show the unified diff of every file that changes.
+    pub diff: bool,
+}
+
+fn paint(color: bool, code: &str, text: &str) -> String {
+    if color {
+        format!("\x1b[{code}m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
+/// `n` with thousands separated: `8,448`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `n` and the noun that fits it: `1 step`, `2 steps`, `1,000 records`.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{} {}", thousands(n), if n == 1 { one } else { many })
 }
 
 /// A plan error as a compiler shows one: file, line and column, the line with a caret, the
@@ -573,12 +777,18 @@ fn render_plan_error(out: &mut dyn Write, e: &PlanErrorReport, color: bool) -> s
         (Some(l), None) => format!("{}:{l}", e.file),
         _ => e.file.clone(),
     };
-    writeln!(out, "{}: {at}: {}", red("error"), e.message)?;
+    writeln!(
+        out,
+        "{}: {}: {}",
+        red("error"),
+        escape(&at),
+        escape_text(&e.message)
+    )?;
     if let Some(x) = &e.excerpt {
-        write!(out, "{x}")?;
+        write!(out, "{}", escape_text(x))?;
     }
     if let Some(h) = &e.hint {
-        writeln!(out, "  = hint: {h}")?;
+        writeln!(out, "  = hint: {}", escape_text(h))?;
     }
     Ok(())
 }

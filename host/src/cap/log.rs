@@ -1,92 +1,156 @@
 //! The log capability: the guest's messages and progress, routed by the host.
 //!
-//! Messages go to `tracing` (shown with `-v` or `RUST_LOG`). Progress is drawn as one line on
-//! standard error only when it is a terminal and the report is text, and at most ten times a
-//! second; CI logs and JSON output get nothing extra.
+//! Messages go to `tracing` (shown with `-v` or `RUST_LOG`), their control characters escaped
+//! so a guest cannot drive the terminal. Progress goes into the run's [`Progress`], a meter
+//! the guest's calls, the checkpoint store and the plan loop write into and the command line's
+//! display reads from its own thread (a bar on a terminal, a heartbeat line in CI logs,
+//! progress events in NDJSON): a guest inside one long host call, or a plugin being compiled,
+//! still gets its heartbeat. Nothing here draws.
 
-use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::bindings::log::{Host, Level};
+use crate::term::escape_text;
 
-/// What the `log` interface sees of the store: the run's progress display.
+/// What the `log` interface sees of the store: the run's progress meter.
 pub struct LogView<'a> {
-    pub progress: &'a mut Progress,
+    pub progress: &'a Progress,
 }
 
-/// Progress display state for the current step.
-pub struct Progress {
-    enabled: bool,
-    label: String,
+/// The running step's meter, shared between the run and whoever shows it. Cloning shares it.
+#[derive(Clone, Default)]
+pub struct Progress(Arc<Mutex<Option<StepMeter>>>);
+
+struct StepMeter {
+    index: usize,
+    name: String,
     started: Instant,
-    last_draw: Option<Instant>,
-    drawn: bool,
+    done: u64,
+    total: u64,
+    skipped: u64,
+    checkpointed: u64,
+    note: Option<&'static str>,
+}
+
+/// What the meter says of the running step at one moment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reading {
+    /// The step's index (from 1) and name.
+    pub index: usize,
+    pub name: String,
+    pub elapsed: Duration,
+    /// The guest's count of items done and its total (0 when unknown); for the standard
+    /// operations, records read (skipped ones too) and an estimate from the bytes read.
+    pub done: u64,
+    pub total: u64,
+    /// Keys the checkpoint answered as done already (records skipped on a resume).
+    pub skipped: u64,
+    /// Keys marked done by this step so far (what an interrupt keeps).
+    pub checkpointed: u64,
+    /// What the host is doing for the step, when that is what takes the time (loading a
+    /// plugin's component, which may mean compiling it).
+    pub note: Option<&'static str>,
+}
+
+impl Reading {
+    /// Items per second among those actually worked on: skipped records are counted out, so
+    /// the rate after a resume is not inflated by records that cost nothing.
+    pub fn rate(&self) -> f64 {
+        let worked = self.done.saturating_sub(self.skipped) as f64;
+        worked / self.elapsed.as_secs_f64().max(1e-3)
+    }
+
+    /// The time left at the current rate, when the total is known and work has started.
+    pub fn eta(&self) -> Option<Duration> {
+        let rate = self.rate();
+        if self.total == 0 || rate <= 0.0 {
+            return None;
+        }
+        let left = self.total.saturating_sub(self.done) as f64;
+        Some(Duration::from_secs_f64(left / rate))
+    }
 }
 
 impl Progress {
-    /// Progress drawing, on when `wanted` and standard error is a terminal.
-    pub fn new(wanted: bool) -> Self {
-        Progress {
-            enabled: wanted && std::io::stderr().is_terminal(),
-            label: String::new(),
-            started: Instant::now(),
-            last_draw: None,
-            drawn: false,
-        }
+    fn with<R>(&self, f: impl FnOnce(&mut Option<StepMeter>) -> R) -> R {
+        // A poisoned meter only means a display thread panicked: the counts are still fine.
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut m)
     }
 
-    /// A new step starts.
-    pub fn start(&mut self, label: &str) {
-        self.label = label.to_string();
-        self.started = Instant::now();
-        self.last_draw = None;
+    /// Step `index` (from 1) called `name` starts.
+    pub fn start(&self, index: usize, name: &str) {
+        self.with(|m| {
+            *m = Some(StepMeter {
+                index,
+                name: name.to_string(),
+                started: Instant::now(),
+                done: 0,
+                total: 0,
+                skipped: 0,
+                checkpointed: 0,
+                note: None,
+            })
+        });
     }
 
-    fn update(&mut self, done: u64, total: u64) {
-        if !self.enabled {
-            return;
-        }
-        let now = Instant::now();
-        // Nothing for quick steps; then at most ten frames a second.
-        if now.duration_since(self.started) < Duration::from_millis(300)
-            || self
-                .last_draw
-                .is_some_and(|t| now.duration_since(t) < Duration::from_millis(100))
-        {
-            return;
-        }
-        self.last_draw = Some(now);
-        let secs = now.duration_since(self.started).as_secs_f64().max(1e-3);
-        let rate = done as f64 / secs;
-        let line = if total > 0 {
-            let pct = (done as f64 / total as f64 * 100.0).min(100.0);
-            let filled = (pct / 5.0) as usize;
-            format!(
-                "{} [{}{}] {done}/{total} {pct:.0}% {rate:.0}/s",
-                self.label,
-                "#".repeat(filled),
-                "-".repeat(20 - filled.min(20))
-            )
-        } else {
-            format!("{} {done} {rate:.0}/s", self.label)
-        };
-        let mut err = std::io::stderr().lock();
-        let _ = write!(err, "\r\x1b[2K{line}");
-        let _ = err.flush();
-        self.drawn = true;
+    /// The step ended: its last reading, and nothing running until the next starts.
+    pub fn finish(&self) -> Option<Reading> {
+        let last = self.read();
+        self.with(|m| *m = None);
+        last
     }
 
-    /// Clear the line when the step ends.
-    pub fn finish(&mut self) {
-        if self.drawn {
-            let _ = write!(std::io::stderr(), "\r\x1b[2K");
-            self.drawn = false;
-        }
+    /// The running step, if one is.
+    pub fn read(&self) -> Option<Reading> {
+        self.with(|m| {
+            m.as_ref().map(|s| Reading {
+                index: s.index,
+                name: s.name.clone(),
+                elapsed: s.started.elapsed(),
+                done: s.done,
+                total: s.total,
+                skipped: s.skipped,
+                checkpointed: s.checkpointed,
+                note: s.note,
+            })
+        })
+    }
+
+    /// The guest's own count.
+    pub fn update(&self, done: u64, total: u64) {
+        self.with(|m| {
+            if let Some(s) = m {
+                s.done = done;
+                s.total = total;
+            }
+        });
+    }
+
+    /// Say what the host is doing for the running step (`None`: that is over).
+    pub fn note(&self, note: Option<&'static str>) {
+        self.with(|m| {
+            if let Some(s) = m {
+                s.note = note;
+            }
+        });
+    }
+
+    /// The checkpoint answered `skipped` keys as done and took `marked` new marks.
+    pub fn count_checkpoints(&self, skipped: u64, marked: u64) {
+        self.with(|m| {
+            if let Some(s) = m {
+                s.skipped += skipped;
+                s.checkpointed += marked;
+            }
+        });
     }
 }
 
 impl Host for LogView<'_> {
     fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        let message = escape_text(&message);
         match level {
             Level::Trace => tracing::trace!(target: "idem::guest", "{message}"),
             Level::Debug => tracing::debug!(target: "idem::guest", "{message}"),
@@ -100,5 +164,40 @@ impl Host for LogView<'_> {
     fn progress(&mut self, done: u64, total: u64) -> wasmtime::Result<()> {
         self.progress.update(done, total);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_leaves_skipped_records_out_and_the_eta_needs_a_total() {
+        let r = Reading {
+            index: 1,
+            name: "each".into(),
+            elapsed: Duration::from_secs(10),
+            done: 1_500,
+            total: 3_500,
+            skipped: 1_000,
+            checkpointed: 500,
+            note: None,
+        };
+        assert_eq!(r.rate(), 50.0);
+        assert_eq!(r.eta(), Some(Duration::from_secs(40)));
+        assert_eq!(Reading { total: 0, ..r }.eta(), None);
+    }
+
+    #[test]
+    fn a_finished_step_reads_as_nothing_running() {
+        let p = Progress::default();
+        p.start(2, "each data.csv");
+        p.update(10, 100);
+        p.count_checkpoints(3, 7);
+        let last = p.finish().expect("a reading");
+        assert_eq!((last.done, last.total, last.skipped), (10, 100, 3));
+        assert_eq!(p.read(), None);
+        p.update(11, 100);
+        assert_eq!(p.read(), None, "an update after the end is dropped");
     }
 }

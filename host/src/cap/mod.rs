@@ -55,4 +55,7 @@ pub trait PathProbe {
 
     /// Show the database a dry run writes in its private `copy` as the file at `path`.
     fn mirror(&mut self, path: &RelPath, copy: Arc<PathBuf>);
+
+    /// Stop showing a database a dry run created at `path` (its step failed).
+    fn unmirror(&mut self, path: &RelPath);
 }

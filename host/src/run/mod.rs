@@ -10,6 +10,7 @@
 mod cache;
 mod engine;
 mod failure;
+mod interrupt;
 mod plan;
 mod plugin;
 mod stderr;
@@ -22,11 +23,13 @@ use anyhow::{Context, Result, anyhow};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
+use crate::bindings::plan::StepInfo;
 use crate::bindings::report::StepReport as GuestReport;
 use crate::bindings::standard;
 use crate::bindings::types::Datetime;
+use crate::cap::log::Progress;
 use crate::policy::{Mode, Policy};
-use crate::report::StepFailure;
+use crate::report::{Report, StepFailure};
 pub use cache::Cache;
 use store::{Ctx, RunState, new_store};
 
@@ -48,7 +51,8 @@ pub struct RunConfig {
     pub state_path: PathBuf,
     pub now: Datetime,
     pub diff: bool,
-    pub progress: bool,
+    /// The running step's meter, which the caller may show (it is written in any case).
+    pub progress: Progress,
     pub lock_timeout: Duration,
     /// Per plugin step.
     pub plugin_timeout: Duration,
@@ -57,6 +61,26 @@ pub struct RunConfig {
     pub memory: usize,
     pub verify: bool,
 }
+
+/// What the plan loop tells as it goes, for output a person or a tool can follow live. Each
+/// call comes from the thread running the plan; none may fail the run. Only the recorded run
+/// tells (not the second, checking run of `apply --verify`).
+pub trait Events {
+    /// The run is recorded and its plan loaded: `report` has its mode, plan, root and whether
+    /// it resumes an interrupted run; `steps` is how many steps it has.
+    fn run_started(&mut self, _report: &Report, _steps: usize) {}
+    /// Step `index` (from 1) of `steps` starts.
+    fn step_started(&mut self, _index: usize, _steps: usize, _info: &StepInfo) {}
+    /// A step finished: it is the last of `report.steps`.
+    fn step_finished(&mut self, _report: &Report) {}
+    /// `apply --verify`'s second, checking run starts: its steps are metered (so a long one
+    /// still shows progress) but not told one by one.
+    fn verify_started(&mut self) {}
+}
+
+/// Events nobody follows.
+pub struct NoEvents;
+impl Events for NoEvents {}
 
 /// What running one step gave: the guest's report, or why the step failed.
 type StepEnd = std::result::Result<GuestReport, StepFailure>;
@@ -67,6 +91,8 @@ pub struct Host {
     linker: Linker<Ctx>,
     standard: Component,
     cache: Option<Cache>,
+    /// The meter of the running step, told while a plugin's component loads.
+    progress: Progress,
 }
 
 impl Host {
@@ -87,11 +113,25 @@ impl Host {
             linker,
             standard,
             cache,
+            progress: Progress::default(),
         })
     }
 
+    /// The meter the runs of this host write into: give it to [`RunConfig::progress`] and
+    /// it also tells when a plugin step's time goes to loading its component.
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
+    }
+
     fn load_component(&self, bytes: &[u8], content_hash: &str) -> Result<Component> {
-        cache::load_component(&self.engine, self.cache.as_ref(), bytes, content_hash)
+        // A cold compile of a large component (Python, JS) takes seconds to a minute: say so
+        // rather than show a step that seems stuck.
+        self.progress.note(Some(
+            "loading the component (compiled on its first run; cached afterwards)",
+        ));
+        let loaded = cache::load_component(&self.engine, self.cache.as_ref(), bytes, content_hash);
+        self.progress.note(None);
+        loaded
     }
 
     /// The plan format's JSON Schema, from the standard guest.
@@ -102,7 +142,7 @@ impl Host {
             Mode::Plan,
             cfg.now,
             false,
-            false,
+            Progress::default(),
         )?;
         let mut store = new_store(&self.engine, run, Policy::new(Mode::Plan));
         let guest = standard::Standard::instantiate(&mut store, &self.standard, &self.linker)

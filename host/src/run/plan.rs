@@ -9,26 +9,28 @@ use anyhow::{Context, Result, anyhow};
 
 use super::failure::describe_trap;
 use super::store::{RunState, new_store};
-use super::{Host, RunConfig, StepEnd};
+use super::{Events, Host, NoEvents, RunConfig, StepEnd};
 use crate::bindings::plan::{PluginCall, StepInfo};
 use crate::bindings::standard;
+use crate::cap::log::Reading;
 use crate::change::Outcome;
 use crate::policy::{Mode, Policy};
 use crate::report::{
-    FailureKind, PlanErrorReport, Report, StepFailure, StepResult, Verify, VerifyChange,
-    VerifyError,
+    FailureKind, Interrupted, PlanErrorReport, Report, StepFailure, StepResult, Verify,
+    VerifyChange, VerifyError,
 };
 use crate::state::lock::{RunLock, lock_path};
 
 impl Host {
     /// Run a plan: lock, load, run every step, record, and (with `verify`) prove that a
     /// second run would change nothing.
-    pub fn run_plan(&self, cfg: &RunConfig) -> Result<Report> {
+    pub fn run_plan(&self, cfg: &RunConfig, events: &mut dyn Events) -> Result<Report> {
         let started = Instant::now();
         let _lock = lock(cfg)?;
-        let mut report = self.run_once(cfg, cfg.mode, true)?;
+        let mut report = self.run_once(cfg, cfg.mode, Some(&mut *events))?;
         if cfg.verify && cfg.mode == Mode::Apply && report.ok() {
-            let second = self.run_once(cfg, Mode::Plan, false)?;
+            events.verify_started();
+            let second = self.run_once(cfg, Mode::Plan, None)?;
             let mut changes = Vec::new();
             let mut errors = Vec::new();
             for step in &second.steps {
@@ -57,14 +59,24 @@ impl Host {
         Ok(report)
     }
 
-    fn run_once(&self, cfg: &RunConfig, mode: Mode, record: bool) -> Result<Report> {
+    /// One pass over the plan; `events` (the recorded run's) is told as it goes, and the run
+    /// is recorded in the state store only then.
+    fn run_once(
+        &self,
+        cfg: &RunConfig,
+        mode: Mode,
+        events: Option<&mut dyn Events>,
+    ) -> Result<Report> {
+        let record = events.is_some();
+        let mut quiet = NoEvents;
+        let events = events.unwrap_or(&mut quiet);
         let mut run = RunState::open(
             &cfg.root,
             &cfg.state_path,
             mode,
             cfg.now,
             cfg.diff,
-            cfg.progress,
+            cfg.progress.clone(),
         )?;
         let mut report = Report::new(mode, &cfg.plan_name, &cfg.root);
         if record {
@@ -76,12 +88,21 @@ impl Host {
         let guest = standard::Standard::instantiate(&mut store, &self.standard, &self.linker)
             .map_err(|e| anyhow!(e))
             .context("instantiating the standard operations")?;
-        let loaded = guest
-            .idem_plugin_plan()
-            .call_load(&mut store, &cfg.plan_source, &cfg.plan_name)
-            .map_err(|e| {
-                anyhow!(describe_trap(&e, store.data(), "the plan loader", false).message)
-            })?;
+        let loaded =
+            guest
+                .idem_plugin_plan()
+                .call_load(&mut store, &cfg.plan_source, &cfg.plan_name);
+        let loaded = match loaded {
+            Ok(l) => l,
+            Err(_) if crate::signal::requested().is_some() => {
+                Ok(Vec::new()) // stopped while loading: the interruption below says so
+            }
+            Err(e) => {
+                return Err(anyhow!(
+                    describe_trap(&e, store.data(), "the plan loader", false).message
+                ));
+            }
+        };
         let steps = match loaded {
             Ok(steps) => steps,
             Err(e) => {
@@ -91,21 +112,30 @@ impl Host {
                     e,
                 ));
                 if record {
-                    store.data_mut().run().state.finish_run("plan-error", 0)?;
+                    let failure = report.failure();
+                    let state = &mut store.data_mut().run().state;
+                    state.finish_run("plan-error", 0, failure.as_ref())?;
                 }
                 return Ok(report);
             }
         };
+        events.run_started(&report, steps.len());
         let mut stopped = false;
         for (i, info) in steps.iter().enumerate() {
             let mut step = StepResult::new(i + 1, info);
-            if stopped {
+            if stopped || crate::signal::requested().is_some() {
+                if !stopped {
+                    report.interrupted = interruption(&report, None);
+                    stopped = true;
+                }
                 step.outcome = Outcome::NotRun;
                 report.steps.push(step);
                 continue;
             }
+            events.step_started(i + 1, steps.len(), info);
             let t = Instant::now();
-            store.data_mut().run().progress.start(&info.name);
+            let progress = cfg.progress.clone();
+            progress.start(i + 1, &info.name);
             let result = match &info.plugin {
                 Some(call) => {
                     let run = store.data_mut().take_run();
@@ -125,8 +155,11 @@ impl Host {
                 },
             };
             let run = store.data_mut().run();
-            run.progress.finish();
             stopped |= finish_step(run, &mut step, result, t);
+            let last = progress.finish();
+            if crate::signal::requested().is_some() && !stopped_cleanly(&step) {
+                interrupt_step(&mut step);
+            }
             if record && let Err(e) = run.state.journal(step.index, &step.name, &step.changes) {
                 // What the step did is done and reported; what cannot be recorded stops the
                 // run here, naming the store and the step.
@@ -136,12 +169,22 @@ impl Host {
                 );
                 stopped = true;
             }
+            let in_step = step.outcome == Outcome::Interrupted;
             report.steps.push(step);
+            if in_step {
+                report.interrupted = interruption(&report, last);
+                stopped = true;
+            }
+            events.step_finished(&report);
+        }
+        if steps.is_empty() && crate::signal::requested().is_some() {
+            report.interrupted = interruption(&report, None);
         }
         if record {
-            let outcome = if report.ok() { "ok" } else { "failed" };
+            let failure = report.failure();
             let n = report.change_count();
-            if let Err(e) = store.data_mut().run().state.finish_run(outcome, n) {
+            let state = &mut store.data_mut().run().state;
+            if let Err(e) = state.finish_run(run_outcome(&report), n, failure.as_ref()) {
                 report.fault = Some(format!("{e:#}"));
             }
         }
@@ -149,7 +192,12 @@ impl Host {
     }
 
     /// Run one plugin component as a whole run (`idem run`).
-    pub fn run_plugin_file(&self, cfg: &RunConfig, call: PluginCall) -> Result<Report> {
+    pub fn run_plugin_file(
+        &self,
+        cfg: &RunConfig,
+        call: PluginCall,
+        events: &mut dyn Events,
+    ) -> Result<Report> {
         let started = Instant::now();
         let _lock = lock(cfg)?;
         let mut run = RunState::open(
@@ -158,7 +206,7 @@ impl Host {
             cfg.mode,
             cfg.now,
             cfg.diff,
-            cfg.progress,
+            cfg.progress.clone(),
         )?;
         let mut report = Report::new(cfg.mode, &cfg.plan_name, &cfg.root);
         begin_run(&mut run, cfg, cfg.mode, &mut report)?;
@@ -169,25 +217,92 @@ impl Host {
             location: None,
             plugin: Some(call.clone()),
         };
+        events.run_started(&report, 1);
         let mut step = StepResult::new(1, &info);
+        events.step_started(1, 1, &info);
         let t = Instant::now();
+        cfg.progress.start(1, &info.name);
         let (mut run, result) = self.run_plugin(run, &call, cfg);
         finish_step(&mut run, &mut step, result, t);
+        let last = cfg.progress.finish();
+        if crate::signal::requested().is_some() && !stopped_cleanly(&step) {
+            interrupt_step(&mut step);
+        }
         if let Err(e) = run.state.journal(1, &step.name, &step.changes) {
             step.fail(
                 StepFailure::new(FailureKind::Host, format!("{e:#}")),
                 Vec::new(),
             );
         }
+        let in_step = step.outcome == Outcome::Interrupted;
         report.steps.push(step);
-        let outcome = if report.ok() { "ok" } else { "failed" };
+        if in_step {
+            report.interrupted = interruption(&report, last);
+        }
+        events.step_finished(&report);
+        let failure = report.failure();
         let n = report.change_count();
-        if let Err(e) = run.state.finish_run(outcome, n) {
+        if let Err(e) = run
+            .state
+            .finish_run(run_outcome(&report), n, failure.as_ref())
+        {
             report.fault = Some(format!("{e:#}"));
         }
         report.duration = started.elapsed();
         Ok(report)
     }
+}
+
+/// The outcome history records.
+fn run_outcome(report: &Report) -> &'static str {
+    if report.interrupted.is_some() {
+        "interrupted"
+    } else if report.ok() {
+        "ok"
+    } else {
+        "failed"
+    }
+}
+
+/// Whether a step that ended after a signal arrived ended on its own: it returned its
+/// report, so the signal only stops the run before the next step. A step the signal cut
+/// short failed with the epoch trap instead.
+fn stopped_cleanly(step: &StepResult) -> bool {
+    step.error_kind != Some(FailureKind::Limit) && step.error_kind != Some(FailureKind::Trap)
+}
+
+/// A step cut short by a signal: interrupted, not failed (what it changed is still reported,
+/// its checkpoints were flushed by `finish_step`).
+fn interrupt_step(step: &mut StepResult) {
+    let signal = crate::signal::requested().unwrap_or(libc::SIGINT);
+    step.outcome = Outcome::Interrupted;
+    step.error = Some(format!("stopped by {}", crate::signal::name(signal)));
+    step.error_kind = Some(FailureKind::Interrupted);
+    step.error_cause = None;
+}
+
+/// The interruption as the report keeps it: in the last step of `report` when `last` (that
+/// step's last meter reading) is given, else between steps.
+fn interruption(report: &Report, last: Option<Reading>) -> Option<Interrupted> {
+    let signal = crate::signal::requested()?;
+    let done_steps = report
+        .steps
+        .iter()
+        .filter(|s| !matches!(s.outcome, Outcome::NotRun | Outcome::Interrupted))
+        .count();
+    let step = report
+        .steps
+        .last()
+        .filter(|s| s.outcome == Outcome::Interrupted);
+    Some(Interrupted {
+        signal,
+        step: step.map(|s| s.index),
+        name: step.map(|s| s.name.clone()),
+        steps_done: done_steps,
+        done: last.as_ref().map_or(0, |r| r.done),
+        total: last.as_ref().map_or(0, |r| r.total),
+        checkpointed: last.as_ref().map_or(0, |r| r.checkpointed),
+    })
 }
 
 /// Take the run lock: exclusive for an apply, shared for a dry run.
@@ -232,6 +347,9 @@ fn finish_step(
     started: Instant,
 ) -> bool {
     let left_open = run.dbs.abandon_open_transactions();
+    if result.is_err() {
+        run.dbs.discard_failed_creations(&mut run.fs);
+    }
     let flushed = run.state.flush();
     let mut changes = run.fs.take_changes();
     changes.extend(run.dbs.take_changes());

@@ -106,7 +106,7 @@ impl Host {
         // A statement interrupted at the deadline comes back to the guest as an error it may
         // report as its own: the step ran out of time all the same.
         let result = match result {
-            Err(f) if step_dbs.interrupted() && f.kind != FailureKind::Limit => Err(time_limit(
+            Err(_) if step_dbs.interrupted() => Err(time_limit(
                 &what,
                 Some(cfg.plugin_timeout),
                 Some("an SQL statement"),

@@ -15,7 +15,7 @@ use wasmtime::component::{HasData, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::engine::{EPOCH_TICK, Limiter};
+use super::engine::Limiter;
 use super::stderr::TailPipe;
 use crate::bindings::types::Datetime;
 use crate::bindings::{checkpoint, clock, fs, log, policy, report, sqlite, types};
@@ -47,13 +47,13 @@ impl RunState {
         mode: Mode,
         now: Datetime,
         diffs: bool,
-        progress: bool,
+        progress: Progress,
     ) -> Result<Self> {
         let dir = cap_std::fs::Dir::open_ambient_dir(root, cap_std::ambient_authority())
             .with_context(|| format!("opening the root {}", root.display()))?;
         let in_state_dir = refuse_linked_state_dir(root, state_path)?;
         let (sink, backing): (Box<dyn Sink + Send>, Backing) = if mode.dry_run() {
-            (Box::new(Overlay::new(now)), Backing::PrivateCopy)
+            (Box::new(Overlay::new()), Backing::PrivateCopy)
         } else {
             (Box::new(Disk::default()), Backing::File)
         };
@@ -63,8 +63,8 @@ impl RunState {
         Ok(RunState {
             fs,
             dbs: Databases::new(root.to_path_buf(), backing),
-            state,
-            progress: Progress::new(progress),
+            state: state.metered(progress.clone()),
+            progress,
             now,
         })
     }
@@ -181,7 +181,7 @@ impl Ctx {
 
     pub fn log_view(&mut self) -> LogView<'_> {
         LogView {
-            progress: &mut self.run().progress,
+            progress: &self.run().progress,
         }
     }
 
@@ -295,12 +295,7 @@ pub fn new_store(engine: &Engine, run: RunState, policy: Policy) -> Store<Ctx> {
     };
     let mut store = Store::new(engine, ctx);
     store.limiter(|c| &mut c.limiter);
-    let ticks = match limits.time {
-        Some(t) => (t.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64,
-        None => u64::MAX / 2,
-    };
-    store.set_epoch_deadline(ticks);
-    store.epoch_deadline_trap();
+    super::interrupt::arm(&mut store, limits.time);
     store
 }
 

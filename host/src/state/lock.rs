@@ -126,6 +126,13 @@ fn wait_for(file: &File, timeout: Duration, shared: bool, path: &Path, root: &Pa
             }
         }
         let holder = read_holder(path);
+        if let Some(signal) = crate::signal::requested() {
+            bail!(
+                "stopped by {} while waiting for another idem run on root {} ({holder}); nothing was done",
+                crate::signal::name(signal),
+                root.display()
+            );
+        }
         if start.elapsed() >= timeout {
             bail!(
                 "another idem run holds the lock on root {} ({holder}); waited {} s. \
@@ -134,9 +141,12 @@ fn wait_for(file: &File, timeout: Duration, shared: bool, path: &Path, root: &Pa
                 timeout.as_secs()
             );
         }
+        // One message, whatever the log level: a person waiting must know why.
         if !announced {
-            tracing::warn!("waiting for another idem run on this root ({holder})");
-            eprintln!("idem: waiting for another run on this root ({holder})");
+            eprintln!(
+                "idem: waiting for another run on this root ({holder}), up to {} s",
+                timeout.as_secs()
+            );
             announced = true;
         }
         std::thread::sleep(Duration::from_millis(100));

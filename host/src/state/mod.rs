@@ -14,10 +14,11 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
 use crate::cap::checkpoint::Marks;
+use crate::cap::log::Progress;
 use crate::change::Change;
 
 pub mod lock;
@@ -65,6 +66,57 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 ) WITHOUT ROWID;
 ";
 
+/// The schema's changes since the first release, in order; `PRAGMA user_version` counts those
+/// applied. Each only adds (columns with `ALTER TABLE`), so a store written by an older idem
+/// opens as it is and an older idem can still read a newer store.
+const MIGRATIONS: &[&str] = &[
+    // 1: why a run failed, and at which step ("what broke last night").
+    "ALTER TABLE runs ADD COLUMN error TEXT;
+     ALTER TABLE runs ADD COLUMN failed_step INTEGER;
+     ALTER TABLE runs ADD COLUMN failed_step_name TEXT;",
+];
+
+/// Apply the migrations `c` has not had, in one transaction.
+fn migrate(c: &mut Connection, path: &Path) -> Result<()> {
+    let tx = c.transaction()?;
+    let version: usize = tx.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.execute_batch(m).with_context(|| {
+            format!(
+                "upgrading the state store {} to version {}",
+                path.display(),
+                i + 1
+            )
+        })?;
+    }
+    if version < MIGRATIONS.len() {
+        tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Why a run did not succeed, as history keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RunFailure {
+    /// For a person: the step's error, its first failed record, or the plan's error.
+    pub error: String,
+    /// The step that failed (from 1) and its name, when one did.
+    pub step: Option<usize>,
+    pub step_name: Option<String>,
+}
+
+/// Which runs `history` lists.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryFilter {
+    /// At most this many, newest first; 0 for all.
+    pub limit: usize,
+    /// Only runs that did not succeed (failed, plan error, interrupted).
+    pub failed: bool,
+    /// Only runs started at or after this RFC 3339 UTC time.
+    pub since: Option<String>,
+}
+
 impl Marks for StateStore {
     fn done(&self, scope: &str, keys: &[String]) -> Result<Vec<bool>> {
         StateStore::done(self, scope, keys)
@@ -91,6 +143,8 @@ pub struct RunRecord {
     pub changes: Option<i64>,
     pub ci_run_id: Option<String>,
     pub ci_run_attempt: Option<String>,
+    /// Why the run failed (its error and failing step), or null.
+    pub failure: Option<RunFailure>,
     pub journal: Vec<JournalEntry>,
 }
 
@@ -121,6 +175,8 @@ pub struct StateStore {
     /// Under a dry run: scopes cleared during this run.
     cleared: HashSet<String>,
     pub run_id: Option<i64>,
+    /// The running step's meter, told of skipped keys and new marks.
+    progress: Progress,
 }
 
 /// An RFC 3339 UTC timestamp of now, for the store.
@@ -247,6 +303,8 @@ impl StateStore {
             c.execute_batch(SCHEMA).with_context(|| {
                 format!("creating the state store's tables in {}", path.display())
             })?;
+            let mut c = c;
+            migrate(&mut c, path)?;
             Some(c)
         };
         Ok(StateStore {
@@ -258,7 +316,14 @@ impl StateStore {
             pending_since: None,
             cleared: HashSet::new(),
             run_id: None,
+            progress: Progress::default(),
         })
+    }
+
+    /// Tell `progress` of the running step's checkpoint answers and marks.
+    pub fn metered(mut self, progress: Progress) -> Self {
+        self.progress = progress;
+        self
     }
 
     /// Record the start of a run; returns whether an earlier run was interrupted (it never
@@ -285,10 +350,21 @@ impl StateStore {
             return Ok(false);
         }
         let tx = c.transaction()?;
-        let interrupted = tx.execute(
+        let killed = tx.execute(
             "UPDATE runs SET outcome = 'interrupted' WHERE ended IS NULL AND outcome IS NULL",
             [],
         )?;
+        // A run stopped by a signal recorded its end, but this run resumes it all the same.
+        let stopped: bool = tx
+            .query_row(
+                "SELECT outcome = 'interrupted' FROM runs ORDER BY id DESC LIMIT 1",
+                [],
+                |r| r.get::<_, Option<bool>>(0),
+            )
+            .optional()?
+            .flatten()
+            .unwrap_or(false);
+        let interrupted = killed > 0 || stopped;
         tx.execute(
             "INSERT INTO runs (started, mode, plan, plan_hash, pid, host, ci_run_id, ci_run_attempt)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -307,26 +383,46 @@ impl StateStore {
         tx.commit()
             .with_context(|| format!("recording the run in {}", self.path.display()))?;
         self.run_id = Some(id);
-        Ok(interrupted > 0)
+        Ok(interrupted)
     }
 
-    /// Record the end of the run.
-    pub fn finish_run(&mut self, outcome: &str, changes: usize) -> Result<()> {
+    /// Record the end of the run, and why it failed when it did.
+    pub fn finish_run(
+        &mut self,
+        outcome: &str,
+        changes: usize,
+        failure: Option<&RunFailure>,
+    ) -> Result<()> {
         let path = self.path.clone();
-        self.finish_run_inner(outcome, changes).with_context(|| {
-            format!(
-                "recording the run's end in the state store {}",
-                path.display()
-            )
-        })
+        self.finish_run_inner(outcome, changes, failure)
+            .with_context(|| {
+                format!(
+                    "recording the run's end in the state store {}",
+                    path.display()
+                )
+            })
     }
 
-    fn finish_run_inner(&mut self, outcome: &str, changes: usize) -> Result<()> {
+    fn finish_run_inner(
+        &mut self,
+        outcome: &str,
+        changes: usize,
+        failure: Option<&RunFailure>,
+    ) -> Result<()> {
         self.flush()?;
         if let (Some(c), Some(id), false) = (&self.conn, self.run_id, self.dry_run) {
             c.execute(
-                "UPDATE runs SET ended = ?1, outcome = ?2, changes = ?3 WHERE id = ?4",
-                rusqlite::params![timestamp(), outcome, changes as i64, id],
+                "UPDATE runs SET ended = ?1, outcome = ?2, changes = ?3, error = ?4,
+                 failed_step = ?5, failed_step_name = ?6 WHERE id = ?7",
+                rusqlite::params![
+                    timestamp(),
+                    outcome,
+                    changes as i64,
+                    failure.map(|f| &f.error),
+                    failure.and_then(|f| f.step).map(|s| s as i64),
+                    failure.and_then(|f| f.step_name.as_ref()),
+                    id
+                ],
             )?;
         }
         Ok(())
@@ -387,7 +483,7 @@ impl StateStore {
             _ => None,
         };
         let buffered = self.marks.get(scope);
-        let out = keys
+        let out: Result<Vec<bool>> = keys
             .iter()
             .map(|k| {
                 if buffered.is_some_and(|b| b.contains(k)) {
@@ -403,6 +499,10 @@ impl StateStore {
         if let Some(tx) = tx {
             tx.commit()?;
         }
+        if let Ok(answers) = &out {
+            let skipped = answers.iter().filter(|&&d| d).count() as u64;
+            self.progress.count_checkpoints(skipped, 0);
+        }
         out
     }
 
@@ -412,13 +512,18 @@ impl StateStore {
             Some(b) => b,
             None => self.marks.entry(scope.to_string()).or_default(),
         };
+        let mut new = 0;
         for k in keys {
-            if buffered.insert(k.clone()) && !self.dry_run {
-                self.unwritten += 1;
-                self.pending_since
-                    .get_or_insert_with(std::time::Instant::now);
+            if buffered.insert(k.clone()) {
+                new += 1;
+                if !self.dry_run {
+                    self.unwritten += 1;
+                    self.pending_since
+                        .get_or_insert_with(std::time::Instant::now);
+                }
             }
         }
+        self.progress.count_checkpoints(0, new);
         let waited = self
             .pending_since
             .is_some_and(|t| t.elapsed() >= MARK_INTERVAL);
@@ -467,17 +572,46 @@ impl StateStore {
         Ok(())
     }
 
-    /// Recent runs, newest first, with their journals.
-    pub fn history(&self, limit: usize) -> Result<Vec<RunRecord>> {
+    /// Recent runs, newest first, with their journals, as `filter` selects them.
+    pub fn history(&self, filter: &HistoryFilter) -> Result<Vec<RunRecord>> {
         let Some(c) = &self.conn else {
             return Ok(Vec::new());
         };
-        let mut s = c.prepare(
-            "SELECT id, started, ended, mode, plan, outcome, changes, ci_run_id, ci_run_attempt
-             FROM runs ORDER BY id DESC LIMIT ?1",
-        )?;
+        // A store written before migration 1 (read without upgrading it: history opens it
+        // read-only) has no failure columns; its runs show none.
+        let has_failure: bool = c
+            .prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'error'")?
+            .exists([])?;
+        let failure_columns = if has_failure {
+            "error, failed_step, failed_step_name"
+        } else {
+            "NULL, NULL, NULL"
+        };
+        // A run without an end is shown as interrupted when nobody holds the lock (below), so
+        // `--failed` takes it in too; the lock decides afterwards.
+        let failed = if filter.failed {
+            "AND (outcome IS NULL OR outcome <> 'ok')"
+        } else {
+            ""
+        };
+        let since = if filter.since.is_some() {
+            "AND started >= ?2"
+        } else {
+            "AND ?2 IS NULL"
+        };
+        let limit = if filter.limit == 0 {
+            -1
+        } else {
+            filter.limit as i64
+        };
+        let mut s = c.prepare(&format!(
+            "SELECT id, started, ended, mode, plan, outcome, changes, ci_run_id, ci_run_attempt,
+                    {failure_columns}
+             FROM runs WHERE 1 {failed} {since} ORDER BY id DESC LIMIT ?1"
+        ))?;
         let mut runs = s
-            .query_map([limit as i64], |r| {
+            .query_map(rusqlite::params![limit, filter.since], |r| {
+                let error: Option<String> = r.get(9)?;
                 Ok(RunRecord {
                     id: r.get(0)?,
                     started: r.get(1)?,
@@ -488,6 +622,14 @@ impl StateStore {
                     changes: r.get(6)?,
                     ci_run_id: r.get(7)?,
                     ci_run_attempt: r.get(8)?,
+                    failure: match error {
+                        Some(error) => Some(RunFailure {
+                            error,
+                            step: r.get::<_, Option<i64>>(10)?.map(|s| s as usize),
+                            step_name: r.get(11)?,
+                        }),
+                        None => None,
+                    },
                     journal: Vec::new(),
                 })
             })?
@@ -495,9 +637,15 @@ impl StateStore {
         // A run that never recorded its end is either still going (it holds the run lock) or
         // was killed; the next apply marks it `interrupted`, and history says so already.
         let unfinished = |r: &RunRecord| r.ended.is_none() && r.outcome.is_none();
-        if runs.iter().any(unfinished) && !lock::is_held(&lock::lock_path(&self.path)) {
-            for r in runs.iter_mut().filter(|r| unfinished(r)) {
-                r.outcome = Some("interrupted".into());
+        if runs.iter().any(unfinished) {
+            if lock::is_held(&lock::lock_path(&self.path)) {
+                if filter.failed {
+                    runs.retain(|r| !unfinished(r));
+                }
+            } else {
+                for r in runs.iter_mut().filter(|r| unfinished(r)) {
+                    r.outcome = Some("interrupted".into());
+                }
             }
         }
         let mut j = c.prepare(
@@ -536,7 +684,7 @@ mod tests {
             let mut s = StateStore::open(&path, false).unwrap();
             s.begin_run("apply", "p", "h").unwrap();
             s.mark("scope", &["k".to_string()]).unwrap();
-            s.finish_run("ok", 0).unwrap();
+            s.finish_run("ok", 0, None).unwrap();
         }
         let listing = || {
             let mut v: Vec<_> = std::fs::read_dir(dir.path())
@@ -567,16 +715,29 @@ mod tests {
                 c.execute_batch(seed).unwrap();
             }
             let s = StateStore::open(&path, true).unwrap();
-            assert!(s.history(5).unwrap().is_empty(), "seed {seed:?}");
+            assert!(
+                s.history(&HistoryFilter {
+                    limit: 5,
+                    failed: false,
+                    since: None
+                })
+                .unwrap()
+                .is_empty(),
+                "seed {seed:?}"
+            );
             assert_eq!(s.done("x", &["k".into()]).unwrap(), [false]);
             drop(s);
             let mut s = StateStore::open(&path, false).unwrap();
             s.begin_run("apply", "p", "h").unwrap();
-            s.finish_run("ok", 0).unwrap();
+            s.finish_run("ok", 0, None).unwrap();
             assert_eq!(
                 StateStore::open(&path, true)
                     .unwrap()
-                    .history(5)
+                    .history(&HistoryFilter {
+                        limit: 5,
+                        failed: false,
+                        since: None
+                    })
                     .unwrap()
                     .len(),
                 1
@@ -598,6 +759,45 @@ mod tests {
     }
 
     #[test]
+    fn a_store_of_the_first_schema_is_read_as_it_is_and_upgraded_by_the_next_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.execute(
+                "INSERT INTO runs (started, ended, mode, plan, plan_hash, outcome, changes, pid, host)
+                 VALUES ('2026-01-01T00:00:00.000Z', '2026-01-01T00:00:01.000Z', 'apply', 'old.yml',
+                         'h', 'failed', 0, 1, 'x')",
+                [],
+            )
+            .unwrap();
+        }
+        let all = HistoryFilter::default();
+        let old = StateStore::open(&path, true)
+            .unwrap()
+            .history(&all)
+            .unwrap();
+        assert_eq!((old[0].plan.as_str(), &old[0].failure), ("old.yml", &None));
+        let mut s = StateStore::open(&path, false).unwrap();
+        s.begin_run("apply", "new.yml", "h").unwrap();
+        let failure = RunFailure {
+            error: "boom".into(),
+            step: Some(2),
+            step_name: Some("file x".into()),
+        };
+        s.finish_run("failed", 0, Some(&failure)).unwrap();
+        let failed = HistoryFilter {
+            failed: true,
+            ..Default::default()
+        };
+        let runs = s.history(&failed).unwrap();
+        assert_eq!(runs.len(), 2, "both failed runs, old and new");
+        assert_eq!(runs[0].failure.as_ref(), Some(&failure));
+        assert_eq!(runs[1].plan, "old.yml");
+    }
+
+    #[test]
     fn formats_unix_time_as_rfc3339() {
         assert_eq!(format_time(0, 0), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_time(951_782_400, 5), "2000-02-29T00:00:00.005Z");
@@ -614,7 +814,7 @@ mod tests {
             s.begin_run("apply", "idem.yml", "h").unwrap();
             s.mark("scope", &keys[..1]).unwrap();
             assert_eq!(s.done("scope", &keys).unwrap(), [true, false]);
-            s.finish_run("ok", 0).unwrap();
+            s.finish_run("ok", 0, None).unwrap();
         }
         let before = std::fs::read(&path).unwrap();
         {
@@ -624,7 +824,7 @@ mod tests {
             assert_eq!(s.done("scope", &keys).unwrap(), [true, true]);
             s.clear("scope").unwrap();
             assert_eq!(s.done("scope", &keys).unwrap(), [false, false]);
-            s.finish_run("ok", 0).unwrap();
+            s.finish_run("ok", 0, None).unwrap();
         }
         assert_eq!(std::fs::read(&path).unwrap(), before);
         let s = StateStore::open(&path, false).unwrap();
@@ -640,7 +840,7 @@ mod tests {
         drop(s);
         let mut s = StateStore::open(&path, false).unwrap();
         assert!(s.begin_run("apply", "p", "h").unwrap());
-        let h = s.history(10).unwrap();
+        let h = s.history(&HistoryFilter::default()).unwrap();
         assert_eq!(h[1].outcome.as_deref(), Some("interrupted"));
     }
 
@@ -657,10 +857,27 @@ mod tests {
         let mut s = StateStore::open(&path, false).unwrap();
         s.begin_run("apply", "p", "h").unwrap();
         let reader = StateStore::open(&path, true).unwrap();
-        assert_eq!(reader.history(1).unwrap()[0].outcome, None, "still going");
+        assert_eq!(
+            reader
+                .history(&HistoryFilter {
+                    limit: 1,
+                    ..Default::default()
+                })
+                .unwrap()[0]
+                .outcome,
+            None,
+            "still going"
+        );
         drop(lock);
         assert_eq!(
-            reader.history(1).unwrap()[0].outcome.as_deref(),
+            reader
+                .history(&HistoryFilter {
+                    limit: 1,
+                    ..Default::default()
+                })
+                .unwrap()[0]
+                .outcome
+                .as_deref(),
             Some("interrupted")
         );
     }

@@ -499,3 +499,70 @@ fn completions_and_the_man_page_come_from_the_cli_definition() {
     r.code(0).says("apply").says("--lock-timeout");
     t.idem(&["man"]).code(0).says(".TH idem").says("check");
 }
+
+/// Issue 14: the atomic replace kept neither owner nor group: as root over /etc, an
+/// `app:app 0640` config became `root:root`.
+#[test]
+fn a_rewritten_file_keeps_its_owner_and_group() {
+    use std::os::unix::fs::MetadataExt;
+    let t = Env::new();
+    t.write("etc/app.conf", "old\n");
+    let path = t.path("etc/app.conf");
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid path; as root (as these tests and CI run) chown to any ids works.
+    if unsafe { libc::chown(c.as_ptr(), 4321, 4321) } != 0 {
+        // Not root: give it our own group, which is all a user may do.
+        return;
+    }
+    t.write(
+        "idem.yml",
+        "steps:\n  - file: etc/app.conf\n    content: \"new\\n\"\n    mode: \"0640\"\n",
+    );
+    t.idem(&["apply"]).code(0);
+    let m = std::fs::metadata(&path).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (4321, 4321, 0o640));
+    assert_eq!(t.read("etc/app.conf"), "new\n");
+}
+
+/// Issue 14: in-root symbolic links to sources (`latest.csv -> 2026-12-01.csv`) were
+/// refused, although only links that leave the root are.
+#[test]
+fn a_source_may_be_a_link_inside_the_root() {
+    let t = Env::new();
+    t.write("data/2026-12-01.csv", "id,name\n1,ada\n");
+    std::os::unix::fs::symlink("2026-12-01.csv", t.path("data/latest.csv")).unwrap();
+    t.write("tpl.txt", "hello\n");
+    std::os::unix::fs::symlink("tpl.txt", t.path("current.txt")).unwrap();
+    t.write(
+        "idem.yml",
+        "steps:\n  - upsert: app.db\n    table: people\n    key: id\n    from: data/latest.csv\n  - file: out.txt\n    source: current.txt\n",
+    );
+    assert_converges(&t, &[]);
+    assert_eq!(t.rows("app.db", "SELECT name FROM people"), ["ada"]);
+    assert_eq!(t.read("out.txt"), "hello\n");
+    // A link into idem's state is not a source.
+    std::os::unix::fs::symlink(".idem/state.db", t.path("sneaky.csv")).unwrap();
+    t.write("idem.yml", "steps:\n  - file: copy.db\n    source: sneaky.csv\n");
+    t.idem(&["apply"]).code(1).says("idem's own state");
+}
+
+/// Issue 14: a dry run stamped planned writes with the run's clock, a real write gets the
+/// wall clock; with `--now` ahead, a cleanup after a write disagreed between plan and apply.
+#[test]
+fn a_cleanup_after_a_write_agrees_when_the_run_clock_is_ahead() {
+    let t = Env::new();
+    t.mkdir("tmp");
+    t.write(
+        "idem.yml",
+        "steps:\n  - file: tmp/new.txt\n    content: \"x\\n\"\n  - cleanup: tmp\n    older-than: 7d\n",
+    );
+    let ahead = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 30 * 86_400)
+        .to_string();
+    let planned = t.json(&["--now", &ahead, "plan"], 0);
+    let applied = t.json(&["--now", &ahead, "apply"], 0);
+    assert_eq!(changes(&planned), changes(&applied));
+}

@@ -198,3 +198,18 @@ fn a_scratch_database_per_record_gets_every_record_through() {
         );
     }
 }
+
+/// Issue 14: a failed upsert left an empty database file behind (and plan said otherwise).
+#[test]
+fn a_failed_upsert_leaves_no_empty_database_behind() {
+    let t = Env::new();
+    t.write("bad.csv", "id,name\n1,\"unterminated\n2,x\n");
+    t.write(
+        "idem.yml",
+        "steps:\n  - upsert: new.db\n    table: t\n    key: id\n    from: bad.csv\n",
+    );
+    let planned = t.json(&["plan"], 1);
+    let applied = t.json(&["apply"], 1);
+    assert_eq!(changes(&planned), changes(&applied));
+    assert!(!t.exists("new.db"), "an empty database was left behind");
+}

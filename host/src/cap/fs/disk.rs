@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::io::{self, Write};
 
-use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt, Permissions, PermissionsExt};
+use cap_std::fs::{Dir, MetadataExt, OpenOptions, OpenOptionsExt, Permissions, PermissionsExt};
 
 use super::sink::{Found, Sink};
 use crate::bindings::fs::Metadata;
@@ -16,6 +16,24 @@ use crate::policy::RelPath;
 
 /// Temporary files of atomic writes carry this in their name.
 pub const TMP_MARKER: &str = ".idem-tmp-";
+
+/// Whether the process that named a temporary `name` is still running: a run nested in
+/// this one, or one on a root inside this one, is writing it, and it is not ours to sweep.
+fn writer_alive(name: &str) -> bool {
+    let Some(pid) = name
+        .rsplit_once(TMP_MARKER)
+        .and_then(|(_, rest)| rest.split('-').next())
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
+        return false;
+    };
+    if pid == std::process::id() as i32 {
+        return false;
+    }
+    // SAFETY: signal 0 only asks whether the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
 
 /// Changes go to the disk.
 #[derive(Default)]
@@ -64,20 +82,42 @@ impl Sink for Disk {
         mode: u32,
     ) -> io::Result<()> {
         self.tmp_counter += 1;
-        let tmp = parent.join(&format!(
-            ".{}{}{}-{}",
-            path.file_name(),
-            TMP_MARKER,
-            std::process::id(),
-            self.tmp_counter
-        ));
+        let suffix = format!("{TMP_MARKER}{}-{}", std::process::id(), self.tmp_counter);
+        // A name near the 255-byte limit has no room for the suffix: then the temporary is
+        // named by the suffix alone.
+        let name = if path.file_name().len() + suffix.len() < 255 {
+            format!(".{}{suffix}", path.file_name())
+        } else {
+            format!(".{}", &suffix[1..])
+        };
+        let tmp = parent.join(&name);
+        // The file it replaces keeps its owner and group (as root over /etc, an app:app
+        // config must not become root:root).
+        let owner = root
+            .symlink_metadata(path.as_fs())
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| (m.uid(), m.gid()));
         let write = || -> io::Result<()> {
             let mut f = root.open_with(
                 tmp.as_fs(),
                 OpenOptions::new().write(true).create_new(true).mode(mode),
             )?;
             f.write_all(&content)?;
-            // The create mode went through the umask; set the exact bits.
+            if let Some((uid, gid)) = owner {
+                use std::os::fd::AsRawFd;
+                // SAFETY: fchown on a descriptor this function owns.
+                let rc = unsafe { libc::fchown(f.as_raw_fd(), uid, gid) };
+                if rc != 0 {
+                    let e = io::Error::last_os_error();
+                    // Not root: a file of another owner cannot be given back; keep ours.
+                    if e.raw_os_error() != Some(libc::EPERM) {
+                        return Err(e);
+                    }
+                }
+            }
+            // The create mode went through the umask (and chown may clear setuid bits); set
+            // the exact bits last.
             f.set_permissions(Permissions::from_mode(mode))?;
             f.sync_all()?;
             root.rename(tmp.as_fs(), root, path.as_fs())
@@ -97,6 +137,8 @@ impl Sink for Disk {
         _mode: u32,
     ) {
     }
+
+    fn unmirror(&mut self, _path: &RelPath) {}
 
     fn chmod(&mut self, root: &Dir, path: &RelPath, mode: u32, _current: &Found) -> io::Result<()> {
         root.set_permissions(path.as_fs(), Permissions::from_mode(mode))
@@ -140,7 +182,11 @@ impl Sink for Disk {
                 let Ok(ft) = entry.file_type() else { continue };
                 if ft.is_dir() {
                     stack.push(child);
-                } else if ft.is_file() && name.starts_with('.') && name.contains(TMP_MARKER) {
+                } else if ft.is_file()
+                    && name.starts_with('.')
+                    && name.contains(TMP_MARKER)
+                    && !writer_alive(&name)
+                {
                     root.remove_file(child.as_fs())?;
                     tracing::info!(path = %child, "removed a temporary file left by an interrupted run");
                     removed += 1;
@@ -148,5 +194,49 @@ impl Sink for Disk {
             }
         }
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Mode, Policy};
+
+    fn p(s: &str) -> RelPath {
+        Policy::new(Mode::Apply).resolve(s).unwrap()
+    }
+
+    /// Issue 14: the temporary's suffix made a write of a name near 255 bytes fail.
+    #[test]
+    fn a_name_near_the_limit_is_written_atomically_too() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
+        let name = "n".repeat(250);
+        Disk::default()
+            .replace_file(&root, &RelPath::root(), &p(&name), b"x".to_vec(), 0o644)
+            .unwrap();
+        assert_eq!(std::fs::read(t.path().join(&name)).unwrap(), b"x");
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
+    }
+
+    /// Issue 14: the sweep after an interrupted run deleted a live nested run's temporaries.
+    #[test]
+    fn the_sweep_removes_only_temporaries_of_writers_that_are_gone() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let live = format!(".a{TMP_MARKER}{}-1", child.id());
+        // A pid far above pid_max: no such process.
+        let dead = format!(".b{TMP_MARKER}{}-1", 99_999_999);
+        std::fs::write(t.path().join(&live), "live").unwrap();
+        std::fs::write(t.path().join(&dead), "dead").unwrap();
+        assert_eq!(Disk::default().sweep_temporaries(&root).unwrap(), 1);
+        assert!(t.path().join(&live).exists());
+        assert!(!t.path().join(&dead).exists());
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }

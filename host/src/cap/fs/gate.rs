@@ -123,6 +123,11 @@ impl Gate {
         self.sink.mirror(path, copy, size, mode);
     }
 
+    /// See [`Sink::unmirror`].
+    pub fn unmirror(&mut self, path: &RelPath) {
+        self.sink.unmirror(path);
+    }
+
     /// Whether changes carry diffs, so that callers fetch the old bytes only then.
     pub fn wants_diffs(&self) -> bool {
         self.diffs
@@ -216,13 +221,7 @@ mod tests {
     fn sinks() -> Vec<(&'static str, Box<dyn Sink + Send>)> {
         vec![
             ("disk", Box::new(Disk::default())),
-            (
-                "overlay",
-                Box::new(Overlay::new(Datetime {
-                    seconds: 0,
-                    nanoseconds: 0,
-                })),
-            ),
+            ("overlay", Box::new(Overlay::new())),
         ]
     }
 

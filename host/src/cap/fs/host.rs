@@ -83,11 +83,24 @@ impl Host for FsView<'_> {
                 ))));
             }
         }
-        Ok(self.fs.read(&p))
+        // The plan's own steps read through links inside the root (`latest.csv ->
+        // 2026-12-01.csv`); a plugin's reads do not follow links.
+        if self.policy.confined() {
+            Ok(self.fs.read(&p))
+        } else {
+            Ok(self.fs.read_through_link(&p))
+        }
     }
 
     fn open_reader(&mut self, path: String) -> R<Resource<Reader>> {
-        let reader = match self.path(&path).and_then(|p| self.fs.open_reader(&p)) {
+        let confined = self.policy.confined();
+        let reader = match self.path(&path).and_then(|p| {
+            if confined {
+                self.fs.open_reader(&p)
+            } else {
+                self.fs.open_reader_through_link(&p)
+            }
+        }) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };

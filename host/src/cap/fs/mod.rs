@@ -403,6 +403,52 @@ impl FsCap {
         Ok(Arc::unwrap_or_clone(self.content(path, &found)?))
     }
 
+    /// How a path is seen for reading its content when links inside the root may be followed
+    /// (a plan's `latest.csv -> 2026-12-01.csv`): a link on disk to a regular file reads as
+    /// that file; one that leads into idem's state is refused, and one that leads out of the
+    /// root is refused by `cap_std` as always.
+    fn found_through_link(&self, path: &RelPath) -> CapResult<Found> {
+        let found = self.found(path)?;
+        let Found::Real(m) = &found else {
+            return Ok(found);
+        };
+        if m.kind != Kind::Symlink {
+            return Ok(found);
+        }
+        let target = self
+            .root
+            .metadata(path.as_fs())
+            .map_err(|e| io_error(path, e))?;
+        if !target.is_file() {
+            return Ok(found);
+        }
+        let f = self.open_regular(path)?;
+        if let Ok(real) = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+            && let Some(p) = self.protected.iter().find(|p| real.starts_with(p))
+        {
+            return Err(Error::Denied(format!(
+                "{path} leads into idem's own state ({}), which steps may not touch",
+                p.display()
+            )));
+        }
+        Ok(Found::Real(metadata_of(&target)))
+    }
+
+    /// `read`, following a link inside the root to a regular file (see
+    /// [`FsCap::found_through_link`]).
+    pub fn read_through_link(&self, path: &RelPath) -> CapResult<Vec<u8>> {
+        let found = self.found_through_link(path)?;
+        Ok(Arc::unwrap_or_clone(self.content(path, &found)?))
+    }
+
+    /// `open-reader`, following a link inside the root to a regular file.
+    pub fn open_reader_through_link(&self, path: &RelPath) -> CapResult<Reader> {
+        match self.found_through_link(path)? {
+            Found::Real(m) if m.kind == Kind::File => self.open_regular(path).map(Reader::File),
+            _ => self.open_reader(path),
+        }
+    }
+
     /// `open-reader`: a chunked reader over a file.
     pub fn open_reader(&self, path: &RelPath) -> CapResult<Reader> {
         let found = self.found(path)?;
@@ -789,6 +835,10 @@ impl crate::cap::PathProbe for FsCap {
         })
     }
 
+    fn unmirror(&mut self, path: &RelPath) {
+        self.gate.unmirror(path);
+    }
+
     fn mirror(&mut self, path: &RelPath, copy: Arc<PathBuf>) {
         let size = std::fs::metadata(copy.as_path()).map_or(0, |m| m.len());
         self.gate.mirror(path, copy, size, 0o666 & !self.umask);
@@ -824,7 +874,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc", t.path().join("out")).unwrap();
         let root = Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
         let sink: Box<dyn Sink + Send> = if dry_run {
-            Box::new(Overlay::new(NOW))
+            Box::new(Overlay::new())
         } else {
             Box::new(Disk::default())
         };

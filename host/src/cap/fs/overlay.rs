@@ -16,6 +16,18 @@ use crate::bindings::fs::{Kind, Metadata};
 use crate::bindings::types::Datetime;
 use crate::policy::RelPath;
 
+/// What a write done now would leave as its modification time: the wall clock, as a real
+/// write would, not the run's clock (which `--now` may pin elsewhere).
+fn wall_clock() -> Datetime {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Datetime {
+        seconds: d.as_secs() as i64,
+        nanoseconds: d.subsec_nanos(),
+    }
+}
+
 /// One path's entry in the overlay.
 #[derive(Clone, Debug, PartialEq)]
 enum Node {
@@ -27,15 +39,12 @@ enum Node {
 /// Planned states of paths under a dry run.
 pub struct Overlay {
     nodes: BTreeMap<RelPath, Node>,
-    /// The run's clock: the modification time of planned writes.
-    now: Datetime,
 }
 
 impl Overlay {
-    pub fn new(now: Datetime) -> Self {
+    pub fn new() -> Self {
         Overlay {
             nodes: BTreeMap::new(),
-            now,
         }
     }
 
@@ -122,7 +131,7 @@ impl Sink for Overlay {
             Node::Is(Planned::Dir {
                 mode: effective,
                 hide_real: true,
-                modified: self.now,
+                modified: wall_clock(),
             }),
         );
         Ok(())
@@ -142,7 +151,7 @@ impl Sink for Overlay {
                 size: content.len() as u64,
                 data: Some(Arc::new(content)),
                 mode,
-                modified: self.now,
+                modified: wall_clock(),
             }),
         );
         Ok(())
@@ -214,9 +223,18 @@ impl Sink for Overlay {
                 copy,
                 size,
                 mode,
-                modified: self.now,
+                modified: wall_clock(),
             }),
         );
+    }
+
+    fn unmirror(&mut self, path: &RelPath) {
+        if matches!(
+            self.nodes.get(path),
+            Some(Node::Is(Planned::Database { .. }))
+        ) {
+            self.nodes.insert(path.clone(), Node::Gone);
+        }
     }
 
     fn unlink(&mut self, _root: &Dir, _dir: Option<&Dir>, path: &RelPath) -> io::Result<()> {
@@ -254,11 +272,6 @@ mod tests {
         (t, d)
     }
 
-    const NOW: Datetime = Datetime {
-        seconds: 1_000,
-        nanoseconds: 0,
-    };
-
     fn kind(o: &Overlay, path: &str) -> Option<Option<Kind>> {
         o.planned(&p(path)).map(|f| f.kind())
     }
@@ -266,7 +279,7 @@ mod tests {
     #[test]
     fn planned_states_decide_from_the_nearest_ancestor_down() {
         let (_t, r) = root();
-        let mut o = Overlay::new(NOW);
+        let mut o = Overlay::new();
         assert_eq!(kind(&o, "a"), None, "an empty overlay decides nothing");
         o.mkdir(&r, &p("new"), None, 0o755).unwrap();
         o.replace_file(&r, &p("new"), &p("new/f"), b"x".to_vec(), 0o644)
@@ -298,7 +311,7 @@ mod tests {
     #[test]
     fn a_removed_then_recreated_directory_hides_its_old_content() {
         let (_t, r) = root();
-        let mut o = Overlay::new(NOW);
+        let mut o = Overlay::new();
         o.replace_file(&r, &p("d"), &p("d/planned"), b"1".to_vec(), 0o644)
             .unwrap();
         o.rmtree(&r, &p("d")).unwrap();
@@ -313,7 +326,7 @@ mod tests {
     #[test]
     fn a_mode_change_keeps_what_was_planned_or_seen() {
         let (_t, r) = root();
-        let mut o = Overlay::new(NOW);
+        let mut o = Overlay::new();
         o.replace_file(&r, &p(""), &p("f"), b"abc".to_vec(), 0o644)
             .unwrap();
         let current = o.planned(&p("f")).unwrap();
@@ -356,7 +369,7 @@ mod tests {
     #[test]
     fn children_are_listed_one_level_deep_with_removals() {
         let (_t, r) = root();
-        let mut o = Overlay::new(NOW);
+        let mut o = Overlay::new();
         o.mkdir(&r, &p("a"), None, 0o755).unwrap();
         o.mkdir(&r, &p("a/b"), None, 0o755).unwrap();
         o.replace_file(&r, &p("a/b"), &p("a/b/c"), vec![], 0o644)
@@ -380,7 +393,7 @@ mod tests {
     #[test]
     fn the_overlay_never_touches_the_disk() {
         let (t, r) = root();
-        let mut o = Overlay::new(NOW);
+        let mut o = Overlay::new();
         o.mkdir(&r, &p("d"), Some(0o700), 0o700).unwrap();
         o.replace_file(&r, &p(""), &p("f"), b"x".to_vec(), 0o644)
             .unwrap();

@@ -144,6 +144,10 @@ pub trait Sink {
     /// to do, since under apply SQLite writes the file itself.
     fn mirror(&mut self, path: &RelPath, copy: Arc<PathBuf>, size: u64, mode: u32);
 
+    /// Stop showing a database a dry run created at `path` (its step failed, and under apply
+    /// the empty file is removed again). The disk sink has nothing to do.
+    fn unmirror(&mut self, path: &RelPath);
+
     /// Remove the temporary files of atomic writes that a killed run left (by name marker).
     /// Returns how many were removed; a dry run removes none.
     fn sweep_temporaries(&mut self, root: &Dir) -> io::Result<usize>;

@@ -593,8 +593,13 @@ impl Databases {
         let changed = (|| {
             let mut stmt = db.conn.prepare_cached(sql)?;
             let readonly = stmt.readonly();
+            let total = db.conn.total_changes();
             let n = stmt.execute(rusqlite::params_from_iter(params.iter()))? as u64;
-            Ok(if readonly { 0 } else { n })
+            // sqlite3_changes() is not reset by a statement that changes no rows (CREATE
+            // TABLE): it still says what the last INSERT did. The total's growth says
+            // whether this statement changed any.
+            let grew = db.conn.total_changes() - total;
+            Ok(if readonly { 0 } else { n.min(grew) })
         })()
         .map_err(|e| db.error(e))?;
         db.rows += changed;
@@ -800,6 +805,41 @@ impl Databases {
         out
     }
 
+    /// After a failed step: a database the step created and left empty (SQLite makes the
+    /// file when it opens it) is removed again (under a dry run, no longer shown as a planned
+    /// file), so a failed upsert leaves nothing behind, and plan and apply agree. Its
+    /// connection is closed; a later open makes a new one.
+    pub fn discard_failed_creations(&mut self, files: &mut dyn PathProbe) {
+        for i in 0..self.dbs.len() {
+            let db = &self.dbs[i];
+            if !db.created || self.by_path.get(&db.path) != Some(&i) {
+                continue;
+            }
+            let file = match &db.copy {
+                Some(copy) => copy.as_path().to_path_buf(),
+                None => self.root_path.join(db.path.as_str()),
+            };
+            if !std::fs::symlink_metadata(&file).is_ok_and(|m| m.is_file() && m.len() == 0) {
+                continue;
+            }
+            let path = db.path.clone();
+            self.by_path.remove(&path);
+            let db = &mut self.dbs[i];
+            db.created = false;
+            db.rows = 0;
+            db.schema_changed = false;
+            if let Ok(mem) = Connection::open_in_memory() {
+                db.conn = mem;
+            }
+            if db.copy.is_some() {
+                files.unmirror(&path);
+            } else {
+                let _ = std::fs::remove_file(&file);
+            }
+            tracing::debug!(db = %path, "removed the empty database a failed step created");
+        }
+    }
+
     /// Roll back any transaction left open (here, or by a plugin step taken back with
     /// [`Databases::adopt`]); returns the databases concerned.
     pub fn abandon_open_transactions(&mut self) -> Vec<String> {
@@ -835,7 +875,7 @@ mod tests {
             nanoseconds: 0,
         };
         let (sink, backing): (Box<dyn Sink + Send>, Backing) = if dry_run {
-            (Box::new(Overlay::new(now)), Backing::PrivateCopy)
+            (Box::new(Overlay::new()), Backing::PrivateCopy)
         } else {
             (Box::new(Disk::default()), Backing::File)
         };
@@ -980,6 +1020,21 @@ mod tests {
         assert!(r.is_err(), "{r:?}");
         assert!(step.interrupted());
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    /// Issue 14: creating a table after rows were written counted those rows again.
+    #[test]
+    fn a_statement_that_changes_no_rows_counts_none() {
+        let (_t, mut fs, mut dbs) = scope(false);
+        let h = open(&mut fs, &mut dbs, "a.db");
+        dbs.execute(h, "CREATE TABLE t (x)", &[]).unwrap();
+        assert_eq!(
+            dbs.execute(h, "INSERT INTO t VALUES (1), (2)", &[])
+                .unwrap(),
+            2
+        );
+        assert_eq!(dbs.execute(h, "CREATE TABLE u (y)", &[]).unwrap(), 0);
+        assert_eq!(dbs.execute(h, "CREATE INDEX i ON t (x)", &[]).unwrap(), 0);
     }
 
     #[test]
