@@ -6,5 +6,6 @@ mod support;
 mod core;
 mod crash;
 mod fidelity;
+mod generated;
 mod plugins;
 mod state;
