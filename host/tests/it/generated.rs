@@ -43,10 +43,10 @@ use crate::support::*;
 
 const DEFAULT_SEED: u64 = 0x1de4_0019_9e37_79b9;
 /// Generated cases in the default run (measured: see docs/guarantees.md).
-const DEFAULT_CASES: u32 = 300;
-/// Kill points in the default run, spread over [`KILL_PLANS`] plans.
-const DEFAULT_KILLS: usize = 100;
-const KILL_PLANS: usize = 25;
+const DEFAULT_CASES: u32 = 2000;
+/// Kill points in the default run, [`POINTS_PER_PLAN`] in each generated plan.
+const DEFAULT_KILLS: usize = 800;
+const POINTS_PER_PLAN: usize = 4;
 
 // ---------------------------------------------------------------------------------------------
 // Known defects, kept out of the default generation.
@@ -93,13 +93,6 @@ pub const UNSAFE_RECORD_VALUES: Class = Class {
               collapsing a component)",
 };
 
-/// An `upsert` inside `each` whose database path is templated: a scratch database per record.
-pub const EACH_DB_PER_RECORD: Class = Class {
-    name: "each-db-per-record",
-    issue: 14,
-    symptom: "a per-record scratch database inside `each` gets one record through per run",
-};
-
 /// In the kill explorer: a `cleanup` with `remove-empty-dirs: true`.
 pub const CLEANUP_EMPTY_DIRS_KILL: Class = Class {
     name: "cleanup-empty-dirs-kill",
@@ -135,7 +128,6 @@ pub const CLASSES: &[&Class] = &[
     &WAL_DB,
     &DUPLICATE_KEYS,
     &UNSAFE_RECORD_VALUES,
-    &EACH_DB_PER_RECORD,
     &CLEANUP_EMPTY_DIRS_KILL,
 ];
 
@@ -187,9 +179,15 @@ const CLEAN_DIRS: &[&str] = &["a", "b", "a/c", ".", "e", "a", "l"];
 const DB_PATHS: &[&str] = &["db/app.db", "a/app.db", "a/c/z.db", "b/x.txt", "app.db"];
 /// Templated paths of `each` sub-steps.
 const SUB_DIR_PATHS: &[&str] = &["e/{id}", "{dir}/e{id}", "e/{dir}", "e"];
-const SUB_FILE_PATHS: &[&str] = &["e/{id}.txt", "e/{id}/x.txt", "{dir}/{id}.txt", "a/{id}.log"];
-const SUB_DBS_FIXED: &[&str] = &["db/app.db", "a/app.db"];
-const SUB_DBS_PER_RECORD: &[&str] = &["e/{id}.db", "db/{dir}.db"];
+const SUB_FILE_PATHS: &[&str] = &[
+    "e/{id}.txt",
+    "e/{id}/x.txt",
+    "{dir}/{id}.txt",
+    "a/{id}.log",
+    "e/{id}.db",
+];
+/// Databases of `each` sub-steps: shared by every record, or a scratch database per record.
+const SUB_DBS: &[&str] = &["db/app.db", "a/app.db", "e/{id}.db", "db/{dir}.db"];
 const CONTENTS: &[&str] = &[
     "one\n",
     "two\n",
@@ -381,14 +379,7 @@ fn step(sub: bool) -> BoxedStrategy<Step> {
         pick(CONTENTS)
     };
     let mode = prop::option::weighted(0.3, pick(MODES));
-    let mut dbs: Vec<&'static str> = if sub {
-        SUB_DBS_FIXED.to_vec()
-    } else {
-        DB_PATHS.to_vec()
-    };
-    if sub && included(&EACH_DB_PER_RECORD) {
-        dbs.extend(SUB_DBS_PER_RECORD);
-    }
+    let dbs = if sub { SUB_DBS } else { DB_PATHS };
     let tables = if sub {
         vec!["t1", "t2", "t_{id}"]
     } else {
@@ -396,7 +387,7 @@ fn step(sub: bool) -> BoxedStrategy<Step> {
     };
     let file_source = prop_oneof![
         2 => Just("in/r.csv"),
-        3 => prop::sample::select(vec!["a/x.txt", "x.txt", "b/x.txt"]),
+        3 => prop::sample::select(vec!["a/x.txt", "x.txt", "b/x.txt", "l/x.txt"]),
     ];
     let body = prop_oneof![
         4 => content.prop_map(Body::Content),
@@ -507,10 +498,12 @@ fn edit() -> impl Strategy<Value = Edit> {
     ]
 }
 
-fn case() -> impl Strategy<Value = Case> {
+/// A case: records, a starting tree of `entries` things, a plan of up to six steps, maybe a
+/// prefix applied and hand edits.
+fn case(entries: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = Case> {
     (
         records(),
-        prop::collection::vec(entry(), 0..=5),
+        prop::collection::vec(entry(), entries),
         prop::collection::vec(step(false), 1..=6),
         prop_oneof![2 => Just(0usize), 1 => 1..=5usize],
         prop::collection::vec(edit(), 0..=2),
@@ -842,7 +835,9 @@ fn describe(case: &Case) -> String {
                 shell(content),
                 NOW - age * 86_400
             ),
-            Entry::Link { path, target } => writeln!(s, "ln -s {target} {path}"),
+            Entry::Link { path, target } => {
+                writeln!(s, "mkdir -p $(dirname {path}) && ln -s {target} {path}")
+            }
             Entry::Db { path, rows, wal } => writeln!(
                 s,
                 "mkdir -p $(dirname {path}) && sqlite3 {path} {}",
@@ -944,6 +939,41 @@ fn render(template: &str, r: &Rec) -> String {
         .replace("{dir}", r.dir)
         .replace('\u{1}', "{")
         .replace('\u{2}', "}")
+}
+
+/// A record value that a templated path may take as one of its components.
+fn safe_component(v: &str) -> bool {
+    !v.is_empty() && v != "." && v != ".." && !v.contains('/') && !v.contains('\0')
+}
+
+/// `template` rendered with `r` when every value it uses is a safe component: the path a
+/// record's sub-step may touch (issue 13: values must never move or widen an effect).
+fn render_safe(template: &str, r: &Rec) -> Option<String> {
+    let id = r.id.to_string();
+    let used = [("{id}", id.as_str()), ("{name}", r.name), ("{dir}", r.dir)];
+    used.iter()
+        .all(|(k, v)| !template.contains(k) || safe_component(v))
+        .then(|| norm(&render(template, r)))
+}
+
+/// Where the sub-steps of an `each` may make changes: each templated path, rendered with the
+/// records whose values are safe for it.
+fn each_territory(case: &Case, from: &Source, steps: &[Step]) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in possible_records(case, from) {
+        for s in steps {
+            let t = match s {
+                Step::Dir { path, .. }
+                | Step::File { path, .. }
+                | Step::Remove { path, .. }
+                | Step::Cleanup { path, .. } => path,
+                Step::Upsert { db, .. } => db,
+                Step::Each { .. } => continue,
+            };
+            out.extend(render_safe(t, &r));
+        }
+    }
+    out
 }
 
 /// The records a source may hold during the run: the generated ones for the inputs, and for any
@@ -1244,13 +1274,25 @@ fn full_snapshot(dir: &Path) -> BTreeMap<String, String> {
                 stack.push(p);
                 format!("dir {head}")
             } else {
-                let c = std::fs::read(&p).unwrap();
-                format!("file {head} {}", String::from_utf8_lossy(&c))
+                format!("file {head} {}", content(&std::fs::read(&p).unwrap()))
             };
             out.insert(rel, v);
         }
     }
     out
+}
+
+/// A file's content for a snapshot: text quoted, anything else by size and hash.
+fn content(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if !text.contains('\0') => format!("{text:?}"),
+        _ => {
+            let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            format!("<{} bytes, fnv1a {hash:016x}>", bytes.len())
+        }
+    }
 }
 
 fn diff_snapshots(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Option<String> {
@@ -1333,10 +1375,7 @@ fn shape(root: &Path) -> BTreeMap<String, String> {
             } else if is_sqlite(&p) {
                 format!("database {mode:o}\n{}", dump_db(&p))
             } else {
-                format!(
-                    "file {mode:o} {:?}",
-                    String::from_utf8_lossy(&std::fs::read(&p).unwrap())
-                )
+                format!("file {mode:o} {}", content(&std::fs::read(&p).unwrap()))
             };
             out.insert(rel, v);
         }
@@ -1489,6 +1528,21 @@ fn check_case(case: &Case, tally: &mut Tally) -> Result<(), TestCaseError> {
         return Err(fail(format!(
             "plan exited {pcode} but apply {acode}\n--- plan\n{planned:#}\n--- apply\n{applied:#}"
         )));
+    }
+    for (i, s) in case.plan.iter().enumerate() {
+        let Step::Each { from, steps } = s else {
+            continue;
+        };
+        let territory = each_territory(case, from, steps);
+        for (step, kind, path, _) in changes(&applied) {
+            if step == i as u64 + 1 && !territory.iter().any(|t| under(&path, t) || under(t, &path))
+            {
+                return Err(fail(format!(
+                    "step {step} (each) made a change outside its templates' paths: {kind} {path} \
+                     (the records' values may touch only {territory:?})"
+                )));
+            }
+        }
     }
     tally.cases += 1;
     tally.partly_converged += usize::from(case.prefix > 0);
@@ -1656,7 +1710,7 @@ fn generated_plans_keep_every_promise() {
     warm();
     let started = Instant::now();
     let tally = std::cell::RefCell::new(Tally::default());
-    let result = runner(seed, cases).run(&case(), |c| check_case(&c, &mut tally.borrow_mut()));
+    let result = runner(seed, cases).run(&case(0..=5), |c| check_case(&c, &mut tally.borrow_mut()));
     let tally = tally.into_inner();
     match result {
         Ok(()) => {}
@@ -1738,9 +1792,17 @@ fn strace_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// One mutating call of a traced run: the `n`-th call of `name`, and its kind.
+#[derive(Clone)]
+struct Call {
+    name: String,
+    n: u32,
+    kind: String,
+}
+
 /// A clean apply under strace: whether it succeeded, and its mutating calls in order (the main
 /// thread's, which does all the work), each as (name, how many of that name so far).
-fn trace_apply(env: &Env) -> (bool, Vec<(String, u32)>) {
+fn trace_apply(env: &Env) -> (bool, Vec<Call>) {
     let trace = env.root().parent().unwrap().join("trace.txt");
     let status = traced_apply(
         env,
@@ -1766,7 +1828,17 @@ fn trace_apply(env: &Env) -> (bool, Vec<(String, u32)>) {
         };
         let n = seen.entry(name.to_string()).or_default();
         *n += 1;
-        calls.push((name.to_string(), *n));
+        // The kind of a call: its name, and for unlinkat whether it removes a directory.
+        let kind = if line.contains("AT_REMOVEDIR") {
+            format!("{name} dir")
+        } else {
+            name.to_string()
+        };
+        calls.push(Call {
+            name: name.to_string(),
+            n: *n,
+            kind,
+        });
     }
     (status.success(), calls)
 }
@@ -1814,6 +1886,7 @@ fn explorable(case: &Case) -> bool {
 #[derive(Default)]
 struct KillTally {
     points: usize,
+    plans_removing_dirs: usize,
     killed: usize,
     rerun_killed: usize,
     resumed: usize,
@@ -1844,7 +1917,7 @@ fn a_kill_at_any_system_call_then_a_rerun_equals_one_clean_run() {
         let (a, b) = v.split_once(':').expect("IDEM_GEN_KILL_ONLY=PLAN:POINT");
         (a.parse().unwrap(), b.parse().unwrap())
     });
-    let plans = KILL_PLANS.min(kills.max(1));
+    let plans = kills.div_ceil(POINTS_PER_PLAN).max(1);
     eprintln!(
         "kill explorer: {kills} kill points over {plans} generated plans, IDEM_GEN_SEED={seed:#x}; \
          known defects excluded: {:?}",
@@ -1853,7 +1926,8 @@ fn a_kill_at_any_system_call_then_a_rerun_equals_one_clean_run() {
     warm();
     let started = Instant::now();
     let mut runner = runner(seed ^ 0x6b69_6c6c, 1);
-    let strategy = case();
+    // Fuller trees than the generator's: the explorer wants steps that delete and rewrite.
+    let strategy = case(3..=10);
     let mut mix = Mix(seed);
     let mut tally = KillTally::default();
     let mut plan_no = 0;
@@ -1875,13 +1949,42 @@ fn a_kill_at_any_system_call_then_a_rerun_equals_one_clean_run() {
         }
         let want = shape(reference.env.root());
         let want_done = checkpoints(reference.env.root());
-        // This plan's share of the points, spread over its calls: one in each stretch.
-        let share = kills / plans + usize::from(plan_no < kills % plans);
+        // This plan's share of the points: spread over all its calls (one in each stretch),
+        // and every other one at a call of a kind drawn first (a rename, an unlink, a directory
+        // removal, a mkdir, a chmod: few among the writes, but where a step is half done).
+        let share = (kills - (plan_no * POINTS_PER_PLAN).min(kills)).min(POINTS_PER_PLAN);
+        let kinds: Vec<&str> = calls
+            .iter()
+            .map(|c| c.kind.as_str())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        tally.plans_removing_dirs +=
+            usize::from(kinds.iter().any(|k| k.ends_with(" dir") || *k == "rmdir"));
+        let pick_call = |mix: &mut Mix, point: usize| -> Call {
+            if point % 2 == 1 {
+                // Kinds in turn across plans, the rare ones (not plain writes) first.
+                let rare: Vec<&str> = kinds
+                    .iter()
+                    .copied()
+                    .filter(|k| !matches!(*k, "write" | "pwrite64" | "fsync" | "fdatasync"))
+                    .collect();
+                let pool = if rare.is_empty() { &kinds } else { &rare };
+                let kind = pool[(plan_no + point / 2 + mix.below(2)) % pool.len()];
+                let of_kind: Vec<&Call> = calls.iter().filter(|c| c.kind == kind).collect();
+                of_kind[mix.below(of_kind.len())].clone()
+            } else {
+                let lo = point * calls.len() / share;
+                let hi = ((point + 1) * calls.len() / share).max(lo + 1);
+                calls[lo + mix.below(hi - lo)].clone()
+            }
+        };
         for point in 0..share {
-            let lo = point * calls.len() / share;
-            let hi = ((point + 1) * calls.len() / share).max(lo + 1);
-            let (name, n) = calls[lo + mix.below(hi - lo)].clone();
-            let second = (mix.below(5) == 0).then(|| calls[mix.below(calls.len())].clone());
+            let Call { name, n, .. } = pick_call(&mut mix, point);
+            let second = (mix.below(5) == 0).then(|| {
+                let c = &calls[mix.below(calls.len())];
+                (c.name.clone(), c.n)
+            });
             if only.is_some_and(|o| o != (plan_no, point)) {
                 continue;
             }
@@ -1936,13 +2039,14 @@ fn a_kill_at_any_system_call_then_a_rerun_equals_one_clean_run() {
     eprintln!(
         "kill explorer: {} kill points over {plans} plans (seed {seed:#x}) in {:.1} s: {} killed a \
          running apply, {} also killed the re-run, {} re-runs resumed partial checkpoints, {} swept \
-         temporaries",
+         temporaries; {} plans removed a directory",
         tally.points,
         started.elapsed().as_secs_f64(),
         tally.killed,
         tally.rerun_killed,
         tally.resumed,
-        tally.swept
+        tally.swept,
+        tally.plans_removing_dirs
     );
     if only.is_none() && kills >= 20 {
         assert!(
