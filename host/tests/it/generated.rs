@@ -1138,28 +1138,56 @@ fn undoes(a: &Eff, p: &str, b: &Eff, q: &str) -> bool {
 /// Whether the plan may fight itself: a later step undoes what an earlier one made true or read.
 /// Reading an input after another step changed it is fine (that is a dependency, not a fight).
 fn fights(case: &Case) -> Option<String> {
-    let ls = links(case);
-    let effs: Vec<Vec<Eff>> = case
+    let units: Vec<(String, Vec<Eff>)> = case
         .plan
         .iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(i, s)| {
             let mut v = Vec::new();
             effects_of(case, s, None, &mut v);
-            v
+            (format!("step {}", i + 1), v)
         })
         .collect();
-    for (i, ei) in effs.iter().enumerate() {
-        for (j, ej) in effs.iter().enumerate().skip(i + 1) {
+    first_undone(case, &units)
+}
+
+/// Whether the sub-steps of an `each`, record after record, undo one another. The second apply
+/// skips done records, so this is no fight there; but a kill loses the marks not yet written,
+/// and the re-run does those records again over their own effects.
+fn fights_within_each(case: &Case) -> Option<String> {
+    for (i, s) in case.plan.iter().enumerate() {
+        let Step::Each { from, steps, .. } = s else {
+            continue;
+        };
+        let mut units = Vec::new();
+        for r in possible_records(case, from) {
+            for (k, sub) in steps.iter().enumerate() {
+                let mut v = Vec::new();
+                effects_of(case, sub, Some(&r), &mut v);
+                units.push((
+                    format!("step {} record {} sub-step {}", i + 1, r.id, k + 1),
+                    v,
+                ));
+            }
+        }
+        if let Some(why) = first_undone(case, &units) {
+            return Some(why);
+        }
+    }
+    None
+}
+
+/// The first effect of a later unit that undoes one of an earlier unit, as a sentence.
+fn first_undone(case: &Case, units: &[(String, Vec<Eff>)]) -> Option<String> {
+    let ls = links(case);
+    for (i, (ni, ei)) in units.iter().enumerate() {
+        for (nj, ej) in units.iter().skip(i + 1) {
             for a in ei {
                 for b in ej {
                     for p in aliases(a.path(), &ls) {
                         for q in aliases(b.path(), &ls) {
                             if undoes(a, &p, b, &q) {
-                                return Some(format!(
-                                    "step {} ({a:?}) is undone by step {} ({b:?})",
-                                    i + 1,
-                                    j + 1
-                                ));
+                                return Some(format!("{ni} ({a:?}) is undone by {nj} ({b:?})"));
                             }
                         }
                     }
@@ -1892,8 +1920,9 @@ fn apply_killed_at(env: &Env, name: &str, n: u32) -> bool {
     status.signal() == Some(libc::SIGKILL) || status.code() == Some(128 + libc::SIGKILL)
 }
 
-/// Whether a case can go to the explorer: it does not fight itself (then a re-run over any
-/// partial state must end as one clean run) and meets no excluded class of the explorer.
+/// Whether a case can go to the explorer: it does not fight itself, not even inside an `each`
+/// (then a re-run over any partial state must end as one clean run), and meets no excluded
+/// class of the explorer.
 fn explorable(case: &Case) -> bool {
     let cleanup_empty_dirs = case.plan.iter().any(|s| match s {
         Step::Cleanup {
@@ -1910,7 +1939,9 @@ fn explorable(case: &Case) -> bool {
         }),
         _ => false,
     });
-    fights(case).is_none() && (included(&CLEANUP_EMPTY_DIRS_KILL) || !cleanup_empty_dirs)
+    fights(case).is_none()
+        && fights_within_each(case).is_none()
+        && (included(&CLEANUP_EMPTY_DIRS_KILL) || !cleanup_empty_dirs)
 }
 
 #[derive(Default)]
