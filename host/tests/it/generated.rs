@@ -122,7 +122,16 @@ pub const LINK_ALIAS: Class = Class {
               counts kept 2 in plan and 3 in apply",
 };
 
+/// The run's clock ahead of the wall clock (`--now` later than the files idem writes).
+pub const CLOCK_AHEAD: Class = Class {
+    name: "clock-ahead",
+    issue: 14,
+    symptom: "the dry run gives the files it would write the run's clock as mtime, apply the \
+              wall clock: a cleanup after a write disagrees between plan and apply",
+};
+
 pub const CLASSES: &[&Class] = &[
+    &CLOCK_AHEAD,
     &DB_FILE_MIX,
     &DB_PARENT_NOT_DIR,
     &LINK_ALIAS,
@@ -318,6 +327,8 @@ pub struct Case {
     prefix: usize,
     /// Hand edits after the prefix.
     edits: Vec<Edit>,
+    /// The run's clock ten days ahead of the wall clock, instead of [`NOW`] (months behind it).
+    clock_ahead: bool,
 }
 
 /// A path of the kind wanted (a directory's or a file's), or now and then of the other kind,
@@ -530,8 +541,9 @@ fn case(entries: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = Case>
         prop::collection::vec(step(false), 1..=6),
         prop_oneof![2 => Just(0usize), 1 => 1..=5usize],
         prop::collection::vec(edit(), 0..=2),
+        prop::bool::weighted(if included(&CLOCK_AHEAD) { 0.5 } else { 0.0 }),
     )
-        .prop_map(|(records, tree, plan, prefix, edits)| {
+        .prop_map(|(records, tree, plan, prefix, edits, clock_ahead)| {
             let prefix = prefix.min(plan.len());
             let edits = if prefix == 0 { Vec::new() } else { edits };
             Case {
@@ -540,6 +552,7 @@ fn case(entries: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = Case>
                 plan,
                 prefix,
                 edits,
+                clock_ahead,
             }
         })
         .prop_filter("a known defect's class (see CLASSES)", |c| {
@@ -711,6 +724,8 @@ fn inputs(records: &[Rec]) -> Vec<(&'static str, String)> {
 struct World {
     outer: tempfile::TempDir,
     env: Env,
+    /// The run's clock of every run in this world.
+    now: i64,
 }
 
 impl World {
@@ -767,6 +782,15 @@ fn build(case: &Case) -> World {
             .unwrap(),
     };
     let root = env.root().to_path_buf();
+    let now = if case.clock_ahead {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        wall + 10 * 86_400
+    } else {
+        NOW
+    };
     for (path, content) in inputs(&case.records) {
         env.write(path, content);
         set_mtime(&env.path(path), NOW - 86_400);
@@ -818,7 +842,11 @@ fn build(case: &Case) -> World {
     env.write("idem.yml", render_plan(&case.plan));
     if case.prefix > 0 {
         env.write("prefix.yml", render_plan(&case.plan[..case.prefix]));
-        env.idem(&["apply", "prefix.yml"]);
+        env.cmd()
+            .env("IDEM_NOW", now.to_string())
+            .args(["apply", "prefix.yml"])
+            .output()
+            .expect("running idem");
         for e in &case.edits {
             let p = root.join(match e {
                 Edit::Write(p) | Edit::Delete(p) => p,
@@ -837,7 +865,7 @@ fn build(case: &Case) -> World {
             }
         }
     }
-    World { outer, env }
+    World { outer, env, now }
 }
 
 /// The case as a reader pastes it: the plan, and a script that makes its tree.
@@ -892,7 +920,11 @@ fn describe(case: &Case) -> String {
         )
         .unwrap();
     }
-    writeln!(s, "# every run with IDEM_NOW={NOW}").unwrap();
+    if case.clock_ahead {
+        writeln!(s, "# every run with IDEM_NOW ten days after the wall clock").unwrap();
+    } else {
+        writeln!(s, "# every run with IDEM_NOW={NOW}").unwrap();
+    }
     s
 }
 
@@ -1491,10 +1523,21 @@ fn report_view(r: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn run_json(env: &Env, args: &[&str]) -> Result<(i32, Value), String> {
+fn run_json(w: &World, args: &[&str]) -> Result<(i32, Value), String> {
     let mut a = args.to_vec();
     a.extend(["--format", "json"]);
-    let r = env.idem(&a);
+    let out = w
+        .env
+        .cmd()
+        .env("IDEM_NOW", w.now.to_string())
+        .args(&a)
+        .output()
+        .expect("running idem");
+    let r = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
     let v: Value = serde_json::from_str(&r.stdout).map_err(|e| {
         format!(
             "`idem {}` printed no JSON report ({e}), exit {}:\n{}\n{}",
@@ -1568,11 +1611,11 @@ fn check_case(case: &Case, tally: &mut Tally) -> Result<(), TestCaseError> {
     let sibling = full_snapshot(&w.sibling());
     let before = full_snapshot(env.root());
 
-    let (pcode, planned) = run_json(env, &["plan"]).map_err(fail)?;
+    let (pcode, planned) = run_json(&w, &["plan"]).map_err(fail)?;
     if let Some(d) = diff_snapshots(&before, &full_snapshot(env.root())) {
         return Err(fail(format!("the dry run changed the tree:\n  {d}")));
     }
-    let (acode, applied) = run_json(env, &["apply", "--verify"]).map_err(fail)?;
+    let (acode, applied) = run_json(&w, &["apply", "--verify"]).map_err(fail)?;
     let (pv, av) = (report_view(&planned), report_view(&applied));
     if pv != av {
         return Err(fail(format!(
@@ -1628,7 +1671,7 @@ fn check_case(case: &Case, tally: &mut Tally) -> Result<(), TestCaseError> {
         let fight = fights(case);
         tally.fights_flagged += usize::from(fight.is_some());
         let converged = full_snapshot(env.root());
-        let (bcode, again) = run_json(env, &["apply"]).map_err(fail)?;
+        let (bcode, again) = run_json(&w, &["apply"]).map_err(fail)?;
         let predicted: Vec<(u64, String, String)> = applied["verify"]["changes"]
             .as_array()
             .ok_or_else(|| fail(format!("apply --verify has no verify report:\n{applied:#}")))?
@@ -2068,7 +2111,7 @@ fn a_kill_at_any_system_call_then_a_rerun_equals_one_clean_run() {
                 tally.rerun_killed += usize::from(apply_killed_at(&w.env, m, *k));
             }
             let done = checkpoints(w.env.root());
-            let (code, rerun) = run_json(&w.env, &["apply"]).unwrap_or_else(|e| panic!("{e}"));
+            let (code, rerun) = run_json(&w, &["apply"]).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(code, 0, "the re-run failed:\n{rerun:#}");
             tally.resumed += usize::from(!done.is_empty() && done != want_done);
             tally.swept += usize::from(rerun["recovered_temporaries"].as_u64().unwrap_or(0) > 0);
