@@ -1240,11 +1240,19 @@ fn known_defect(case: &Case) -> Option<&'static Class> {
         (&DB_PARENT_NOT_DIR, db_parent_not_dir),
         (&LINK_ALIAS, link_alias),
     ];
-    tests
+    let found = tests
         .into_iter()
         .find(|(class, test)| !included(class) && test(case))
-        .map(|(class, _)| class)
+        .map(|(class, _)| class);
+    if let Some(class) = found {
+        *REJECTED.lock().unwrap().entry(class.name).or_default() += 1;
+    }
+    found
 }
+
+/// How many drawn cases each class kept out, for the summary.
+static REJECTED: std::sync::Mutex<BTreeMap<&'static str, usize>> =
+    std::sync::Mutex::new(BTreeMap::new());
 
 /// Every effect of the plan's steps, flattened.
 fn all_effects(case: &Case) -> Vec<Eff> {
@@ -1825,7 +1833,8 @@ fn generated_plans_keep_every_promise() {
     eprintln!(
         "generated: {} cases passed in {:.1} s (seed {seed:#x}): {} partly converged, {} with links, \
          {} with databases in the tree, {} plan errors, {} failed applies, {} flagged as fighting \
-         ({} did fight and --verify named it), {} changes applied; steps: {:?}",
+         ({} did fight and --verify named it), {} changes applied; steps: {:?}; drawn cases (of \
+         both tests so far) kept out by a known defect's class: {:?}",
         cases,
         started.elapsed().as_secs_f64(),
         tally.partly_converged,
@@ -1836,7 +1845,8 @@ fn generated_plans_keep_every_promise() {
         tally.fights_flagged,
         tally.fights_seen,
         tally.changes,
-        tally.ops
+        tally.ops,
+        REJECTED.lock().unwrap()
     );
 }
 
