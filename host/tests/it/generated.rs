@@ -9,7 +9,7 @@
 //!   `-wal`/`-shm`/`-journal` file included (they are just paths of the snapshot);
 //! - a second apply reports only `unchanged`, unless the plan fights itself; then the first
 //!   apply's `--verify` names exactly what the second apply changes. A plan whose steps do not
-//!   interfere (see [`fights`]) must never fight;
+//!   interfere (see [`fights`]) must never fight; a converged tree passes `check`;
 //! - nothing is written outside the root (a sibling directory is snapshotted).
 //!
 //! A failing case shrinks (proptest) and is printed as a plan and a shell script of its tree,
@@ -1744,6 +1744,13 @@ fn check_case(case: &Case, tally: &mut Tally) -> Result<(), TestCaseError> {
             if let Some(d) = diff_snapshots(&outside_state(&converged), &outside_state(&after)) {
                 return Err(fail(format!(
                     "the second apply reported nothing but changed the tree:\n  {d}"
+                )));
+            }
+            let (ccode, checked) = run_json(&w, &["check"]).map_err(fail)?;
+            if ccode != 0 || checked["changed"] != false {
+                return Err(fail(format!(
+                    "converged (--verify passed, the second apply changed nothing) but check \
+                     exited {ccode}:\n{checked:#}"
                 )));
             }
         } else {
