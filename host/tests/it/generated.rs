@@ -10,6 +10,7 @@
 //! - a second apply reports only `unchanged`, unless the plan fights itself; then the first
 //!   apply's `--verify` names exactly what the second apply changes. A plan whose steps do not
 //!   interfere (see [`fights`]) must never fight; a converged tree passes `check`;
+//! - the changes of an `each` stay inside its templates rendered with the records' values;
 //! - nothing is written outside the root (a sibling directory is snapshotted).
 //!
 //! A failing case shrinks (proptest) and is printed as a plan and a shell script of its tree,
@@ -23,9 +24,11 @@
 //! paths, kinds, modes, file contents, database contents (schema and rows) and the state store's
 //! checkpoints, with no temporary left.
 //!
-//! Known defects (issues 13 and 14) are kept out of the default generation, one named class each
-//! in [`CLASSES`]; `IDEM_GEN_INCLUDE=name,name` (or `all`) lets them back in. Budget:
-//! `IDEM_GEN_SEED`, `IDEM_GEN_CASES`, `IDEM_GEN_KILLS`; tests/soak.sh runs it for hours.
+//! Known defects (issues 13 and 14, and two found here) are kept out of the default generation,
+//! one named class each in [`CLASSES`]; `IDEM_GEN_INCLUDE=name,name` (or `all`) lets them back
+//! in. Budget: `IDEM_GEN_SEED`, `IDEM_GEN_CASES`, `IDEM_GEN_KILLS` (`IDEM_GEN_KILL_ONLY=P:N`
+//! replays one kill point, `IDEM_GEN_DEBUG=1` prints the error of every failing step);
+//! tests/soak.sh runs it for hours. docs/guarantees.md has the figures.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
