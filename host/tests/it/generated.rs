@@ -317,8 +317,14 @@ pub enum Entry {
 
 #[derive(Clone, Debug)]
 pub enum Edit {
+    /// New content in a file (where its directory exists).
     Write(&'static str),
+    /// A file deleted.
     Delete(&'static str),
+    /// A path's permission bits changed to 0600 (a file) or 0700 (a directory).
+    Chmod(&'static str),
+    /// A file replaced by an empty directory.
+    FileToDir(&'static str),
 }
 
 #[derive(Clone, Debug)]
@@ -529,9 +535,12 @@ fn edit() -> impl Strategy<Value = Edit> {
         "a/1.log",
         "a/c/y.log",
     ]);
+    let any = prop_oneof![paths.clone(), dir_path(false)];
     prop_oneof![
-        paths.clone().prop_map(Edit::Write),
-        paths.prop_map(Edit::Delete)
+        3 => paths.clone().prop_map(Edit::Write),
+        3 => paths.clone().prop_map(Edit::Delete),
+        2 => any.prop_map(Edit::Chmod),
+        1 => paths.prop_map(Edit::FileToDir),
     ]
 }
 
@@ -852,7 +861,7 @@ fn build(case: &Case) -> World {
             .expect("running idem");
         for e in &case.edits {
             let p = root.join(match e {
-                Edit::Write(p) | Edit::Delete(p) => p,
+                Edit::Write(p) | Edit::Delete(p) | Edit::Chmod(p) | Edit::FileToDir(p) => p,
             });
             match e {
                 Edit::Write(_) => {
@@ -863,6 +872,17 @@ fn build(case: &Case) -> World {
                 Edit::Delete(_) => {
                     if p.is_file() {
                         let _ = std::fs::remove_file(&p);
+                    }
+                }
+                Edit::Chmod(_) => {
+                    if !p.is_symlink() && p.exists() {
+                        let mode = if p.is_dir() { 0o700 } else { 0o600 };
+                        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode));
+                    }
+                }
+                Edit::FileToDir(_) => {
+                    if p.is_file() && !p.is_symlink() && std::fs::remove_file(&p).is_ok() {
+                        let _ = std::fs::create_dir(&p);
                     }
                 }
             }
