@@ -14,5 +14,14 @@ command -v script >/dev/null || { apt-get update -qq && apt-get install -y -qq b
 # componentize-py; host/tests/it/plugins.rs fails, naming this script, when it is missing.
 command -v componentize-py >/dev/null || pip install --quiet "componentize-py==0.25.1"
 
+# The kill-point explorer (host/tests/it/generated.rs) kills apply at chosen system calls with
+# strace's fault injection.
+if ! command -v strace >/dev/null; then
+  sudo=()
+  ((EUID == 0)) || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq strace >/dev/null
+fi
+
 # The GitHub Action's tests and lints: act, zizmor, actionlint, check-jsonschema, jq, shellcheck.
 bash tests/action/setup.sh

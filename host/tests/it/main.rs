@@ -9,6 +9,7 @@ mod crash;
 mod data;
 mod dbfiles;
 mod fidelity;
+mod generated;
 mod live;
 mod plugins;
 mod sandbox;
