@@ -58,4 +58,7 @@ pub trait PathProbe {
 
     /// Stop showing a database a dry run created at `path` (its step failed).
     fn unmirror(&mut self, path: &RelPath);
+
+    /// Whether `path` is a directory as this run sees it, following a link on disk.
+    fn is_dir(&self, path: &RelPath) -> bool;
 }

@@ -542,7 +542,10 @@ fn a_source_may_be_a_link_inside_the_root() {
     assert_eq!(t.read("out.txt"), "hello\n");
     // A link into idem's state is not a source.
     std::os::unix::fs::symlink(".idem/state.db", t.path("sneaky.csv")).unwrap();
-    t.write("idem.yml", "steps:\n  - file: copy.db\n    source: sneaky.csv\n");
+    t.write(
+        "idem.yml",
+        "steps:\n  - file: copy.db\n    source: sneaky.csv\n",
+    );
     t.idem(&["apply"]).code(1).says("idem's own state");
 }
 

@@ -213,3 +213,29 @@ fn a_failed_upsert_leaves_no_empty_database_behind() {
     assert_eq!(changes(&planned), changes(&applied));
     assert!(!t.exists("new.db"), "an empty database was left behind");
 }
+
+/// Found by the generator (issue 19): a database whose directory is a file was planned as
+/// created, while apply failed with SQLite error 14. Both now say what is wrong.
+#[test]
+fn a_database_under_a_file_fails_alike_in_plan_and_apply() {
+    let t = Env::new();
+    t.write("a", "a file\n");
+    t.write("rows.csv", ROWS);
+    t.write(
+        "idem.yml",
+        "steps:\n  - upsert: a/app.db\n    table: people\n    key: id\n    from: rows.csv\n  - file: after.txt\n    content: \"x\\n\"\n",
+    );
+    let planned = t.json(&["plan"], 1);
+    let applied = t.json(&["apply"], 1);
+    assert_eq!(changes(&planned), changes(&applied));
+    for r in [&planned, &applied] {
+        assert!(
+            r["steps"][0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("a is not a directory"),
+            "{r:#}"
+        );
+        assert_eq!(r["steps"][1]["outcome"], "not-run");
+    }
+}

@@ -839,6 +839,12 @@ impl crate::cap::PathProbe for FsCap {
         self.gate.unmirror(path);
     }
 
+    fn is_dir(&self, path: &RelPath) -> bool {
+        self.found(path)
+            .and_then(|f| FsCap::is_dir(self, path, &f))
+            .unwrap_or(false)
+    }
+
     fn mirror(&mut self, path: &RelPath, copy: Arc<PathBuf>) {
         let size = std::fs::metadata(copy.as_path()).map_or(0, |m| m.len());
         self.gate.mirror(path, copy, size, 0o666 & !self.umask);

@@ -199,14 +199,21 @@ impl Host for SqliteView<'_> {
             }
             Err(e) => return Ok(Err(e)),
         };
-        if !exists {
-            // SQLite creates the file but not its directory: say so clearly.
-            if let Some(parent) = rel.parent()
-                && matches!(self.paths.probe(&parent), Ok(None))
-            {
-                return Ok(Err(Error::NotFound(format!(
-                    "{rel}: parent directory {parent} does not exist"
-                ))));
+        if !exists && let Some(parent) = rel.parent() {
+            // SQLite creates the file but not its directory: say so clearly, the same in a
+            // dry run (whose private copy would not notice) as under apply.
+            match self.paths.probe(&parent) {
+                Ok(None) => {
+                    return Ok(Err(Error::NotFound(format!(
+                        "{rel}: parent directory {parent} does not exist"
+                    ))));
+                }
+                Ok(Some(_)) if !self.paths.is_dir(&parent) => {
+                    return Ok(Err(Error::WrongKind(format!(
+                        "{rel}: {parent} is not a directory"
+                    ))));
+                }
+                _ => {}
             }
         }
         let source = match self.source(&rel) {
