@@ -157,7 +157,9 @@ pub fn run(step: &CleanupStep) -> Result<StepReport, StepError> {
                         batch.push(path);
                         owners.push(i);
                         if batch.len() >= BATCH {
-                            removed += flush(&mut batch, &mut owners, &mut dirs)?;
+                            let (r, k) = flush(&mut batch, &mut owners, &mut dirs, cutoff)?;
+                            removed += r;
+                            kept += k;
                             log::progress(removed, 0);
                         }
                     } else {
@@ -168,7 +170,9 @@ pub fn run(step: &CleanupStep) -> Result<StepReport, StepError> {
             }
         }
     }
-    removed += flush(&mut batch, &mut owners, &mut dirs)?;
+    let (r, k) = flush(&mut batch, &mut owners, &mut dirs, cutoff)?;
+    removed += r;
+    kept += k;
 
     let mut dirs_removed = 0u64;
     if step.remove_empty_dirs {
@@ -205,29 +209,39 @@ pub fn run(step: &CleanupStep) -> Result<StepReport, StepError> {
 }
 
 /// Remove the batched files; returns how many were removed (absent ones were already gone).
+/// Remove the batched files that are still older than `cutoff` when the host comes to them;
+/// returns how many were removed, and how many were left because they are fresh now (a log
+/// rotated since the listing) or gone.
 fn flush(
     batch: &mut Vec<String>,
     owners: &mut Vec<usize>,
     dirs: &mut [Dir],
-) -> Result<u64, StepError> {
+    cutoff: (i64, u32),
+) -> Result<(u64, u64), StepError> {
     if batch.is_empty() {
-        return Ok(0);
+        return Ok((0, 0));
     }
-    let changes = fs::remove_files(batch).map_err(|e| {
+    let older_than = crate::idem::plugin::types::Datetime {
+        seconds: cutoff.0,
+        nanoseconds: cutoff.1,
+    };
+    let changes = fs::remove_stale_files(batch, older_than).map_err(|e| {
         let first = batch.first().map_or("", String::as_str);
         fail(format!("removing {} files (from {first})", batch.len()), e)
     })?;
-    let mut removed = 0;
+    let (mut removed, mut left) = (0, 0);
     for (change, &owner) in changes.iter().zip(owners.iter()) {
         if *change == Change::Removed {
             removed += 1;
+            let dir = &mut dirs[owner];
+            dir.remaining = dir.remaining.saturating_sub(1);
+        } else {
+            left += 1;
         }
-        let dir = &mut dirs[owner];
-        dir.remaining = dir.remaining.saturating_sub(1);
     }
     batch.clear();
     owners.clear();
-    Ok(removed)
+    Ok((removed, left))
 }
 
 #[cfg(test)]

@@ -366,6 +366,8 @@ fn load(
         (None, None, Some((r, _))) => r.as_record().names(),
         (None, None, None) => step.key.clone(),
     };
+    // Known only as "the key": a JSON or NDJSON source with no records and no `columns`.
+    let columns_unknown = step.columns.is_none() && records.header().is_none() && first.is_empty();
     if let Some(k) = step.key.iter().find(|k| !columns.contains(k)) {
         return Err(error(format!(
             "{file}: the key `{k}` is not among the fields ({})",
@@ -410,6 +412,14 @@ fn load(
         )
         .map_err(|e| fail(format!("{db_path}: reading the columns of {table}"), e))?;
     let created = existing.rows.is_empty();
+    if created && columns_unknown {
+        // A table made now would hold the key alone, and the first records to come would
+        // then need `add-columns` (issue 14).
+        return Err(error(format!(
+            "{file} has no records, and {table} does not exist yet: its columns would come from \
+             the records. Give `columns:` to create it empty, or load it once there are records"
+        )));
+    }
     // Per column: its affinity, and the inferred type later values must keep.
     let mut affinities: Vec<Affinity> = Vec::with_capacity(columns.len());
     let mut inferred_types: Vec<Option<Inferred>> = Vec::with_capacity(columns.len());

@@ -58,7 +58,7 @@ impl RunState {
             (Box::new(Disk::default()), Backing::File)
         };
         let state = StateStore::open(state_path, mode.dry_run())?;
-        let mut fs = FsCap::new(dir, sink, now, diffs);
+        let mut fs = FsCap::new(dir, sink, diffs);
         fs.protect(protected(root, state_path, in_state_dir));
         Ok(RunState {
             fs,

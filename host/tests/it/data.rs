@@ -302,12 +302,10 @@ fn a_duplicate_key_in_one_source_is_an_error_naming_both_rows() {
     t.idem(&["apply"])
         .code(1)
         .says("t.csv: row 3 (line 4) has the same key (id=1) as row 1 (line 2)");
-    assert_eq!(
-        t.rows(
-            "app.db",
-            "SELECT count(*) FROM sqlite_schema WHERE name = 't'"
-        ),
-        ["0"]
+    // Nothing written: not even the empty database the failed load created (issue 14).
+    assert!(
+        !t.exists("app.db"),
+        "a failed upsert left its database behind"
     );
     // Across batches, and spelt differently: `7` and `"7"` are one INTEGER key.
     // (Found without `delete-missing`, by the guest's hash of the key as stored.)

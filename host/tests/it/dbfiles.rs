@@ -239,3 +239,39 @@ fn a_database_under_a_file_fails_alike_in_plan_and_apply() {
         assert_eq!(r["steps"][1]["outcome"], "not-run");
     }
 }
+
+/// Issue 14: an empty JSON source created a table of the key alone (the next records then
+/// needed `add-columns`). Now the step says why it cannot create the table, and leaves no
+/// database behind; with `columns:` the table is made.
+#[test]
+fn an_empty_source_without_columns_does_not_create_a_key_only_table() {
+    let t = Env::new();
+    t.write("e.json", "[]");
+    t.write(
+        "idem.yml",
+        "steps:\n  - upsert: app.db\n    table: t\n    key: id\n    from: e.json\n",
+    );
+    let planned = t.json(&["plan"], 1);
+    let applied = t.json(&["apply"], 1);
+    assert_eq!(changes(&planned), changes(&applied));
+    assert!(
+        applied["steps"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("Give `columns:`"),
+        "{applied:#}"
+    );
+    assert!(!t.exists("app.db"));
+    t.write(
+        "idem.yml",
+        "steps:\n  - upsert: app.db\n    table: t\n    key: id\n    columns: [id, name]\n    from: e.json\n",
+    );
+    t.json(&["apply"], 0);
+    assert_eq!(
+        t.rows(
+            "app.db",
+            "SELECT name FROM pragma_table_info('t') ORDER BY cid"
+        ),
+        ["id", "name"]
+    );
+}

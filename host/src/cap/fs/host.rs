@@ -138,4 +138,13 @@ impl Host for FsView<'_> {
         let resolved: CapResult<Vec<RelPath>> = paths.iter().map(|p| self.path(p)).collect();
         Ok(resolved.and_then(|ps| self.fs.remove_files(&ps)))
     }
+
+    fn remove_stale_files(
+        &mut self,
+        paths: Vec<String>,
+        older_than: crate::bindings::types::Datetime,
+    ) -> R<Vec<Done>> {
+        let resolved: CapResult<Vec<RelPath>> = paths.iter().map(|p| self.path(p)).collect();
+        Ok(resolved.and_then(|ps| self.fs.remove_stale_files(&ps, older_than)))
+    }
 }

@@ -58,14 +58,12 @@ const LISTED_DIRS: usize = 1024;
 pub struct FsCap {
     root: Dir,
     gate: Gate,
-    /// The run's clock.
-    now: Datetime,
     /// The process umask, for the mode of new files and directories.
     umask: u32,
     /// While the disk is frozen (a dry run), the kinds of the entries of recently listed
     /// directories, as on disk: they stay true, so a cleanup's removals need not stat again
     /// every file its listing just saw.
-    listed: RefCell<HashMap<RelPath, HashMap<String, Kind>>>,
+    listed: RefCell<HashMap<RelPath, HashMap<String, Metadata>>>,
     /// Where paths must never lead, however they are spelt: idem's own state (the state
     /// directory, or the state store's files), as real absolute paths.
     protected: Vec<PathBuf>,
@@ -168,11 +166,10 @@ fn check_mode(mode: Option<u32>) -> CapResult<()> {
 impl FsCap {
     /// The capability over `root`, opened by the caller (the only ambient-authority step),
     /// with changes going to `sink`.
-    pub fn new(root: Dir, sink: Box<dyn Sink + Send>, now: Datetime, diffs: bool) -> Self {
+    pub fn new(root: Dir, sink: Box<dyn Sink + Send>, diffs: bool) -> Self {
         FsCap {
             root,
             gate: Gate::new(sink, diffs),
-            now,
             umask: umask(),
             listed: RefCell::new(HashMap::new()),
             protected: Vec::new(),
@@ -514,7 +511,7 @@ impl FsCap {
                         .map_err(|e| io_error(&path.join(&name), e))?,
                 );
                 if let Some(k) = &mut kinds {
-                    k.insert(name.clone(), meta.kind);
+                    k.insert(name.clone(), meta);
                 }
                 entries.insert(name, meta);
             }
@@ -743,6 +740,26 @@ impl FsCap {
     /// each directory is opened once and its files are looked at and removed by name, one
     /// system call each, instead of resolving every path from the root again.
     pub fn remove_files(&mut self, paths: &[RelPath]) -> CapResult<Vec<Done>> {
+        self.remove_files_before(paths, None)
+    }
+
+    /// `remove-stale-files`: as `remove-files`, leaving (as `unchanged`) a file whose
+    /// modification time is no longer before `cutoff` when it comes to remove it. Under apply
+    /// the time is read right before the unlink (a log rotated since the listing is fresh
+    /// now); under a dry run the disk does not change, and the listing's time is the same.
+    pub fn remove_stale_files(
+        &mut self,
+        paths: &[RelPath],
+        cutoff: Datetime,
+    ) -> CapResult<Vec<Done>> {
+        self.remove_files_before(paths, Some(cutoff))
+    }
+
+    fn remove_files_before(
+        &mut self,
+        paths: &[RelPath],
+        cutoff: Option<Datetime>,
+    ) -> CapResult<Vec<Done>> {
         let mut out = Vec::with_capacity(paths.len());
         let mut current: Option<(RelPath, Option<Dir>)> = None;
         for path in paths {
@@ -772,18 +789,23 @@ impl FsCap {
                 .listed
                 .borrow()
                 .get(&parent)
-                .map(|kinds| kinds.get(path.file_name()).copied());
+                .map(|entries| entries.get(path.file_name()).copied());
             let found = match (self.gate.planned(path), listed, dir) {
                 (Some(f), ..) => f,
                 (None, Some(None), _) | (None, None, None) => Found::Absent,
-                (None, Some(Some(kind)), _) => Found::Real(Metadata {
-                    kind,
-                    size: 0,
-                    mode: 0,
-                    modified: self.now,
-                }),
+                (None, Some(Some(meta)), _) => Found::Real(meta),
                 (None, None, Some(d)) => real_state(path, d.symlink_metadata(path.file_name()))?,
             };
+            let fresh = match (cutoff, found.metadata()) {
+                (Some(c), Some(m)) => {
+                    (m.modified.seconds, m.modified.nanoseconds) >= (c.seconds, c.nanoseconds)
+                }
+                _ => false,
+            };
+            if fresh {
+                out.push(Done::Unchanged);
+                continue;
+            }
             match found.kind() {
                 None => out.push(Done::Unchanged),
                 Some(Kind::Directory) => {
@@ -866,11 +888,6 @@ mod tests {
         Policy::new(Mode::Apply).resolve(s).unwrap()
     }
 
-    const NOW: Datetime = Datetime {
-        seconds: 1_000,
-        nanoseconds: 0,
-    };
-
     /// A root on disk with a few entries, and the capability over it with either sink.
     fn cap(dry_run: bool) -> (tempfile::TempDir, FsCap) {
         let t = tempfile::tempdir().unwrap();
@@ -884,7 +901,7 @@ mod tests {
         } else {
             Box::new(Disk::default())
         };
-        (t, FsCap::new(root, sink, NOW, false))
+        (t, FsCap::new(root, sink, false))
     }
 
     fn names(fs: &FsCap, dir: &str) -> Vec<String> {
@@ -987,6 +1004,44 @@ mod tests {
                 assert!(r.is_err(), "{what} (dry run {dry}): {r:?}");
             }
             assert!(fs.take_changes().is_empty(), "dry run {dry}");
+        }
+    }
+
+    /// Issue 14: a cleanup judged age when it listed and unlinked a whole walk later: a log
+    /// rotated in between was deleted fresh. The time is read again right before the unlink.
+    #[test]
+    fn a_file_rewritten_after_the_listing_is_not_removed_as_stale() {
+        for dry in [false, true] {
+            let (t, mut fs) = cap(dry);
+            let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(500);
+            for name in ["d/f", "top"] {
+                std::fs::File::options()
+                    .write(true)
+                    .open(t.path().join(name))
+                    .unwrap()
+                    .set_modified(old)
+                    .unwrap();
+            }
+            assert_eq!(fs.list_dir(&p("d")).unwrap().len(), 2);
+            // Rotated in place between the listing and the removal (apply only: a dry run's
+            // disk does not change, and its listing is as true as a new look).
+            if !dry {
+                std::fs::write(t.path().join("d/f"), "rotated\n").unwrap();
+            }
+            let cutoff = Datetime {
+                seconds: 1_000,
+                nanoseconds: 0,
+            };
+            let done = fs
+                .remove_stale_files(&[p("d/f"), p("top")], cutoff)
+                .unwrap();
+            let want = if dry {
+                [Done::Removed, Done::Removed]
+            } else {
+                [Done::Unchanged, Done::Removed]
+            };
+            assert_eq!(done, want, "dry run {dry}");
+            assert!(t.path().join("d/f").exists(), "dry run {dry}");
         }
     }
 

@@ -857,7 +857,6 @@ impl Databases {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bindings::types::Datetime;
     use crate::cap::fs::{Disk, FsCap, Overlay, Sink};
     use crate::policy::{Mode, Policy};
 
@@ -870,16 +869,12 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root =
             cap_std::fs::Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
-        let now = Datetime {
-            seconds: 0,
-            nanoseconds: 0,
-        };
         let (sink, backing): (Box<dyn Sink + Send>, Backing) = if dry_run {
             (Box::new(Overlay::new()), Backing::PrivateCopy)
         } else {
             (Box::new(Disk::default()), Backing::File)
         };
-        let fs = FsCap::new(root, sink, now, false);
+        let fs = FsCap::new(root, sink, false);
         let dbs = Databases::new(t.path().to_path_buf(), backing);
         (t, fs, dbs)
     }
