@@ -32,8 +32,8 @@ pub enum PlannedContent {
     OnDisk,
     /// Bytes a dry run planned there (a copy of a template, say).
     Bytes(Arc<Vec<u8>>),
-    /// A database a dry run writes, in its private copy.
-    Database(Arc<PathBuf>),
+    /// Content a dry run keeps in a private file: a database it writes, or a large write.
+    Spilled(Arc<PathBuf>),
 }
 
 /// How the run sees a path (including a dry run's planned changes), for capabilities other

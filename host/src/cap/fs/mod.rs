@@ -271,14 +271,14 @@ impl FsCap {
     fn found(&self, path: &RelPath) -> CapResult<Found> {
         match self.gate.planned(path) {
             // A dry run's database grows as it is written: its size is its copy's now.
-            Some(Found::Planned(Planned::Database {
+            Some(Found::Planned(Planned::Spilled {
                 copy,
                 mode,
                 modified,
                 ..
             })) => {
                 let size = std::fs::metadata(copy.as_path()).map_or(0, |m| m.len());
-                Ok(Found::Planned(Planned::Database {
+                Ok(Found::Planned(Planned::Spilled {
                     copy,
                     size,
                     mode,
@@ -319,7 +319,7 @@ impl FsCap {
                 std::io::Read::read_to_end(&mut f, &mut data).map_err(|e| io_error(path, e))?;
                 Ok(Arc::new(data))
             }
-            Found::Planned(Planned::Database { copy, .. }) => std::fs::read(copy.as_path())
+            Found::Planned(Planned::Spilled { copy, .. }) => std::fs::read(copy.as_path())
                 .map(Arc::new)
                 .map_err(|e| io_error(path, e)),
             Found::Planned(Planned::Dir { .. }) => {
@@ -454,7 +454,7 @@ impl FsCap {
                 data: d.clone(),
                 pos: 0,
             }),
-            Found::Planned(Planned::Database { copy, .. }) => std::fs::File::open(copy.as_path())
+            Found::Planned(Planned::Spilled { copy, .. }) => std::fs::File::open(copy.as_path())
                 .map(|f| Reader::File(cap_std::fs::File::from_std(f)))
                 .map_err(|e| io_error(path, e)),
             f if f.kind() == Some(Kind::File) => self.open_regular(path).map(Reader::File),
@@ -600,7 +600,7 @@ impl FsCap {
             None => None,
             Some(Kind::File) => Some(match &found {
                 Found::Planned(Planned::File { data: Some(_), .. })
-                | Found::Planned(Planned::Database { .. }) => {
+                | Found::Planned(Planned::Spilled { .. }) => {
                     let d = self.content(path, &found)?;
                     Before {
                         same: d.as_slice() == content.as_slice(),
@@ -849,7 +849,7 @@ impl crate::cap::PathProbe for FsCap {
         Ok(match self.found(path)? {
             Found::Absent => P::Absent,
             Found::Real(_) => P::OnDisk,
-            Found::Planned(Planned::Database { copy, .. }) => P::Database(copy),
+            Found::Planned(Planned::Spilled { copy, .. }) => P::Spilled(copy),
             f @ Found::Planned(Planned::File { .. }) => P::Bytes(self.content(path, &f)?),
             Found::Planned(Planned::Dir { .. }) => {
                 return Err(Error::WrongKind(format!("{path} is a directory")));

@@ -36,15 +36,23 @@ enum Node {
     Gone,
 }
 
+/// Planned contents larger than this are kept in a private file, not in memory.
+const SPILL_BYTES: usize = 1 << 20;
+
 /// Planned states of paths under a dry run.
 pub struct Overlay {
     nodes: BTreeMap<RelPath, Node>,
+    /// Where large planned contents are kept (made on first use, removed with the run).
+    scratch: Option<tempfile::TempDir>,
+    spilled: u64,
 }
 
 impl Overlay {
     pub fn new() -> Self {
         Overlay {
             nodes: BTreeMap::new(),
+            scratch: None,
+            spilled: 0,
         }
     }
 
@@ -80,7 +88,7 @@ impl Sink for Overlay {
             match self.nodes.get(&anc) {
                 Some(Node::Gone)
                 | Some(Node::Is(Planned::File { .. }))
-                | Some(Node::Is(Planned::Database { .. })) => {
+                | Some(Node::Is(Planned::Spilled { .. })) => {
                     return Some(Found::Absent);
                 }
                 Some(Node::Is(Planned::Dir {
@@ -145,15 +153,35 @@ impl Sink for Overlay {
         content: Vec<u8>,
         mode: u32,
     ) -> io::Result<()> {
-        self.nodes.insert(
-            path.clone(),
-            Node::Is(Planned::File {
-                size: content.len() as u64,
+        let size = content.len() as u64;
+        let planned = if content.len() > SPILL_BYTES {
+            // A dry run's footprint must not grow with what it plans to write.
+            if self.scratch.is_none() {
+                self.scratch = Some(tempfile::Builder::new().prefix("idem-dry-run-").tempdir()?);
+            }
+            self.spilled += 1;
+            let file = self
+                .scratch
+                .as_ref()
+                .expect("made above")
+                .path()
+                .join(format!("{}.planned", self.spilled));
+            std::fs::write(&file, &content)?;
+            Planned::Spilled {
+                copy: Arc::new(file),
+                size,
+                mode,
+                modified: wall_clock(),
+            }
+        } else {
+            Planned::File {
+                size,
                 data: Some(Arc::new(content)),
                 mode,
                 modified: wall_clock(),
-            }),
-        );
+            }
+        };
+        self.nodes.insert(path.clone(), Node::Is(planned));
         Ok(())
     }
 
@@ -179,12 +207,12 @@ impl Sink for Overlay {
                 mode,
                 modified,
             },
-            Found::Planned(Planned::Database {
+            Found::Planned(Planned::Spilled {
                 copy,
                 size,
                 modified,
                 ..
-            }) => Planned::Database {
+            }) => Planned::Spilled {
                 copy,
                 size,
                 mode,
@@ -214,12 +242,12 @@ impl Sink for Overlay {
 
     fn mirror(&mut self, path: &RelPath, copy: Arc<std::path::PathBuf>, size: u64, mode: u32) {
         let mode = match self.nodes.get(path) {
-            Some(Node::Is(Planned::Database { mode, .. })) => *mode,
+            Some(Node::Is(Planned::Spilled { mode, .. })) => *mode,
             _ => mode,
         };
         self.nodes.insert(
             path.clone(),
-            Node::Is(Planned::Database {
+            Node::Is(Planned::Spilled {
                 copy,
                 size,
                 mode,
@@ -231,7 +259,7 @@ impl Sink for Overlay {
     fn unmirror(&mut self, path: &RelPath) {
         if matches!(
             self.nodes.get(path),
-            Some(Node::Is(Planned::Database { .. }))
+            Some(Node::Is(Planned::Spilled { .. }))
         ) {
             self.nodes.insert(path.clone(), Node::Gone);
         }
@@ -388,6 +416,25 @@ mod tests {
             .map(|(n, _)| n)
             .collect();
         assert_eq!(top, ["a", "ab"]);
+    }
+
+    /// Issue 14: a dry run held every planned file's content in memory.
+    #[test]
+    fn a_large_planned_write_is_kept_on_disk_outside_the_root() {
+        let (t, r) = root();
+        let mut o = Overlay::new();
+        let big = vec![7u8; SPILL_BYTES + 1];
+        o.replace_file(&r, &p(""), &p("big"), big.clone(), 0o644)
+            .unwrap();
+        match o.planned(&p("big")) {
+            Some(Found::Planned(Planned::Spilled { copy, size, .. })) => {
+                assert_eq!(size, big.len() as u64);
+                assert!(!copy.starts_with(t.path()), "kept outside the root");
+                assert_eq!(std::fs::read(copy.as_path()).unwrap(), big);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
     }
 
     #[test]

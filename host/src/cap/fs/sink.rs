@@ -32,9 +32,10 @@ pub enum Planned {
         mode: u32,
         modified: Datetime,
     },
-    /// A database a dry run writes: its content is the run's private copy at `copy`, a file
-    /// outside the root that the SQLite capability keeps up to date.
-    Database {
+    /// A file whose planned content is kept in a private file at `copy`, outside the root: a
+    /// database a dry run writes (the SQLite capability keeps its copy up to date), or a
+    /// large planned write, spilled to disk rather than held in memory.
+    Spilled {
         copy: Arc<PathBuf>,
         size: u64,
         mode: u32,
@@ -68,7 +69,7 @@ impl Found {
                 modified,
                 ..
             })
-            | Found::Planned(Planned::Database {
+            | Found::Planned(Planned::Spilled {
                 size,
                 mode,
                 modified,

@@ -34,7 +34,7 @@ impl SqliteView<'_> {
             PlannedContent::Absent => Source::Absent,
             PlannedContent::OnDisk => Source::Disk,
             PlannedContent::Bytes(b) => Source::Bytes(b),
-            PlannedContent::Database(c) => Source::Copy(c),
+            PlannedContent::Spilled(c) => Source::Copy(c),
         })
     }
 

@@ -884,7 +884,7 @@ mod tests {
             crate::cap::PlannedContent::Absent => Source::Absent,
             crate::cap::PlannedContent::OnDisk => Source::Disk,
             crate::cap::PlannedContent::Bytes(b) => Source::Bytes(b),
-            crate::cap::PlannedContent::Database(c) => Source::Copy(c),
+            crate::cap::PlannedContent::Spilled(c) => Source::Copy(c),
         }
     }
 
