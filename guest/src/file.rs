@@ -24,12 +24,18 @@ pub fn run(step: &FileStep) -> Result<StepReport, StepError> {
             return Ok(r);
         }
     }
-    let content: Cow<'_, [u8]> = match (&step.content, &step.source) {
-        (Some(text), _) => Cow::Borrowed(text.as_bytes()),
-        (None, Some(source)) => {
-            Cow::Owned(fs::read(source).map_err(|e| fail(format!("reading source {source}"), e))?)
+    if let (None, Some(source)) = (&step.content, &step.source) {
+        // Copied by the host in chunks: a source of any size is never held by the guest.
+        if existing.is_none() {
+            make_parent(path)?;
         }
-        (None, None) => return Err(error(format!("{path}: no content or source given"))),
+        fs::copy_file(source, path, mode)
+            .map_err(|e| fail(format!("copying {source} to {path}"), e))?;
+        return Ok(report(&[]));
+    }
+    let content: Cow<'_, [u8]> = match &step.content {
+        Some(text) => Cow::Borrowed(text.as_bytes()),
+        None => return Err(error(format!("{path}: no content or source given"))),
     };
     match &existing {
         Some(meta) if meta.kind == Kind::File => {
@@ -42,16 +48,19 @@ pub fn run(step: &FileStep) -> Result<StepReport, StepError> {
             }
         }
         Some(_) => {}
-        None => {
-            if let Some(dir) = parent(path) {
-                let there = fs::stat(dir).map_err(|e| fail(format!("checking {dir}"), e))?;
-                if there.is_none() {
-                    fs::create_dir(dir, None)
-                        .map_err(|e| fail(format!("creating directory {dir}"), e))?;
-                }
-            }
-        }
+        None => make_parent(path)?,
     }
     fs::write_atomic(path, &content, mode).map_err(|e| fail(format!("writing {path}"), e))?;
     Ok(report(&[]))
+}
+
+/// A missing parent directory is created through `create-dir`, so it is a change of its own.
+fn make_parent(path: &str) -> Result<(), StepError> {
+    if let Some(dir) = parent(path) {
+        let there = fs::stat(dir).map_err(|e| fail(format!("checking {dir}"), e))?;
+        if there.is_none() {
+            fs::create_dir(dir, None).map_err(|e| fail(format!("creating directory {dir}"), e))?;
+        }
+    }
+    Ok(())
 }

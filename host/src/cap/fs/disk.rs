@@ -46,6 +46,66 @@ fn sync_dir(root: &Dir, dir: &RelPath) -> io::Result<()> {
     root.open_dir(dir.as_fs())?.open(".")?.sync_all()
 }
 
+impl Disk {
+    /// Write a temporary beside `path` with `fill`, fsync it, rename it over `path`, fsync
+    /// the directory. On failure the temporary file is removed.
+    fn replace_with(
+        &mut self,
+        root: &Dir,
+        parent: &RelPath,
+        path: &RelPath,
+        mode: u32,
+        fill: &mut dyn FnMut(&mut cap_std::fs::File) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.tmp_counter += 1;
+        let suffix = format!("{TMP_MARKER}{}-{}", std::process::id(), self.tmp_counter);
+        // A name near the 255-byte limit has no room for the suffix: then the temporary is
+        // named by the suffix alone.
+        let name = if path.file_name().len() + suffix.len() < 255 {
+            format!(".{}{suffix}", path.file_name())
+        } else {
+            format!(".{}", &suffix[1..])
+        };
+        let tmp = parent.join(&name);
+        // The file it replaces keeps its owner and group (as root over /etc, an app:app
+        // config must not become root:root).
+        let owner = root
+            .symlink_metadata(path.as_fs())
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| (m.uid(), m.gid()));
+        let mut write = || -> io::Result<()> {
+            let mut f = root.open_with(
+                tmp.as_fs(),
+                OpenOptions::new().write(true).create_new(true).mode(mode),
+            )?;
+            fill(&mut f)?;
+            if let Some((uid, gid)) = owner {
+                use std::os::fd::AsRawFd;
+                // SAFETY: fchown on a descriptor this function owns.
+                let rc = unsafe { libc::fchown(f.as_raw_fd(), uid, gid) };
+                if rc != 0 {
+                    let e = io::Error::last_os_error();
+                    // Not root: a file of another owner cannot be given back; keep ours.
+                    if e.raw_os_error() != Some(libc::EPERM) {
+                        return Err(e);
+                    }
+                }
+            }
+            // The create mode went through the umask (and chown may clear setuid bits); set
+            // the exact bits last.
+            f.set_permissions(Permissions::from_mode(mode))?;
+            f.sync_all()?;
+            root.rename(tmp.as_fs(), root, path.as_fs())
+        };
+        if let Err(e) = write() {
+            let _ = root.remove_file(tmp.as_fs());
+            return Err(e);
+        }
+        sync_dir(root, parent)
+    }
+}
+
 impl Sink for Disk {
     fn planned(&self, _path: &RelPath) -> Option<Found> {
         None
@@ -81,52 +141,20 @@ impl Sink for Disk {
         content: Vec<u8>,
         mode: u32,
     ) -> io::Result<()> {
-        self.tmp_counter += 1;
-        let suffix = format!("{TMP_MARKER}{}-{}", std::process::id(), self.tmp_counter);
-        // A name near the 255-byte limit has no room for the suffix: then the temporary is
-        // named by the suffix alone.
-        let name = if path.file_name().len() + suffix.len() < 255 {
-            format!(".{}{suffix}", path.file_name())
-        } else {
-            format!(".{}", &suffix[1..])
-        };
-        let tmp = parent.join(&name);
-        // The file it replaces keeps its owner and group (as root over /etc, an app:app
-        // config must not become root:root).
-        let owner = root
-            .symlink_metadata(path.as_fs())
-            .ok()
-            .filter(|m| m.is_file())
-            .map(|m| (m.uid(), m.gid()));
-        let write = || -> io::Result<()> {
-            let mut f = root.open_with(
-                tmp.as_fs(),
-                OpenOptions::new().write(true).create_new(true).mode(mode),
-            )?;
-            f.write_all(&content)?;
-            if let Some((uid, gid)) = owner {
-                use std::os::fd::AsRawFd;
-                // SAFETY: fchown on a descriptor this function owns.
-                let rc = unsafe { libc::fchown(f.as_raw_fd(), uid, gid) };
-                if rc != 0 {
-                    let e = io::Error::last_os_error();
-                    // Not root: a file of another owner cannot be given back; keep ours.
-                    if e.raw_os_error() != Some(libc::EPERM) {
-                        return Err(e);
-                    }
-                }
-            }
-            // The create mode went through the umask (and chown may clear setuid bits); set
-            // the exact bits last.
-            f.set_permissions(Permissions::from_mode(mode))?;
-            f.sync_all()?;
-            root.rename(tmp.as_fs(), root, path.as_fs())
-        };
-        if let Err(e) = write() {
-            let _ = root.remove_file(tmp.as_fs());
-            return Err(e);
-        }
-        sync_dir(root, parent)
+        self.replace_with(root, parent, path, mode, &mut |f| f.write_all(&content))
+    }
+
+    fn copy_file(
+        &mut self,
+        root: &Dir,
+        parent: &RelPath,
+        path: &RelPath,
+        from: &mut dyn io::Read,
+        mode: u32,
+    ) -> io::Result<()> {
+        self.replace_with(root, parent, path, mode, &mut |f| {
+            io::copy(from, f).map(|_| ())
+        })
     }
 
     fn mirror(

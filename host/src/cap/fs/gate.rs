@@ -59,6 +59,20 @@ pub fn diff(path: &str, old: &[u8], new: &[u8]) -> String {
     }
 }
 
+/// The change of a file written over `old` (`None`: created), its old hash filled in.
+fn file_change(path: &RelPath, old: Option<&Prior<'_>>) -> Change {
+    let mut change = Change::new(
+        if old.is_some() {
+            ChangeKind::UpdateFile
+        } else {
+            ChangeKind::CreateFile
+        },
+        path.as_str(),
+    );
+    change.before = old.and_then(|o| o.hash.clone().or_else(|| o.data.map(hash)));
+    change
+}
+
 impl Gate {
     pub fn new(sink: Box<dyn Sink + Send>, diffs: bool) -> Self {
         Gate {
@@ -143,17 +157,7 @@ impl Gate {
         mode: u32,
         old: Option<Prior<'_>>,
     ) -> io::Result<()> {
-        let mut change = Change::new(
-            if old.is_some() {
-                ChangeKind::UpdateFile
-            } else {
-                ChangeKind::CreateFile
-            },
-            path.as_str(),
-        );
-        change.before = old
-            .as_ref()
-            .and_then(|o| o.hash.clone().or_else(|| o.data.map(hash)));
+        let mut change = file_change(path, old.as_ref());
         change.after = Some(hash(&content));
         if self.diffs {
             change.diff = Some(match &old {
@@ -165,6 +169,56 @@ impl Gate {
             });
         }
         self.sink.replace_file(root, parent, path, content, mode)?;
+        self.generation += 1;
+        self.record(change);
+        Ok(())
+    }
+
+    /// Copy what `from` reads over `old` (`None` for a new file), hashing it on the way.
+    /// `diff_new` is the new content when the caller has it at hand for a diff.
+    #[allow(clippy::too_many_arguments)]
+    pub fn copy_file(
+        &mut self,
+        root: &Dir,
+        parent: &RelPath,
+        path: &RelPath,
+        from: &mut dyn io::Read,
+        mode: u32,
+        old: Option<Prior<'_>>,
+        diff_new: Option<&[u8]>,
+    ) -> io::Result<()> {
+        use sha2::{Digest, Sha256};
+        struct Hashing<'a> {
+            inner: &'a mut dyn io::Read,
+            hash: Sha256,
+        }
+        impl io::Read for Hashing<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = self.inner.read(buf)?;
+                self.hash.update(&buf[..n]);
+                Ok(n)
+            }
+        }
+        let mut reader = Hashing {
+            inner: from,
+            hash: Sha256::new(),
+        };
+        self.sink.copy_file(root, parent, path, &mut reader, mode)?;
+        let after: String = reader
+            .hash
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut change = file_change(path, old.as_ref());
+        change.after = Some(after);
+        if self.diffs {
+            change.diff = Some(match (&old, diff_new) {
+                (None, Some(n)) => diff(path.as_str(), b"", n),
+                (Some(Prior { data: Some(d), .. }), Some(n)) => diff(path.as_str(), d, n),
+                _ => format!("(no diff: {path} is larger than 1 MiB)\n"),
+            });
+        }
         self.generation += 1;
         self.record(change);
         Ok(())

@@ -124,6 +124,14 @@ impl Host for FsView<'_> {
             .and_then(|p| self.fs.write_atomic(&p, content, mode)))
     }
 
+    fn copy_file(&mut self, source: String, path: String, mode: Option<u32>) -> R<Done> {
+        let follow = !self.policy.confined();
+        Ok(self.path(&source).and_then(|src| {
+            self.path_for_mode(&path, mode)
+                .and_then(|dst| self.fs.copy_file(&src, &dst, mode, follow))
+        }))
+    }
+
     fn set_mode(&mut self, path: String, mode: u32) -> R<Done> {
         Ok(self
             .path_for_mode(&path, Some(mode))

@@ -156,6 +156,20 @@ fn umask() -> u32 {
     }
 }
 
+/// Fill `buf` as far as the reader goes; 0 at its end.
+fn read_full(r: &mut dyn io::Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 fn check_mode(mode: Option<u32>) -> CapResult<()> {
     match mode {
         Some(m) if m > 0o7777 => Err(Error::Invalid(format!("mode {m:o} has bits beyond 0o7777"))),
@@ -570,14 +584,9 @@ impl FsCap {
         Ok(result)
     }
 
-    /// `write-atomic`: ensure a file's content (and mode), atomically.
-    pub fn write_atomic(
-        &mut self,
-        path: &RelPath,
-        content: Vec<u8>,
-        mode: Option<u32>,
-    ) -> CapResult<Done> {
-        check_mode(mode)?;
+    /// The directory a file at `path` is written into: it must be there (as this run sees
+    /// it), and be a directory.
+    fn parent_dir(&self, path: &RelPath) -> CapResult<RelPath> {
         let Some(parent) = path.parent() else {
             return Err(Error::WrongKind(
                 "the root is a directory, not a file".into(),
@@ -594,6 +603,18 @@ impl FsCap {
                 "{path}: {parent} is not a directory"
             )));
         }
+        Ok(parent)
+    }
+
+    /// `write-atomic`: ensure a file's content (and mode), atomically.
+    pub fn write_atomic(
+        &mut self,
+        path: &RelPath,
+        content: Vec<u8>,
+        mode: Option<u32>,
+    ) -> CapResult<Done> {
+        check_mode(mode)?;
+        let parent = self.parent_dir(path)?;
         let found = self.found(path)?;
         let old_mode = found.metadata().map(|m| m.mode);
         let old = match found.kind() {
@@ -660,6 +681,133 @@ impl FsCap {
         } else {
             Done::Created
         })
+    }
+
+    /// A reader over the content of `path`, seen as `found`: planned bytes, a spilled file, or
+    /// the file on disk (opened without blocking, checked on the handle).
+    fn reader_of(&self, path: &RelPath, found: &Found) -> CapResult<Box<dyn io::Read>> {
+        Ok(match found {
+            Found::Planned(Planned::File { data: Some(d), .. }) => {
+                Box::new(io::Cursor::new(d.as_slice().to_vec()))
+            }
+            Found::Planned(Planned::Spilled { copy, .. }) => {
+                Box::new(std::fs::File::open(copy.as_path()).map_err(|e| io_error(path, e))?)
+            }
+            _ => Box::new(self.open_regular(path)?),
+        })
+    }
+
+    /// Whether two readers give the same bytes, compared in chunks.
+    fn same_stream(a: &mut dyn io::Read, b: &mut dyn io::Read, at: &RelPath) -> CapResult<bool> {
+        let (mut x, mut y) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+        loop {
+            let n = read_full(a, &mut x).map_err(|e| io_error(at, e))?;
+            let m = read_full(b, &mut y).map_err(|e| io_error(at, e))?;
+            if n != m || x[..n] != y[..m] {
+                return Ok(false);
+            }
+            if n == 0 {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// `copy-file`: ensure `path` holds exactly the content of `source`, copied in chunks.
+    /// `follow`: `source` may be a link inside the root (the plan's own steps).
+    pub fn copy_file(
+        &mut self,
+        source: &RelPath,
+        path: &RelPath,
+        mode: Option<u32>,
+        follow: bool,
+    ) -> CapResult<Done> {
+        check_mode(mode)?;
+        let parent = self.parent_dir(path)?;
+        let src = if follow {
+            self.found_through_link(source)?
+        } else {
+            self.found(source)?
+        };
+        match src.kind() {
+            Some(Kind::File) => {}
+            None => return Err(Error::NotFound(format!("{source} does not exist"))),
+            Some(_) => return Err(Error::WrongKind(format!("{source} is not a regular file"))),
+        }
+        let src_size = src.metadata().map_or(0, |m| m.size);
+        let found = self.found(path)?;
+        let old_mode = found.metadata().map(|m| m.mode);
+        let exists = match found.kind() {
+            None => false,
+            Some(Kind::File) => true,
+            Some(Kind::Directory) => {
+                return Err(Error::WrongKind(format!("{path} is a directory")));
+            }
+            Some(_) => {
+                return Err(Error::WrongKind(format!(
+                    "{path} is a symbolic link or special file; remove it first"
+                )));
+            }
+        };
+        let new_mode = mode.or(old_mode).unwrap_or(0o666 & !self.umask);
+        let dst_size = found.metadata().map_or(0, |m| m.size);
+        if exists
+            && dst_size == src_size
+            && Self::same_stream(
+                &mut *self.reader_of(source, &src)?,
+                &mut *self.reader_of(path, &found)?,
+                path,
+            )?
+        {
+            return if old_mode == Some(new_mode) {
+                Ok(Done::Unchanged)
+            } else {
+                self.set_mode(path, new_mode)
+            };
+        }
+        let small = self.gate.wants_diffs()
+            && src_size <= gate::DIFF_LIMIT as u64
+            && dst_size <= gate::DIFF_LIMIT as u64;
+        let new_bytes = small.then(|| self.content(source, &src)).transpose()?;
+        let old_bytes = (exists && small)
+            .then(|| self.content(path, &found))
+            .transpose()?;
+        let old_hash = if exists {
+            Some(self.digest_found(path, &found)?)
+        } else {
+            None
+        };
+        let mut from = self.reader_of(source, &src)?;
+        self.gate
+            .copy_file(
+                &self.root,
+                &parent,
+                path,
+                &mut *from,
+                new_mode,
+                old_hash.map(|h| gate::Prior {
+                    hash: Some(h),
+                    data: old_bytes.as_deref().map(|d| d.as_slice()),
+                }),
+                new_bytes.as_deref().map(|d| d.as_slice()),
+            )
+            .map_err(|e| io_error(path, e))?;
+        Ok(if exists { Done::Updated } else { Done::Created })
+    }
+
+    /// SHA-256 of what `path`, seen as `found`, holds, read in chunks.
+    fn digest_found(&self, path: &RelPath, found: &Found) -> CapResult<String> {
+        use sha2::{Digest, Sha256};
+        let mut r = self.reader_of(path, found)?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = r.read(&mut buf).map_err(|e| io_error(path, e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
     }
 
     /// `set-mode`: ensure the permission bits of an existing path.

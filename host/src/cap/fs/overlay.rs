@@ -6,7 +6,7 @@
 //! hidden; otherwise the path's own entry, if any, decides, and without one the disk does.
 
 use std::collections::BTreeMap;
-use std::io;
+use std::io::{self, Read};
 use std::sync::Arc;
 
 use cap_std::fs::Dir;
@@ -19,13 +19,7 @@ use crate::policy::RelPath;
 /// What a write done now would leave as its modification time: the wall clock, as a real
 /// write would, not the run's clock (which `--now` may pin elsewhere).
 fn wall_clock() -> Datetime {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Datetime {
-        seconds: d.as_secs() as i64,
-        nanoseconds: d.subsec_nanos(),
-    }
+    crate::cap::clock::system_now()
 }
 
 /// One path's entry in the overlay.
@@ -67,6 +61,21 @@ impl Overlay {
             .range(RelPath::root().join(&prefix)..)
             .take_while(move |(k, _)| k.as_str().starts_with(&prefix))
             .filter(|(k, _)| !k.is_root())
+    }
+
+    /// A new file in the dry run's private directory (made on first use), for a content too
+    /// large to keep in memory.
+    fn spill_file(&mut self) -> io::Result<std::path::PathBuf> {
+        if self.scratch.is_none() {
+            self.scratch = Some(tempfile::Builder::new().prefix("idem-dry-run-").tempdir()?);
+        }
+        self.spilled += 1;
+        Ok(self
+            .scratch
+            .as_ref()
+            .expect("made above")
+            .path()
+            .join(format!("{}.planned", self.spilled)))
     }
 
     /// Forget planned entries strictly under `dir` (it is planned away as a whole).
@@ -156,16 +165,7 @@ impl Sink for Overlay {
         let size = content.len() as u64;
         let planned = if content.len() > SPILL_BYTES {
             // A dry run's footprint must not grow with what it plans to write.
-            if self.scratch.is_none() {
-                self.scratch = Some(tempfile::Builder::new().prefix("idem-dry-run-").tempdir()?);
-            }
-            self.spilled += 1;
-            let file = self
-                .scratch
-                .as_ref()
-                .expect("made above")
-                .path()
-                .join(format!("{}.planned", self.spilled));
+            let file = self.spill_file()?;
             std::fs::write(&file, &content)?;
             Planned::Spilled {
                 copy: Arc::new(file),
@@ -182,6 +182,35 @@ impl Sink for Overlay {
             }
         };
         self.nodes.insert(path.clone(), Node::Is(planned));
+        Ok(())
+    }
+
+    fn copy_file(
+        &mut self,
+        root: &Dir,
+        parent: &RelPath,
+        path: &RelPath,
+        from: &mut dyn io::Read,
+        mode: u32,
+    ) -> io::Result<()> {
+        let mut head = Vec::new();
+        from.take(SPILL_BYTES as u64 + 1).read_to_end(&mut head)?;
+        if head.len() <= SPILL_BYTES {
+            return self.replace_file(root, parent, path, head, mode);
+        }
+        let file = self.spill_file()?;
+        let mut out = std::fs::File::create(&file)?;
+        std::io::Write::write_all(&mut out, &head)?;
+        let rest = io::copy(from, &mut out)?;
+        self.nodes.insert(
+            path.clone(),
+            Node::Is(Planned::Spilled {
+                copy: Arc::new(file),
+                size: head.len() as u64 + rest,
+                mode,
+                modified: wall_clock(),
+            }),
+        );
         Ok(())
     }
 

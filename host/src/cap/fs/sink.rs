@@ -127,6 +127,17 @@ pub trait Sink {
         mode: u32,
     ) -> io::Result<()>;
 
+    /// Replace (or create) the file at `path` with what `from` reads, and exactly `mode`,
+    /// atomically, in chunks: the content is never held whole.
+    fn copy_file(
+        &mut self,
+        root: &Dir,
+        parent: &RelPath,
+        path: &RelPath,
+        from: &mut dyn io::Read,
+        mode: u32,
+    ) -> io::Result<()>;
+
     /// Set the permission bits of an existing path, seen now as `current`.
     fn chmod(&mut self, root: &Dir, path: &RelPath, mode: u32, current: &Found) -> io::Result<()>;
 
