@@ -1,5 +1,13 @@
-//! `each`: run sub-steps once per record, with `{field}` templates, skipping records that a
-//! checkpoint marks done and marking each record once its sub-steps have succeeded.
+//! `each`: run sub-steps for each record, with `{field}` templates, and mark each record in a
+//! checkpoint once its sub-steps have succeeded.
+//!
+//! By default `each` converges like every other step: a record's mark carries a fingerprint
+//! of the record (every field's value) and of its outputs as they were left (kind, size,
+//! mode and modification time of each path its `dir`, `file` and `remove` sub-steps name, as
+//! a build tool keeps them). A record whose mark still matches is skipped; one whose values
+//! changed, or whose outputs were edited or removed, is processed again, so a resumed run
+//! skips what an interrupted one finished and a re-run restores what drifted. With
+//! `once: true` a marked key is never looked at again, whatever its data.
 //!
 //! Records are read a batch at a time so that the checkpoint is asked about many keys in one
 //! call; marks are sent in batches too. A record is marked only after its sub-steps returned,
@@ -7,6 +15,7 @@
 //! whose marks were not yet sent: at least once, harmless for idempotent sub-steps.
 
 use crate::host::{error, fail, open_records, report};
+use crate::idem::plugin::fs;
 use crate::idem::plugin::report::{Failure, StepError, StepReport};
 use crate::idem::plugin::{checkpoint, log};
 use crate::plan::{EachStep, SubStep};
@@ -75,6 +84,8 @@ struct Progress {
     skipped: u64,
     failures: Vec<Failure>,
     to_mark: Vec<String>,
+    /// With fingerprints (the default, converging semantics).
+    to_mark_values: Vec<(String, String)>,
 }
 
 /// Run an `each` step. Counters: `processed`, `skipped`, `failed`.
@@ -99,6 +110,7 @@ pub fn run(step: &EachStep) -> Result<StepReport, StepError> {
     let total = records.count();
     run_batch(step, &scope, &mut pending, &mut progress, total)?;
     mark(&scope, &mut progress.to_mark)?;
+    mark_values(&scope, &mut progress.to_mark_values)?;
 
     let failed = progress.failures.len() as u64;
     let mut r = report(&[
@@ -124,17 +136,22 @@ fn run_batch(
         .iter()
         .filter_map(|p| p.key.as_ref().ok().map(|(k, _)| k.clone()))
         .collect();
-    let done = checkpoint::done(scope, &keys)
-        .map_err(|e| fail(format!("{}: reading checkpoint {scope}", step.each), e))?;
-    if done.len() != keys.len() {
+    // `once`: whether each key is marked; by default, what it was marked with.
+    let marks: Vec<Option<String>> = if step.once {
+        checkpoint::done(scope, &keys).map(|d| d.into_iter().map(|m| m.then(String::new)).collect())
+    } else {
+        checkpoint::values(scope, &keys)
+    }
+    .map_err(|e| fail(format!("{}: reading checkpoint {scope}", step.each), e))?;
+    if marks.len() != keys.len() {
         return Err(error(format!(
             "{}: the checkpoint answered {} of {} keys",
             step.each,
-            done.len(),
+            marks.len(),
             keys.len()
         )));
     }
-    let mut answers = done.into_iter();
+    let mut answers = marks.into_iter();
     for p in pending.drain(..) {
         let (key, label) = match p.key {
             Ok(k) => k,
@@ -146,16 +163,46 @@ fn run_batch(
                 continue;
             }
         };
-        if answers.next().unwrap_or(false) {
+        let mark_now = answers.next().flatten();
+        let record = p.record.as_record();
+        let subs = match rendered(step, record) {
+            Ok(s) => s,
+            Err(message) => {
+                progress.failures.push(Failure {
+                    item: label,
+                    message,
+                });
+                continue;
+            }
+        };
+        if step.once {
+            if mark_now.is_some() {
+                progress.skipped += 1;
+                continue;
+            }
+        } else if let Some(was) = &mark_now
+            && !was.is_empty()
+            && *was == fingerprint(record, &subs).map_err(|m| error(format!("{label}: {m}")))?
+        {
             progress.skipped += 1;
             continue;
         }
-        match run_record(step, p.record.as_record()) {
+        match run_subs(&subs) {
             Ok(()) => {
                 progress.processed += 1;
-                progress.to_mark.push(key);
-                if progress.to_mark.len() >= BATCH {
-                    mark(scope, &mut progress.to_mark)?;
+                if step.once {
+                    progress.to_mark.push(key);
+                    if progress.to_mark.len() >= BATCH {
+                        mark(scope, &mut progress.to_mark)?;
+                    }
+                } else {
+                    // What the record left, as it is now: the next run compares with this.
+                    let fp =
+                        fingerprint(record, &subs).map_err(|m| error(format!("{label}: {m}")))?;
+                    progress.to_mark_values.push((key, fp));
+                    if progress.to_mark_values.len() >= BATCH {
+                        mark_values(scope, &mut progress.to_mark_values)?;
+                    }
                 }
             }
             Err(message) => progress.failures.push(Failure {
@@ -178,25 +225,99 @@ fn mark(scope: &str, keys: &mut Vec<String>) -> Result<(), StepError> {
     Ok(())
 }
 
-/// Run every sub-step for one record; the first failure stops the record.
-fn run_record(step: &EachStep, record: Record<'_>) -> Result<(), String> {
-    for sub in &step.steps {
-        let mut sub = sub.clone();
-        sub.map_templates(&mut |field, usage, s| {
-            *s = template::render(s, usage, |name| {
-                record.get(name).map(|f| f.to_text().into_owned())
-            })
-            .map_err(|e| format!("`{field}`: {e}"))?;
-            Ok(())
-        })?;
-        let result = match &sub {
+fn mark_values(scope: &str, entries: &mut Vec<(String, String)>) -> Result<(), StepError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    checkpoint::mark_values(scope, entries)
+        .map_err(|e| fail(format!("marking checkpoint {scope}"), e))?;
+    entries.clear();
+    Ok(())
+}
+
+/// The record's sub-steps with its values in their templates.
+fn rendered(step: &EachStep, record: Record<'_>) -> Result<Vec<SubStep>, String> {
+    step.steps
+        .iter()
+        .map(|sub| {
+            let mut sub = sub.clone();
+            sub.map_templates(&mut |field, usage, s| {
+                *s = template::render(s, usage, |name| {
+                    record.get(name).map(|f| f.to_text().into_owned())
+                })
+                .map_err(|e| format!("`{field}`: {e}"))?;
+                Ok(())
+            })?;
+            Ok(sub)
+        })
+        .collect()
+}
+
+/// A fingerprint of a record as done: every field's value, and the state of each path its
+/// `dir`, `file` and `remove` sub-steps name (kind, size, mode, modification time; or
+/// absent). Two 64-bit FNV-1a hashes of the same bytes with different offsets, in hex.
+fn fingerprint(record: Record<'_>, subs: &[SubStep]) -> Result<String, String> {
+    let mut bytes: Vec<u8> = Vec::new();
+    for name in record.names() {
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.push(0);
+        if let Some(v) = record.get(&name) {
+            bytes.extend_from_slice(v.to_text().as_bytes());
+        }
+        bytes.push(0x1e);
+    }
+    for sub in subs {
+        let path = match sub {
+            SubStep::Dir(s) => &s.dir,
+            SubStep::File(s) => &s.file,
+            SubStep::Remove(s) => &s.remove,
+            SubStep::Cleanup(_) | SubStep::Upsert(_) => continue,
+        };
+        bytes.extend_from_slice(path.as_bytes());
+        bytes.push(0);
+        match fs::stat(path)
+            .map_err(|e| format!("checking {path}: {}", crate::host::describe(&e)))?
+        {
+            None => bytes.extend_from_slice(b"absent"),
+            Some(m) => {
+                let kind = match m.kind {
+                    fs::Kind::File => 'f',
+                    fs::Kind::Directory => 'd',
+                    fs::Kind::Symlink => 'l',
+                    fs::Kind::Other => 'o',
+                };
+                // A directory's own mtime moves with its entries, which other records and
+                // steps add: only its kind and mode say whether it is as left.
+                let (size, modified) = if kind == 'd' {
+                    (0, (0, 0))
+                } else {
+                    (m.size, (m.modified.seconds, m.modified.nanoseconds))
+                };
+                bytes.extend_from_slice(
+                    format!("{kind} {size} {:o} {}.{}", m.mode, modified.0, modified.1).as_bytes(),
+                );
+            }
+        }
+        bytes.push(0x1e);
+    }
+    let a = fnv1a(&bytes);
+    let b = bytes.iter().fold(0x84222325cbf29ce4u64, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3)
+    });
+    Ok(format!("{a:016x}{b:016x}"))
+}
+
+/// Run a record's rendered sub-steps; the first failure stops the record.
+fn run_subs(subs: &[SubStep]) -> Result<(), String> {
+    for sub in subs {
+        let result = match sub {
             SubStep::Dir(s) => dir::run(s),
             SubStep::File(s) => file::run(s),
             SubStep::Remove(s) => remove::run(s),
             SubStep::Cleanup(s) => cleanup::run(s),
             SubStep::Upsert(s) => upsert::run(s),
         };
-        result.map_err(|e| format!("{}: {}", sub_name(&sub), e.message))?;
+        result.map_err(|e| format!("{}: {}", sub_name(sub), e.message))?;
     }
     Ok(())
 }

@@ -211,6 +211,12 @@ pub struct EachStep {
     /// The records' format; default from the file's extension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<Format>,
+    /// Process each key once, whatever its data: a record done is never looked at again,
+    /// even when its values or its outputs change (for an effect that must happen once per
+    /// key, such as a welcome mail). By default a record whose values changed, or whose
+    /// outputs were edited or removed, is processed again.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub once: bool,
     /// Run for each record, with `{field}` replaced by the record's values.
     pub steps: Vec<SubStep>,
 }
@@ -377,6 +383,7 @@ const ALL_FIELDS: &[&str] = &[
     "add-columns",
     "delete-missing",
     "id",
+    "once",
     "steps",
     "config",
     "paths",
@@ -677,6 +684,7 @@ fn parse_each(obj: &mut Obj<'_>) -> Result<EachStep, PlanError> {
     let key = obj.required("key", Obj::names)?;
     let id = obj.string("id")?;
     let format = obj.format("format")?;
+    let once = obj.boolean("once")?.unwrap_or(false);
     check_format(obj, format, &each, "each")?;
     let steps_node = obj.take("steps").ok_or_else(|| {
         PlanError::at(obj.loc, "the `each` step has no `steps`")
@@ -698,6 +706,7 @@ fn parse_each(obj: &mut Obj<'_>) -> Result<EachStep, PlanError> {
         key,
         id,
         format,
+        once,
         steps,
     })
 }

@@ -17,6 +17,10 @@ pub trait Marks {
     fn mark(&mut self, scope: &str, keys: &[String]) -> anyhow::Result<()>;
     /// Forget every mark of `scope`.
     fn clear(&mut self, scope: &str) -> anyhow::Result<()>;
+    /// The value each of `keys` was marked with (`Some("")` for a bare mark), or `None`.
+    fn values(&self, scope: &str, keys: &[String]) -> anyhow::Result<Vec<Option<String>>>;
+    /// Mark each key done with its value.
+    fn mark_values(&mut self, scope: &str, entries: &[(String, String)]) -> anyhow::Result<()>;
 }
 
 /// What the `checkpoint` interface sees of the store.
@@ -40,6 +44,19 @@ impl Host for CheckpointView<'_> {
     fn mark(&mut self, scope: String, keys: Vec<String>) -> R<()> {
         let scope = self.policy.checkpoint_scope(&scope);
         Ok(self.marks.mark(&scope, &keys).map_err(state_error))
+    }
+
+    fn values(&mut self, scope: String, keys: Vec<String>) -> R<Vec<Option<String>>> {
+        let scope = self.policy.checkpoint_scope(&scope);
+        Ok(self.marks.values(&scope, &keys).map_err(state_error))
+    }
+
+    fn mark_values(&mut self, scope: String, entries: Vec<(String, String)>) -> R<()> {
+        let scope = self.policy.checkpoint_scope(&scope);
+        Ok(self
+            .marks
+            .mark_values(&scope, &entries)
+            .map_err(state_error))
     }
 
     fn clear(&mut self, scope: String) -> R<()> {

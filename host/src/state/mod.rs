@@ -74,6 +74,9 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE runs ADD COLUMN error TEXT;
      ALTER TABLE runs ADD COLUMN failed_step INTEGER;
      ALTER TABLE runs ADD COLUMN failed_step_name TEXT;",
+    // 2: a mark may carry a value: what the record was when it was done (a fingerprint of
+    // its data and outputs), so `each` can tell a changed record from a done one.
+    "ALTER TABLE checkpoints ADD COLUMN value TEXT;",
 ];
 
 /// Apply the migrations `c` has not had, in one transaction.
@@ -122,6 +125,14 @@ impl Marks for StateStore {
         StateStore::done(self, scope, keys)
     }
 
+    fn values(&self, scope: &str, keys: &[String]) -> Result<Vec<Option<String>>> {
+        StateStore::values(self, scope, keys)
+    }
+
+    fn mark_values(&mut self, scope: &str, entries: &[(String, String)]) -> Result<()> {
+        StateStore::mark_values(self, scope, entries)
+    }
+
     fn mark(&mut self, scope: &str, keys: &[String]) -> Result<()> {
         StateStore::mark(self, scope, keys)
     }
@@ -167,7 +178,7 @@ pub struct StateStore {
     path: PathBuf,
     dry_run: bool,
     /// Marks not yet written, by scope (under a dry run: every mark of the run).
-    marks: HashMap<String, HashSet<String>>,
+    marks: HashMap<String, HashMap<String, Option<String>>>,
     /// How many marks wait in `marks` to be written.
     unwritten: usize,
     /// When the oldest unwritten mark was buffered.
@@ -486,7 +497,7 @@ impl StateStore {
         let out: Result<Vec<bool>> = keys
             .iter()
             .map(|k| {
-                if buffered.is_some_and(|b| b.contains(k)) {
+                if buffered.is_some_and(|b| b.contains_key(k)) {
                     return Ok(true);
                 }
                 match &mut stmt {
@@ -514,13 +525,92 @@ impl StateStore {
         };
         let mut new = 0;
         for k in keys {
-            if buffered.insert(k.clone()) {
+            if !buffered.contains_key(k) {
+                buffered.insert(k.clone(), None);
                 new += 1;
                 if !self.dry_run {
                     self.unwritten += 1;
                     self.pending_since
                         .get_or_insert_with(std::time::Instant::now);
                 }
+            }
+        }
+        self.progress.count_checkpoints(0, new);
+        let waited = self
+            .pending_since
+            .is_some_and(|t| t.elapsed() >= MARK_INTERVAL);
+        if self.unwritten >= MARK_BATCH || waited {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The value each key of `scope` was marked with: `None` when not marked, `Some("")`
+    /// when marked without a value (by `mark`, or by an idem before values).
+    pub fn values(&self, scope: &str, keys: &[String]) -> Result<Vec<Option<String>>> {
+        let cleared = self.cleared.contains(scope);
+        let conn = self.conn.as_ref().filter(|_| !cleared);
+        // A store not yet upgraded (read by a dry run) has no values: marks count as bare.
+        let has_values = match conn {
+            Some(c) => c
+                .prepare_cached(
+                    "SELECT 1 FROM pragma_table_info('checkpoints') WHERE name = 'value'",
+                )?
+                .exists([])?,
+            None => false,
+        };
+        let sql = if has_values {
+            "SELECT coalesce(value, '') FROM checkpoints WHERE scope = ?1 AND key = ?2"
+        } else {
+            "SELECT '' FROM checkpoints WHERE scope = ?1 AND key = ?2"
+        };
+        let mut stmt = match conn {
+            Some(c) => Some(c.prepare_cached(sql)?),
+            None => None,
+        };
+        let tx = match conn {
+            Some(c) => Some(c.unchecked_transaction()?),
+            None => None,
+        };
+        let buffered = self.marks.get(scope);
+        let out: Result<Vec<Option<String>>> = keys
+            .iter()
+            .map(|k| {
+                if let Some(v) = buffered.and_then(|b| b.get(k)) {
+                    return Ok(Some(v.clone().unwrap_or_default()));
+                }
+                match &mut stmt {
+                    Some(s) => {
+                        use rusqlite::OptionalExtension;
+                        Ok(s.query_row((scope, k), |r| r.get::<_, String>(0))
+                            .optional()?)
+                    }
+                    None => Ok(None),
+                }
+            })
+            .collect();
+        drop(stmt);
+        if let Some(tx) = tx {
+            tx.commit()?;
+        }
+        out
+    }
+
+    /// Mark keys of `scope` done, each with its value (replacing the value it had).
+    pub fn mark_values(&mut self, scope: &str, entries: &[(String, String)]) -> Result<()> {
+        let buffered = match self.marks.get_mut(scope) {
+            Some(b) => b,
+            None => self.marks.entry(scope.to_string()).or_default(),
+        };
+        let mut new = 0;
+        for (k, v) in entries {
+            if buffered.insert(k.clone(), Some(v.clone())).is_none() {
+                new += 1;
+            }
+            if !self.dry_run {
+                self.unwritten += 1;
+                self.pending_since
+                    .get_or_insert_with(std::time::Instant::now);
             }
         }
         self.progress.count_checkpoints(0, new);
@@ -555,11 +645,15 @@ impl StateStore {
         };
         let tx = c.transaction()?;
         {
-            let mut s = tx
-                .prepare_cached("INSERT OR IGNORE INTO checkpoints (scope, key) VALUES (?1, ?2)")?;
+            // A bare mark never clears a value a mark with a value set.
+            let mut s = tx.prepare_cached(
+                "INSERT INTO checkpoints (scope, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value
+                 WHERE excluded.value IS NOT NULL",
+            )?;
             for (scope, keys) in &self.marks {
-                for key in keys {
-                    s.execute((scope, key))?;
+                for (key, value) in keys {
+                    s.execute((scope, key, value))?;
                 }
             }
         }

@@ -2,7 +2,9 @@
 //! the data, duplicate and vanished keys in `upsert`, and input that is refused rather than
 //! guessed. Every test names the issue's section it covers.
 
-use crate::support::{Env, assert_converges};
+use serde_json::json;
+
+use crate::support::{Env, assert_converges, changes};
 
 /// The failures of step `i` of a JSON report as (item, message).
 fn failures(report: &serde_json::Value, i: usize) -> Vec<(String, String)> {
@@ -448,4 +450,74 @@ fn empty_and_reserved_table_names_are_refused_at_load_with_line_and_column() {
         t.idem(&["plan"]).code(1).says("idem.yml:3:12").says(says);
     }
     assert!(!t.exists("app.db"));
+}
+
+// Issue 13, section 1: `each` converges like every other step. A record whose values changed,
+// or whose outputs were edited or removed, is processed again; `once: true` keeps the old
+// rule (a key done is never looked at again).
+
+const PAGES: &str = "steps:\n  - dir: out\n  - each: people.csv\n    key: id\n    steps:\n      - file: \"out/{id}.html\"\n        content: \"<h1>{name}</h1>\\n\"\n";
+
+#[test]
+fn each_processes_a_record_again_when_its_data_changed() {
+    let t = Env::new();
+    t.write("people.csv", "id,name\n1,Ada\n2,Bob\n");
+    t.write("idem.yml", PAGES);
+    assert_converges(&t, &[]);
+    t.write("people.csv", "id,name\n1,Ada Lovelace\n2,Bob\n");
+    let planned = t.json(&["check"], 2);
+    let applied = t.json(&["apply", "--verify"], 0);
+    assert_eq!(changes(&planned), changes(&applied));
+    assert_eq!(
+        applied["steps"][1]["counters"],
+        json!({"processed": 1, "skipped": 1, "failed": 0})
+    );
+    assert_eq!(t.read("out/1.html"), "<h1>Ada Lovelace</h1>\n");
+    t.json(&["check"], 0);
+}
+
+#[test]
+fn each_restores_an_output_that_was_edited_or_removed() {
+    let t = Env::new();
+    t.write("people.csv", "id,name\n1,Ada\n2,Bob\n3,Cy\n");
+    t.write("idem.yml", PAGES);
+    assert_converges(&t, &[]);
+    t.write("out/1.html", "edited by hand\n");
+    std::fs::remove_file(t.path("out/2.html")).unwrap();
+    // check sees the drift, and apply --verify restores it.
+    let planned = t.json(&["check"], 2);
+    let kinds: Vec<(String, String)> = changes(&planned).into_iter().map(|c| (c.1, c.2)).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("update-file".to_string(), "out/1.html".to_string()),
+            ("create-file".to_string(), "out/2.html".to_string())
+        ]
+    );
+    t.json(&["apply", "--verify"], 0);
+    assert_eq!(t.read("out/1.html"), "<h1>Ada</h1>\n");
+    assert_eq!(t.read("out/2.html"), "<h1>Bob</h1>\n");
+    t.json(&["check"], 0);
+}
+
+#[test]
+fn each_with_once_never_looks_at_a_done_key_again() {
+    let t = Env::new();
+    t.write("people.csv", "id,name\n1,Ada\n");
+    t.write(
+        "idem.yml",
+        PAGES.replace("    key: id\n", "    key: id\n    once: true\n"),
+    );
+    assert_converges(&t, &[]);
+    t.write("people.csv", "id,name\n1,Ada Lovelace\n");
+    std::fs::remove_file(t.path("out/1.html")).unwrap();
+    let r = t.json(&["apply"], 0);
+    assert_eq!(
+        r["steps"][1]["counters"],
+        json!({"processed": 0, "skipped": 1, "failed": 0})
+    );
+    assert!(
+        !t.exists("out/1.html"),
+        "once: a done key is not processed again"
+    );
 }
