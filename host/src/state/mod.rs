@@ -480,59 +480,47 @@ impl StateStore {
 
     /// Which keys of `scope` are done.
     pub fn done(&self, scope: &str, keys: &[String]) -> Result<Vec<bool>> {
-        let cleared = self.cleared.contains(scope);
-        let mut stmt = match (&self.conn, cleared) {
-            (Some(c), false) => {
-                Some(c.prepare_cached("SELECT 1 FROM checkpoints WHERE scope = ?1 AND key = ?2")?)
-            }
-            _ => None,
-        };
-        // One read transaction for the batch: without it every lookup is a transaction of
-        // its own, with its lock and unlock calls (two fcntl per key).
-        let tx = match (&self.conn, cleared) {
-            (Some(c), false) => Some(c.unchecked_transaction()?),
-            _ => None,
-        };
-        let buffered = self.marks.get(scope);
-        let out: Result<Vec<bool>> = keys
+        let answers: Vec<bool> = self
+            .values(scope, keys)?
             .iter()
-            .map(|k| {
-                if buffered.is_some_and(|b| b.contains_key(k)) {
-                    return Ok(true);
-                }
-                match &mut stmt {
-                    Some(s) => Ok(s.exists((scope, k))?),
-                    None => Ok(false),
-                }
-            })
+            .map(Option::is_some)
             .collect();
-        drop(stmt);
-        if let Some(tx) = tx {
-            tx.commit()?;
-        }
-        if let Ok(answers) = &out {
-            let skipped = answers.iter().filter(|&&d| d).count() as u64;
-            self.progress.count_checkpoints(skipped, 0);
-        }
-        out
+        let skipped = answers.iter().filter(|&&d| d).count() as u64;
+        self.progress.count_checkpoints(skipped, 0);
+        Ok(answers)
     }
 
-    /// Mark keys of `scope` done (buffered; see the module comment).
+    /// Mark keys of `scope` done (buffered; see the module comment). A key marked already
+    /// keeps its value.
     pub fn mark(&mut self, scope: &str, keys: &[String]) -> Result<()> {
+        self.buffer(scope, keys.iter().map(|k| (k.clone(), None)))
+    }
+
+    /// Buffer marks, with their values when given (replacing a value already there), and
+    /// write them once enough wait or the oldest has waited long enough.
+    fn buffer(
+        &mut self,
+        scope: &str,
+        entries: impl Iterator<Item = (String, Option<String>)>,
+    ) -> Result<()> {
         let buffered = match self.marks.get_mut(scope) {
             Some(b) => b,
             None => self.marks.entry(scope.to_string()).or_default(),
         };
         let mut new = 0;
-        for k in keys {
-            if !buffered.contains_key(k) {
-                buffered.insert(k.clone(), None);
+        for (k, v) in entries {
+            let was_there = buffered.contains_key(&k);
+            if !was_there {
                 new += 1;
-                if !self.dry_run {
-                    self.unwritten += 1;
-                    self.pending_since
-                        .get_or_insert_with(std::time::Instant::now);
-                }
+            }
+            if v.is_none() && was_there {
+                continue;
+            }
+            buffered.insert(k, v);
+            if !self.dry_run {
+                self.unwritten += 1;
+                self.pending_since
+                    .get_or_insert_with(std::time::Instant::now);
             }
         }
         self.progress.count_checkpoints(0, new);
@@ -598,29 +586,10 @@ impl StateStore {
 
     /// Mark keys of `scope` done, each with its value (replacing the value it had).
     pub fn mark_values(&mut self, scope: &str, entries: &[(String, String)]) -> Result<()> {
-        let buffered = match self.marks.get_mut(scope) {
-            Some(b) => b,
-            None => self.marks.entry(scope.to_string()).or_default(),
-        };
-        let mut new = 0;
-        for (k, v) in entries {
-            if buffered.insert(k.clone(), Some(v.clone())).is_none() {
-                new += 1;
-            }
-            if !self.dry_run {
-                self.unwritten += 1;
-                self.pending_since
-                    .get_or_insert_with(std::time::Instant::now);
-            }
-        }
-        self.progress.count_checkpoints(0, new);
-        let waited = self
-            .pending_since
-            .is_some_and(|t| t.elapsed() >= MARK_INTERVAL);
-        if self.unwritten >= MARK_BATCH || waited {
-            self.flush()?;
-        }
-        Ok(())
+        self.buffer(
+            scope,
+            entries.iter().map(|(k, v)| (k.clone(), Some(v.clone()))),
+        )
     }
 
     /// Forget every mark of `scope`.
