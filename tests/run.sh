@@ -31,6 +31,11 @@ suite() {
 # What the tests need from the registries (the wasm target is installed by host/build.rs).
 suite "setup" bash tests/setup.sh
 
+# A throwaway PostgreSQL cluster starts and stops (the tests start their own the same way, with
+# tests/pg.sh; this names the failure plainly if the server cannot run here).
+suite "postgres server" bash -c \
+  'd=$(mktemp -d) && tests/pg.sh start "$d/pg" >/dev/null && tests/pg.sh stop "$d/pg" && rm -rf "$d"'
+
 suite "cargo test" cargo test --workspace --locked
 
 if [ -z "${IDEM_SKIP_LINT:-}" ]; then

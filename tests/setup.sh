@@ -25,3 +25,13 @@ fi
 
 # The GitHub Action's tests and lints: act, zizmor, actionlint, check-jsonschema, jq, shellcheck.
 bash tests/action/setup.sh
+
+# PostgreSQL 15's server, for the tests and benchmarks of PostgreSQL targets and state
+# (tests/pg.sh starts a throwaway cluster; host/tests/it/pg.rs uses it). Running as root, the
+# server runs as the package's `postgres` user.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v psql >/dev/null; then
+  sudo=()
+  ((EUID == 0)) || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq postgresql-15 postgresql-client-15 >/dev/null
+fi

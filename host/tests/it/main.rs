@@ -11,6 +11,7 @@ mod dbfiles;
 mod fidelity;
 mod generated;
 mod live;
+mod pg;
 mod plugins;
 mod sandbox;
 mod state;
