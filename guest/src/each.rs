@@ -9,6 +9,11 @@
 //! skips what an interrupted one finished and a re-run restores what drifted. With
 //! `once: true` a marked key is never looked at again, whatever its data.
 //!
+//! With `prune: true` a mark also names the record's outputs (the paths its `dir` and `file`
+//! sub-steps made), and once every record has been read, the marks of keys no longer in the
+//! source are listed a page at a time: their files are removed, their directories too when
+//! empty, and their marks forgotten. A source that cannot be read to its end prunes nothing.
+//!
 //! Records are read a batch at a time so that the checkpoint is asked about many keys in one
 //! call; marks are sent in batches too. A record is marked only after its sub-steps returned,
 //! and every host mutation is durable when it returns, so a crash repeats at most the records
@@ -17,10 +22,12 @@
 use crate::host::{error, fail, open_records, report};
 use crate::idem::plugin::fs;
 use crate::idem::plugin::report::{Failure, StepError, StepReport};
+use crate::idem::plugin::types::Error;
 use crate::idem::plugin::{checkpoint, log};
 use crate::plan::{EachStep, SubStep};
 use crate::records::{OwnedRecord, Record};
 use crate::{cleanup, dir, file, remove, template, upsert};
+use std::collections::HashSet;
 
 /// Records per checkpoint look-up, and keys per `mark` call.
 const BATCH: usize = 256;
@@ -36,6 +43,8 @@ pub fn scope(step: &EachStep) -> String {
     }
     let mut definition = step.clone();
     definition.name = None;
+    // Turning pruning on or off keeps the marks (a mark without outputs is redone once).
+    definition.prune = false;
     let canonical = serde_json::to_string(&definition).unwrap_or_default();
     format!("each:{:016x}", fnv1a(canonical.as_bytes()))
 }
@@ -84,8 +93,10 @@ struct Progress {
     skipped: u64,
     failures: Vec<Failure>,
     to_mark: Vec<String>,
-    /// With fingerprints (the default, converging semantics).
+    /// With fingerprints (the default, converging semantics), or outputs (`prune`).
     to_mark_values: Vec<(String, String)>,
+    /// With `prune`: every key in the source.
+    seen: HashSet<String>,
 }
 
 /// Run an `each` step. Counters: `processed`, `skipped`, `failed`.
@@ -111,13 +122,22 @@ pub fn run(step: &EachStep) -> Result<StepReport, StepError> {
     run_batch(step, &scope, &mut pending, &mut progress, total)?;
     mark(&scope, &mut progress.to_mark)?;
     mark_values(&scope, &mut progress.to_mark_values)?;
+    let pruned = if step.prune {
+        prune(step, &scope, &progress.seen, &mut progress.failures)?
+    } else {
+        0
+    };
 
     let failed = progress.failures.len() as u64;
-    let mut r = report(&[
+    let mut counters = vec![
         ("processed", progress.processed),
         ("skipped", progress.skipped),
         ("failed", failed),
-    ]);
+    ];
+    if step.prune {
+        counters.push(("pruned", pruned));
+    }
+    let mut r = report(&counters);
     r.failures = progress.failures;
     Ok(r)
 }
@@ -164,6 +184,9 @@ fn run_batch(
             }
         };
         let mark_now = answers.next().flatten();
+        if step.prune {
+            progress.seen.insert(key.clone());
+        }
         let record = p.record.as_record();
         let subs = match rendered(step, record) {
             Ok(s) => s,
@@ -182,7 +205,8 @@ fn run_batch(
             }
         } else if let Some(was) = &mark_now
             && !was.is_empty()
-            && *was == fingerprint(record, &subs).map_err(|m| error(format!("{label}: {m}")))?
+            && *was
+                == mark_value(step, record, &subs).map_err(|m| error(format!("{label}: {m}")))?
         {
             progress.skipped += 1;
             continue;
@@ -190,15 +214,15 @@ fn run_batch(
         match run_subs(&subs) {
             Ok(()) => {
                 progress.processed += 1;
-                if step.once {
+                if step.once && !step.prune {
                     progress.to_mark.push(key);
                     if progress.to_mark.len() >= BATCH {
                         mark(scope, &mut progress.to_mark)?;
                     }
                 } else {
                     // What the record left, as it is now: the next run compares with this.
-                    let fp =
-                        fingerprint(record, &subs).map_err(|m| error(format!("{label}: {m}")))?;
+                    let fp = mark_value(step, record, &subs)
+                        .map_err(|m| error(format!("{label}: {m}")))?;
                     progress.to_mark_values.push((key, fp));
                     if progress.to_mark_values.len() >= BATCH {
                         mark_values(scope, &mut progress.to_mark_values)?;
@@ -251,6 +275,131 @@ fn rendered(step: &EachStep, record: Record<'_>) -> Result<Vec<SubStep>, String>
             Ok(sub)
         })
         .collect()
+}
+
+/// What a done record is marked with: its fingerprint (`once` needs none), and with `prune`
+/// a newline and its outputs as JSON (`[["f", "out/1.html"], ["d", "out/1"]]`).
+fn mark_value(step: &EachStep, record: Record<'_>, subs: &[SubStep]) -> Result<String, String> {
+    let mut value = if step.once {
+        String::from("once")
+    } else {
+        fingerprint(record, subs)?
+    };
+    if step.prune {
+        let outputs: Vec<(&str, &str)> = subs
+            .iter()
+            .filter_map(|sub| match sub {
+                SubStep::Dir(s) => Some(("d", s.dir.as_str())),
+                SubStep::File(s) => Some(("f", s.file.as_str())),
+                _ => None,
+            })
+            .collect();
+        value.push('\n');
+        value.push_str(&serde_json::to_string(&outputs).map_err(|e| e.to_string())?);
+    }
+    Ok(value)
+}
+
+/// Marks read per `list` call while pruning.
+const PRUNE_PAGE: u32 = 1024;
+
+/// Remove the outputs of the records marked in `scope` whose keys were not in the source, and
+/// forget their marks. Returns how many records were pruned; a record whose outputs could not
+/// be removed keeps its mark (the next run tries again) and is reported as failed.
+fn prune(
+    step: &EachStep,
+    scope: &str,
+    seen: &HashSet<String>,
+    failures: &mut Vec<Failure>,
+) -> Result<u64, StepError> {
+    let mut pruned = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let page = checkpoint::list(scope, after.as_deref(), PRUNE_PAGE)
+            .map_err(|e| fail(format!("{}: listing checkpoint {scope}", step.each), e))?;
+        let Some((last, _)) = page.last() else {
+            break;
+        };
+        after = Some(last.clone());
+        let mut gone = Vec::new();
+        for (key, value) in page {
+            if seen.contains(&key) {
+                continue;
+            }
+            let label = key_label(&key, &step.key);
+            let outputs = value
+                .split_once('\n')
+                .and_then(|(_, json)| serde_json::from_str::<Vec<(String, String)>>(json).ok());
+            let Some(outputs) = outputs else {
+                log::log(
+                    log::Level::Warn,
+                    &format!(
+                        "{}: {label} left the source, but it was done before `prune` was set, so \
+                     its outputs are not known: they are kept (remove them by hand)",
+                        step.each
+                    ),
+                );
+                gone.push(key);
+                continue;
+            };
+            match remove_outputs(&outputs) {
+                Ok(()) => {
+                    pruned += 1;
+                    gone.push(key);
+                }
+                Err(message) => failures.push(Failure {
+                    item: label,
+                    message: format!("pruning: {message}"),
+                }),
+            }
+        }
+        if !gone.is_empty() {
+            checkpoint::unmark(scope, &gone)
+                .map_err(|e| fail(format!("forgetting checkpoints in {scope}"), e))?;
+        }
+    }
+    Ok(pruned)
+}
+
+/// Remove a pruned record's outputs, latest first: its files, then its directories that are
+/// empty (a directory holding anything else is kept, as `rmdir` would).
+fn remove_outputs(outputs: &[(String, String)]) -> Result<(), String> {
+    for (kind, path) in outputs.iter().rev() {
+        if kind != "f" {
+            continue;
+        }
+        match fs::stat(path)
+            .map_err(|e| format!("checking {path}: {}", crate::host::describe(&e)))?
+        {
+            // Something else took its place since: not this record's to remove.
+            Some(m) if m.kind == fs::Kind::Directory => continue,
+            None => continue,
+            Some(_) => {}
+        }
+        fs::remove(path, false)
+            .map_err(|e| format!("removing {path}: {}", crate::host::describe(&e)))?;
+    }
+    for (kind, path) in outputs.iter().rev() {
+        if kind != "d" {
+            continue;
+        }
+        match fs::remove(path, false) {
+            Ok(_) | Err(Error::NotEmpty(_)) | Err(Error::WrongKind(_)) => {}
+            Err(e) => return Err(format!("removing {path}: {}", crate::host::describe(&e))),
+        }
+    }
+    Ok(())
+}
+
+/// How a checkpoint key is named in messages: `record id=42`.
+fn key_label(key: &str, fields: &[String]) -> String {
+    let values = key.split(KEY_SEPARATOR);
+    let parts: Vec<String> = fields
+        .iter()
+        .zip(values)
+        .map(|(f, v)| format!("{f}={v}"))
+        .collect();
+    format!("record {}", parts.join(", "))
 }
 
 /// A fingerprint of a record as done: every field's value, and the state of each path its

@@ -217,6 +217,10 @@ pub struct EachStep {
     /// outputs were edited or removed, is processed again.
     #[serde(default, skip_serializing_if = "is_false")]
     pub once: bool,
+    /// Remove the outputs of records that left the source: the files and (when empty) the
+    /// directories their `dir` and `file` sub-steps made, counted as `pruned`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub prune: bool,
     /// Run for each record, with `{field}` replaced by the record's values.
     pub steps: Vec<SubStep>,
 }
@@ -384,6 +388,7 @@ const ALL_FIELDS: &[&str] = &[
     "delete-missing",
     "id",
     "once",
+    "prune",
     "steps",
     "config",
     "paths",
@@ -685,6 +690,7 @@ fn parse_each(obj: &mut Obj<'_>) -> Result<EachStep, PlanError> {
     let id = obj.string("id")?;
     let format = obj.format("format")?;
     let once = obj.boolean("once")?.unwrap_or(false);
+    let prune = obj.boolean("prune")?.unwrap_or(false);
     check_format(obj, format, &each, "each")?;
     let steps_node = obj.take("steps").ok_or_else(|| {
         PlanError::at(obj.loc, "the `each` step has no `steps`")
@@ -707,6 +713,7 @@ fn parse_each(obj: &mut Obj<'_>) -> Result<EachStep, PlanError> {
         id,
         format,
         once,
+        prune,
         steps,
     })
 }

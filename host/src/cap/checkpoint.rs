@@ -21,7 +21,20 @@ pub trait Marks {
     fn values(&self, scope: &str, keys: &[String]) -> anyhow::Result<Vec<Option<String>>>;
     /// Mark each key done with its value.
     fn mark_values(&mut self, scope: &str, entries: &[(String, String)]) -> anyhow::Result<()>;
+    /// At most `limit` marks of `scope` with keys after `after`, in key order, with values.
+    fn list(
+        &mut self,
+        scope: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<(String, String)>>;
+    /// Forget the marks of `keys` in `scope`.
+    fn unmark(&mut self, scope: &str, keys: &[String]) -> anyhow::Result<()>;
 }
+
+/// The most marks one `list` call returns, whatever the guest asks: a page's memory in the
+/// host is bounded, however large the scope.
+pub const LIST_PAGE: usize = 1024;
 
 /// What the `checkpoint` interface sees of the store.
 pub struct CheckpointView<'a> {
@@ -57,6 +70,25 @@ impl Host for CheckpointView<'_> {
             .marks
             .mark_values(&scope, &entries)
             .map_err(state_error))
+    }
+
+    fn list(
+        &mut self,
+        scope: String,
+        after: Option<String>,
+        limit: u32,
+    ) -> R<Vec<(String, String)>> {
+        let scope = self.policy.checkpoint_scope(&scope);
+        let limit = (limit as usize).min(LIST_PAGE);
+        Ok(self
+            .marks
+            .list(&scope, after.as_deref(), limit)
+            .map_err(state_error))
+    }
+
+    fn unmark(&mut self, scope: String, keys: Vec<String>) -> R<()> {
+        let scope = self.policy.checkpoint_scope(&scope);
+        Ok(self.marks.unmark(&scope, &keys).map_err(state_error))
     }
 
     fn clear(&mut self, scope: String) -> R<()> {

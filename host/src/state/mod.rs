@@ -10,7 +10,7 @@
 //! end of every step. A crash loses at most the marks of the last batch, whose records are
 //! then processed again (at least once).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -140,6 +140,19 @@ impl Marks for StateStore {
     fn clear(&mut self, scope: &str) -> Result<()> {
         StateStore::clear(self, scope)
     }
+
+    fn list(
+        &mut self,
+        scope: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>> {
+        StateStore::list(self, scope, after, limit)
+    }
+
+    fn unmark(&mut self, scope: &str, keys: &[String]) -> Result<()> {
+        StateStore::unmark(self, scope, keys)
+    }
 }
 
 /// One run, as `idem history` shows it.
@@ -177,8 +190,11 @@ pub struct StateStore {
     conn: Option<Connection>,
     path: PathBuf,
     dry_run: bool,
-    /// Marks not yet written, by scope (under a dry run: every mark of the run).
-    marks: HashMap<String, HashMap<String, Option<String>>>,
+    /// Marks not yet written, by scope (under a dry run: every mark of the run), in key order
+    /// so that `list` pages through them.
+    marks: HashMap<String, BTreeMap<String, Option<String>>>,
+    /// Under a dry run: marks forgotten during this run, by scope.
+    unmarked: HashMap<String, HashSet<String>>,
     /// How many marks wait in `marks` to be written.
     unwritten: usize,
     /// When the oldest unwritten mark was buffered.
@@ -323,6 +339,7 @@ impl StateStore {
             path: path.to_path_buf(),
             dry_run,
             marks: HashMap::new(),
+            unmarked: HashMap::new(),
             unwritten: 0,
             pending_since: None,
             cleared: HashSet::new(),
@@ -508,7 +525,11 @@ impl StateStore {
             None => self.marks.entry(scope.to_string()).or_default(),
         };
         let mut new = 0;
+        let mut unmarked = self.unmarked.get_mut(scope);
         for (k, v) in entries {
+            if let Some(u) = unmarked.as_mut() {
+                u.remove(&k);
+            }
             let was_there = buffered.contains_key(&k);
             if !was_there {
                 new += 1;
@@ -561,9 +582,13 @@ impl StateStore {
             None => None,
         };
         let buffered = self.marks.get(scope);
+        let unmarked = self.unmarked.get(scope);
         let out: Result<Vec<Option<String>>> = keys
             .iter()
             .map(|k| {
+                if unmarked.is_some_and(|u| u.contains(k)) {
+                    return Ok(None);
+                }
                 if let Some(v) = buffered.and_then(|b| b.get(k)) {
                     return Ok(Some(v.clone().unwrap_or_default()));
                 }
@@ -592,10 +617,97 @@ impl StateStore {
         )
     }
 
+    /// At most `limit` marks of `scope` whose keys sort after `after`, in key order, with
+    /// their values (`""` for a bare mark). Under apply the buffer is written first, so the
+    /// table holds every mark; under a dry run the table's marks are merged with the run's.
+    pub fn list(
+        &mut self,
+        scope: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>> {
+        self.flush()?;
+        let cleared = self.cleared.contains(scope);
+        let unmarked = self.unmarked.get(scope);
+        let mut page: BTreeMap<String, String> = BTreeMap::new();
+        if let Some(c) = self.conn.as_ref().filter(|_| !cleared) {
+            let has_values = c
+                .prepare_cached(
+                    "SELECT 1 FROM pragma_table_info('checkpoints') WHERE name = 'value'",
+                )?
+                .exists([])?;
+            let value = if has_values {
+                "coalesce(value, '')"
+            } else {
+                "''"
+            };
+            // Unmarked keys are skipped in the query's page, so ask for enough more.
+            let wanted = limit + unmarked.map_or(0, HashSet::len);
+            let mut s = c.prepare_cached(&format!(
+                "SELECT key, {value} FROM checkpoints
+                 WHERE scope = ?1 AND (?2 IS NULL OR key > ?2) ORDER BY key LIMIT ?3"
+            ))?;
+            let rows = s.query_map(rusqlite::params![scope, after, wanted as i64], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
+            for row in rows {
+                let (k, v) = row?;
+                if unmarked.is_some_and(|u| u.contains(&k)) {
+                    continue;
+                }
+                page.insert(k, v);
+                if page.len() >= limit {
+                    break;
+                }
+            }
+        }
+        if let Some(buffered) = self.marks.get(scope) {
+            let range = match after {
+                Some(a) => buffered
+                    .range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+                None => buffered.range::<str, _>(..),
+            };
+            for (k, v) in range.take(limit) {
+                page.insert(k.clone(), v.clone().unwrap_or_default());
+            }
+        }
+        Ok(page.into_iter().take(limit).collect())
+    }
+
+    /// Forget the marks of `keys` in `scope`: deleted from the table under apply, remembered
+    /// as forgotten for the rest of a dry run.
+    pub fn unmark(&mut self, scope: &str, keys: &[String]) -> Result<()> {
+        if let Some(buffered) = self.marks.get_mut(scope) {
+            // `unwritten` may now count a few marks too many: an early flush, no harm.
+            for k in keys {
+                buffered.remove(k);
+            }
+        }
+        if self.dry_run {
+            self.unmarked
+                .entry(scope.to_string())
+                .or_default()
+                .extend(keys.iter().cloned());
+        } else if let Some(c) = &mut self.conn {
+            let tx = c.transaction()?;
+            {
+                let mut s =
+                    tx.prepare_cached("DELETE FROM checkpoints WHERE scope = ?1 AND key = ?2")?;
+                for k in keys {
+                    s.execute((scope, k))?;
+                }
+            }
+            tx.commit()
+                .with_context(|| format!("forgetting checkpoints in {}", self.path.display()))?;
+        }
+        Ok(())
+    }
+
     /// Forget every mark of `scope`.
     pub fn clear(&mut self, scope: &str) -> Result<()> {
         self.flush()?;
         self.marks.remove(scope);
+        self.unmarked.remove(scope);
         if self.dry_run {
             self.cleared.insert(scope.to_string());
         } else if let Some(c) = &self.conn {

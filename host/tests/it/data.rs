@@ -521,3 +521,104 @@ fn each_with_once_never_looks_at_a_done_key_again() {
         "once: a done key is not processed again"
     );
 }
+
+// Issue 13, section 1: records that left the source. With `prune: true` the outputs of a
+// record no longer in the source are removed (its files, and its directories when empty),
+// planned exactly as applied, and its mark is forgotten.
+
+const PRUNED: &str = "steps:\n  - dir: out\n  - each: people.csv\n    key: id\n    prune: true\n    steps:\n      - dir: \"out/{id}\"\n      - file: \"out/{id}/index.html\"\n        content: \"<h1>{name}</h1>\\n\"\n";
+
+#[test]
+fn each_with_prune_removes_the_outputs_of_records_that_left_the_source() {
+    let t = Env::new();
+    t.write("people.csv", "id,name\n1,Ada\n2,Bob\n3,Cy\n4,Di\n");
+    t.write("idem.yml", PRUNED);
+    assert_converges(&t, &[]);
+    // A file of someone else's in record 4's directory keeps the directory.
+    t.write("out/4/notes.txt", "mine\n");
+    t.write("people.csv", "id,name\n1,Ada\n3,Cy\n");
+    t.json(&["check"], 2);
+    let applied = assert_converges(&t, &[]);
+    let kinds: Vec<(String, String)> = changes(&applied).into_iter().map(|c| (c.1, c.2)).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("remove-file".to_string(), "out/2/index.html".to_string()),
+            ("remove-dir".to_string(), "out/2".to_string()),
+            ("remove-file".to_string(), "out/4/index.html".to_string()),
+        ]
+    );
+    assert_eq!(
+        applied["steps"][1]["counters"],
+        json!({"processed": 0, "skipped": 2, "failed": 0, "pruned": 2})
+    );
+    assert!(!t.exists("out/2"));
+    assert_eq!(t.read("out/4/notes.txt"), "mine\n");
+    assert_eq!(t.read("out/1/index.html"), "<h1>Ada</h1>\n");
+    // A record that comes back is processed again: its mark was forgotten.
+    t.write("people.csv", "id,name\n1,Ada\n2,Bob\n3,Cy\n");
+    let back = t.json(&["apply"], 0);
+    assert_eq!(
+        back["steps"][1]["counters"],
+        json!({"processed": 1, "skipped": 2, "failed": 0, "pruned": 0})
+    );
+    assert_eq!(t.read("out/2/index.html"), "<h1>Bob</h1>\n");
+}
+
+#[test]
+fn each_without_prune_keeps_the_outputs_of_records_that_left_the_source() {
+    let t = Env::new();
+    t.write("people.csv", "id,name\n1,Ada\n2,Bob\n");
+    t.write("idem.yml", PRUNED.replace("    prune: true\n", ""));
+    assert_converges(&t, &[]);
+    t.write("people.csv", "id,name\n1,Ada\n");
+    let r = t.json(&["apply"], 0);
+    assert_eq!(changes(&r), vec![]);
+    assert_eq!(t.read("out/2/index.html"), "<h1>Bob</h1>\n");
+}
+
+#[test]
+fn each_prunes_many_records_a_page_at_a_time_in_a_dry_run_as_in_apply() {
+    let t = Env::new();
+    let mut csv = String::from("id,name\n");
+    for i in 0..3000 {
+        csv.push_str(&format!("{i:05},n{i}\n"));
+    }
+    t.write("people.csv", &csv);
+    t.write(
+        "idem.yml",
+        "steps:\n  - dir: out\n  - each: people.csv\n    key: id\n    prune: true\n    steps:\n      - file: \"out/{id}.txt\"\n        content: \"{name}\\n\"\n",
+    );
+    t.json(&["apply"], 0);
+    // Keep every tenth record: 2,700 leave, more than two pages of marks.
+    let kept: String = csv
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| *i == 0 || (i - 1) % 10 == 0)
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
+    t.write("people.csv", &kept);
+    let applied = assert_converges(&t, &[]);
+    assert_eq!(applied["steps"][1]["counters"]["pruned"], 2700);
+    assert_eq!(changes(&applied).len(), 2700);
+    assert_eq!(std::fs::read_dir(t.path("out")).unwrap().count(), 300);
+}
+
+#[test]
+fn each_with_once_and_prune_removes_what_a_gone_key_made() {
+    let t = Env::new();
+    t.write("people.csv", "id,name\n1,Ada\n2,Bob\n");
+    t.write(
+        "idem.yml",
+        PRUNED.replace("    prune: true\n", "    prune: true\n    once: true\n"),
+    );
+    assert_converges(&t, &[]);
+    t.write("people.csv", "id,name\n1,Ada Lovelace\n");
+    let r = assert_converges(&t, &[]);
+    assert_eq!(
+        r["steps"][1]["counters"],
+        json!({"processed": 0, "skipped": 1, "failed": 0, "pruned": 1})
+    );
+    assert!(!t.exists("out/2"));
+    assert_eq!(t.read("out/1/index.html"), "<h1>Ada</h1>\n");
+}
