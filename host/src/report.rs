@@ -179,6 +179,30 @@ impl StepResult {
         self.changes = changes;
     }
 
+    /// Entries the step's listings left out because their names are not UTF-8 (no step can
+    /// name one, so none was touched): counted as `not-utf8`, named (escaped) in a warning.
+    pub fn skip_unreadable(&mut self, paths: &[String]) {
+        self.counters
+            .0
+            .push(("not-utf8".into(), paths.len() as u64));
+        const SHOWN: usize = 10;
+        let mut names = paths
+            .iter()
+            .take(SHOWN)
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        if paths.len() > SHOWN {
+            names.push_str(&format!(" and {} more", paths.len() - SHOWN));
+        }
+        tracing::warn!(
+            "step {}: left {} {} alone whose name is not UTF-8 (no step can name it): {names}",
+            self.index,
+            paths.len(),
+            if paths.len() == 1 { "entry" } else { "entries" },
+        );
+    }
+
     /// The step failed as a whole; what it changed before failing is still reported.
     pub fn fail(&mut self, failure: StepFailure, changes: Vec<Change>) {
         self.outcome = Outcome::Failed;

@@ -353,6 +353,7 @@ fn finish_step(
     let flushed = run.state.flush();
     let mut changes = run.fs.take_changes();
     changes.extend(run.dbs.take_changes());
+    let unreadable = run.fs.take_unreadable();
     step.duration = started.elapsed();
     let mut stop = true;
     match result {
@@ -361,6 +362,9 @@ fn finish_step(
             stop = false;
         }
         Err(failure) => step.fail(failure, changes),
+    }
+    if !unreadable.is_empty() {
+        step.skip_unreadable(&unreadable);
     }
     if !left_open.is_empty() && step.error.is_none() {
         step.fail(

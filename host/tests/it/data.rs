@@ -622,3 +622,58 @@ fn each_with_once_and_prune_removes_what_a_gone_key_made() {
     assert!(!t.exists("out/2"));
     assert_eq!(t.read("out/1/index.html"), "<h1>Ada</h1>\n");
 }
+
+// Issue 13, section 4: a file whose name is not UTF-8 can be named by no step. A cleanup
+// leaves it alone, counts it (`not-utf8`) and names it escaped; a `remove` of a directory that
+// holds only such a name is refused alike by plan and by apply.
+
+fn bytes_name(t: &Env, dir: &str, name: &[u8]) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let path = t.path(dir).join(std::ffi::OsStr::from_bytes(name));
+    std::fs::write(&path, "x\n").unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(400 * 86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    path
+}
+
+#[test]
+fn cleanup_counts_and_names_a_file_whose_name_is_not_utf8() {
+    let t = Env::new();
+    t.mkdir("logs");
+    t.write("logs/old.log", "x\n").age("logs/old.log", 90);
+    let odd = bytes_name(&t, "logs", b"caf\xe9.log");
+    t.write(
+        "idem.yml",
+        "steps:\n  - cleanup: logs\n    older-than: 30d\n",
+    );
+    for mode in ["plan", "apply"] {
+        let run = t.idem(&[mode, "--format", "json"]);
+        run.code(0).says("logs/caf\\xe9.log").says("not UTF-8");
+        let r = run.json();
+        assert_eq!(r["steps"][0]["counters"]["not-utf8"], 1, "{mode}");
+    }
+    assert!(!t.exists("logs/old.log"));
+    assert!(odd.exists(), "a name no step can name is left alone");
+    let again = t.json(&["apply"], 0);
+    assert_eq!(changes(&again), vec![]);
+    assert_eq!(again["steps"][0]["counters"]["not-utf8"], 1);
+}
+
+#[test]
+fn remove_of_a_directory_holding_only_a_non_utf8_name_fails_alike_in_plan_and_apply() {
+    let t = Env::new();
+    t.mkdir("d");
+    bytes_name(&t, "d", b"\xff");
+    t.write("idem.yml", "steps:\n  - remove: d\n");
+    t.idem(&["plan"]).code(1).says("non-empty directory");
+    t.idem(&["apply"]).code(1).says("non-empty directory");
+    assert!(t.exists("d"));
+    t.write("idem.yml", "steps:\n  - remove: d\n    recursive: true\n");
+    assert_converges(&t, &[]);
+    assert!(!t.exists("d"));
+}

@@ -69,6 +69,23 @@ pub struct FsCap {
     protected: Vec<PathBuf>,
     /// Real locations of directories, by path, as the kernel resolved them.
     real_dirs: RefCell<HashMap<RelPath, PathBuf>>,
+    /// Paths (escaped) of entries that listings left out because their names are not UTF-8,
+    /// since the last [`FsCap::take_unreadable`]: no step can name them, so none touches
+    /// them, but the step's report counts them.
+    unreadable: RefCell<std::collections::BTreeSet<String>>,
+}
+
+/// A file name that is not UTF-8, as text for people: valid runs as they are, each other byte
+/// as `\xNN` (as `ls -b` and Rust's `{:?}` show them).
+pub fn escape_name(name: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in name.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
 }
 
 /// The real path of an open directory, as the kernel knows it.
@@ -186,6 +203,7 @@ impl FsCap {
             gate: Gate::new(sink, diffs),
             umask: umask(),
             listed: RefCell::new(HashMap::new()),
+            unreadable: RefCell::default(),
             protected: Vec::new(),
             real_dirs: RefCell::new(HashMap::new()),
         }
@@ -479,6 +497,20 @@ impl FsCap {
 
     /// `list-dir`: every entry of a directory with metadata, sorted by name.
     pub fn list_dir(&self, path: &RelPath) -> CapResult<Vec<Entry>> {
+        self.list_dir_counting(path).map(|(entries, _)| entries)
+    }
+
+    /// The paths listings left out since the last call because their names are not UTF-8
+    /// (escaped, sorted).
+    pub fn take_unreadable(&mut self) -> Vec<String> {
+        std::mem::take(&mut *self.unreadable.borrow_mut())
+            .into_iter()
+            .collect()
+    }
+
+    /// [`FsCap::list_dir`], and how many names on disk it left out for not being UTF-8.
+    fn list_dir_counting(&self, path: &RelPath) -> CapResult<(Vec<Entry>, usize)> {
+        let mut unreadable = 0;
         let found = self.found(path)?;
         if found.kind().is_none() {
             return Err(Error::NotFound(format!("{path} does not exist")));
@@ -505,9 +537,19 @@ impl FsCap {
                 .map_err(|e| io_error(path, e))?;
             for entry in dir {
                 let entry = entry.map_err(|e| io_error(path, e))?;
-                let Ok(name) = entry.file_name().into_string() else {
-                    tracing::warn!(dir = %path, "skipping an entry whose name is not UTF-8");
-                    continue;
+                let name = match entry.file_name().into_string() {
+                    Ok(name) => name,
+                    Err(raw) => {
+                        use std::os::unix::ffi::OsStrExt;
+                        unreadable += 1;
+                        let name = escape_name(raw.as_bytes());
+                        self.unreadable.borrow_mut().insert(if path.is_root() {
+                            name
+                        } else {
+                            format!("{path}/{name}")
+                        });
+                        continue;
+                    }
                 };
                 if path.is_root() && name == crate::policy::STATE_DIR {
                     continue;
@@ -543,10 +585,13 @@ impl FsCap {
                 None => entries.remove(&name),
             };
         }
-        Ok(entries
-            .into_iter()
-            .map(|(name, metadata)| Entry { name, metadata })
-            .collect())
+        Ok((
+            entries
+                .into_iter()
+                .map(|(name, metadata)| Entry { name, metadata })
+                .collect(),
+            unreadable,
+        ))
     }
 
     /// `create-dir`: ensure a directory and its parents.
@@ -864,7 +909,12 @@ impl FsCap {
                     p.display()
                 )));
             }
-            if !recursive && !self.list_dir(path)?.is_empty() {
+            // A name that is not UTF-8 is not listed, but the directory is not empty: apply's
+            // rmdir would fail where the dry run said `would remove`.
+            if !recursive && {
+                let (entries, unreadable) = self.list_dir_counting(path)?;
+                !entries.is_empty() || unreadable > 0
+            } {
                 return Err(Error::NotEmpty(format!(
                     "{path} is a directory that is not empty; set recursive to remove it"
                 )));
