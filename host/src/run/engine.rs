@@ -30,7 +30,7 @@ pub fn engine() -> Result<Engine> {
 /// How many instances, memories and tables one store may hold. A component is a handful of
 /// core instances (componentize-py's, the largest seen, about a dozen); wasmtime's default
 /// of 10,000 would let a guest multiply its memory limit.
-const STORE_ITEMS: usize = 100;
+pub const STORE_ITEMS: usize = 100;
 
 /// The store's memory limits, from the step's policy.
 pub struct Limiter {

@@ -424,3 +424,74 @@ fn a_200_mib_source_is_copied_in_chunks_with_flat_memory() {
     assert!(peak < 120, "converged re-run: peak RSS {peak} MiB");
     assert!(r.stdout.contains("unchanged"), "{}", r.stdout);
 }
+
+/// The hostile plugin with `copies` more core instances of a module that defines one memory
+/// of `pages` 64 KiB pages, appended as sections after its own (a component's sections may
+/// come in any order, each referring only to what came before).
+fn with_many_instances(copies: u32, pages: u64) -> Vec<u8> {
+    use wasm_encoder::{
+        ComponentSection, Encode, InstanceSection, MemorySection, MemoryType, Module, ModuleSection,
+    };
+    let base = &built().hostile;
+    // Count the component's own top-level core modules (section id 1): ours comes next.
+    let (mut at, mut modules) = (8usize, 0u32);
+    while at < base.len() {
+        let id = base[at];
+        at += 1;
+        let (mut size, mut shift) = (0usize, 0);
+        loop {
+            let b = base[at];
+            at += 1;
+            size |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        if id == 1 {
+            modules += 1;
+        }
+        at += size;
+    }
+    let mut memories = MemorySection::new();
+    memories.memory(MemoryType {
+        minimum: pages,
+        maximum: None,
+        memory64: false,
+        shared: false,
+        page_size_log2: None,
+    });
+    let mut module = Module::new();
+    module.section(&memories);
+    let mut instances = InstanceSection::new();
+    for _ in 0..copies {
+        instances.instantiate(modules, Vec::<(&str, wasm_encoder::ModuleArg)>::new());
+    }
+    let mut out = base.clone();
+    let module_section = ModuleSection(&module);
+    out.push(module_section.id());
+    module_section.encode(&mut out);
+    out.push(instances.id());
+    instances.encode(&mut out);
+    out
+}
+
+/// Issue 12, item 3: the limiter keeps a store's instances, memories and tables to 100, and
+/// sums all its memories against the step's limit. A component that instantiates a module
+/// 300 times fails as a limit, not as a mismatch with the contract; one whose 60 memories of
+/// 8 MiB each add up to more than 256 MiB fails as out of memory; the host's memory stays
+/// bounded in both.
+#[test]
+fn a_plugin_with_many_instances_or_memories_is_stopped_at_the_store_limits() {
+    let t = Env::new();
+    t.write("p.wasm", with_many_instances(300, 1));
+    bounded(&t, json!({"mode": "well-behaved"}), &[], 1)
+        .says("more than 100 instances, memories or tables");
+    let r = t.json(&["run", "p.wasm", "--config-json", "{}"], 1);
+    assert_eq!(r["steps"][0]["error_kind"], "limit", "{r:#}");
+
+    t.write("p.wasm", with_many_instances(60, 128));
+    bounded(&t, json!({"mode": "well-behaved"}), &[], 1)
+        .says("ran out of memory")
+        .says("256 MiB");
+}
