@@ -172,6 +172,9 @@ fn run_batch(
         )));
     }
     let mut answers = marks.into_iter();
+    // Records skipped because their fingerprint matched: `checkpoint.values` cannot tell the
+    // live display, as `done` does for `once`.
+    let matched_before = progress.skipped;
     for p in pending.drain(..) {
         let (key, label) = match p.key {
             Ok(k) => k,
@@ -234,6 +237,9 @@ fn run_batch(
                 message,
             }),
         }
+    }
+    if !step.once && progress.skipped > matched_before {
+        log::skipped(progress.skipped - matched_before);
     }
     let done = progress.processed + progress.skipped + progress.failures.len() as u64;
     log::progress(done, total);

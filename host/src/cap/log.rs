@@ -165,6 +165,11 @@ impl Host for LogView<'_> {
         self.progress.update(done, total);
         Ok(())
     }
+
+    fn skipped(&mut self, count: u64) -> wasmtime::Result<()> {
+        self.progress.count_checkpoints(count, 0);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -753,3 +753,53 @@ fn a_plugin_s_message_is_shown_under_its_line_in_the_text_report() {
         r.stdout
     );
 }
+
+/// Issue 17: a converged `each` re-run skips the records whose fingerprint matched; the live
+/// display counted only `once: true` skips (through `checkpoint.done`), so a re-run showed
+/// 0 skipped and a rate inflated by them.
+#[test]
+fn a_converged_each_rerun_shows_its_skipped_records_in_the_heartbeat() {
+    let t = Env::new();
+    let mut csv = String::from("id,name\n");
+    for i in 0..80_000 {
+        csv.push_str(&format!("{i},n{i}\n"));
+    }
+    t.write("data.csv", &csv);
+    t.write(
+        "idem.yml",
+        "steps:\n  - each: data.csv\n    key: id\n    steps:\n      - remove: \"gone/{id}\"\n",
+    );
+    t.idem(&["apply"]).code(0);
+    let r = t.idem(&["apply", "--progress-interval", "1"]);
+    r.code(0).says("skipped 80,000");
+    let beats: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("idem: step 1/1 each data.csv:"))
+        .collect();
+    assert!(!beats.is_empty(), "no heartbeat in {}", r.stderr);
+    for beat in beats {
+        let done: u64 = beat
+            .split(": ")
+            .nth(2)
+            .and_then(|s| s.split('/').next())
+            .map(|s| s.replace(',', "").parse().unwrap())
+            .unwrap();
+        assert!(
+            beat.contains(&format!("{} skipped", thousands(done))),
+            "every record so far was skipped: {beat}"
+        );
+    }
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
