@@ -817,17 +817,47 @@ fn render_plan_error(out: &mut dyn Write, e: &PlanErrorReport, color: bool) -> s
     Ok(())
 }
 
-/// Show the offending line of the plan with a caret under the column.
+/// The most characters of a plan line an excerpt shows: a plan written on one line (a 10 MB
+/// flow-style document) would otherwise be printed whole, twice over with its caret line.
+const EXCERPT_WIDTH: usize = 120;
+
+/// Show the offending line of the plan with a caret under the column. A line longer than
+/// [`EXCERPT_WIDTH`] is cut to a window around the column, with `…` where it was cut.
 pub fn plan_excerpt(source: &str, line: u32, column: Option<u32>) -> Option<String> {
     let text = source.lines().nth(line.checked_sub(1)? as usize)?;
+    let col = column.map(|c| c.saturating_sub(1) as usize);
+    let (shown, caret) = window(text, col.unwrap_or(0));
     let gutter = format!("{line}");
-    let mut s = format!("{} |\n{gutter} | {text}\n", " ".repeat(gutter.len()));
-    if let Some(c) = column {
+    let mut s = format!("{} |\n{gutter} | {shown}\n", " ".repeat(gutter.len()));
+    if col.is_some() {
         s.push_str(&format!(
             "{} | {}^\n",
             " ".repeat(gutter.len()),
-            " ".repeat(c.saturating_sub(1) as usize)
+            " ".repeat(caret)
         ));
     }
     Some(s)
+}
+
+/// At most [`EXCERPT_WIDTH`] characters of `text` around the character at `col` (0-based),
+/// and where that character is in what is shown.
+fn window(text: &str, col: usize) -> (String, usize) {
+    // Counting stops just past what can be shown, so a huge line costs no more than its
+    // window beyond the column.
+    let long = text.chars().nth(EXCERPT_WIDTH).is_some();
+    if !long {
+        return (text.to_string(), col);
+    }
+    let start = col.saturating_sub(EXCERPT_WIDTH / 2);
+    let mut shown: String = text.chars().skip(start).take(EXCERPT_WIDTH).collect();
+    let mut caret = col - start;
+    let cut_end = text.chars().nth(start + EXCERPT_WIDTH).is_some();
+    if start > 0 {
+        shown.insert(0, '…');
+        caret += 1;
+    }
+    if cut_end {
+        shown.push('…');
+    }
+    (shown, caret)
 }

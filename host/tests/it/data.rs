@@ -677,3 +677,44 @@ fn remove_of_a_directory_holding_only_a_non_utf8_name_fails_alike_in_plan_and_ap
     assert_converges(&t, &[]);
     assert!(!t.exists("d"));
 }
+
+/// Issue 13, section 4: a plan error's excerpt showed the offending line whole, so a plan on
+/// one line of 10 MB printed 10 MB (twice, with its caret line). It is cut to a window
+/// around the column, with `…` where it was cut.
+#[test]
+fn a_plan_error_on_a_huge_line_shows_a_window_around_the_column() {
+    let t = Env::new();
+    let source = format!(
+        "steps: [{{file: a, content: \"{}\", bogus: 1}}, {{dir: b}}, {{dir: c}}, {{dir: d}}, {{dir: e}}, {{dir: f}}, {{dir: g}}, {{dir: h}}, {{dir: i}}]\n",
+        "x".repeat(10 << 20)
+    );
+    t.write("idem.yml", &source);
+    let r = t.idem(&["plan"]);
+    r.code(1).says("bogus");
+    let all = r.all();
+    assert!(all.len() < 4096, "{} bytes of output", all.len());
+    let line = all
+        .lines()
+        .find(|l| l.starts_with("1 | "))
+        .expect("the excerpt's line");
+    assert!(line.starts_with("1 | …x") && line.ends_with('…'), "{line}");
+    assert!(line.contains("bogus"), "{line}");
+    // The caret is under the character at the column the error names.
+    let at: usize = all
+        .split("idem.yml:1:")
+        .nth(1)
+        .and_then(|s| s.split(':').next())
+        .and_then(|c| c.parse().ok())
+        .expect("a column");
+    let caret = all
+        .lines()
+        .find(|l| l.trim_end().ends_with('^'))
+        .expect("a caret line");
+    let under = caret.chars().count() - 1 - "  | ".len();
+    let shown: Vec<char> = line.chars().skip("1 | ".len()).collect();
+    assert_eq!(
+        Some(shown[under]),
+        source.chars().nth(at - 1),
+        "{line}\n{caret}"
+    );
+}
