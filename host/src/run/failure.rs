@@ -33,6 +33,19 @@ pub fn describe_trap(err: &wasmtime::Error, ctx: &Ctx, what: &str, plugin: bool)
             ),
         );
     }
+    if matches!(
+        err.downcast_ref::<wasmtime::component::ResourceTableError>(),
+        Some(wasmtime::component::ResourceTableError::Full)
+    ) {
+        return StepFailure::new(
+            FailureKind::Limit,
+            format!(
+                "{what} was stopped: it held more than {} handles open at once (file readers, \
+                 databases, statements, WASI streams); drop each handle once done with it",
+                super::store::MAX_HANDLES
+            ),
+        );
+    }
     if exceeds_store_items(err) {
         return StepFailure::new(
             FailureKind::Limit,

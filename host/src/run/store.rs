@@ -270,6 +270,11 @@ impl wasmtime_wasi::HostWallClock for FixedClock {
 /// context (no files, no network, no environment; its own stderr), a fresh resource table,
 /// the policy's memory limit and, when it has one, its time limit, in force from
 /// instantiation on.
+/// The most resource handles a step may hold at once: file readers, databases, statements
+/// and WASI's own streams and pollables. A runtime holds a handful; without a bound a guest
+/// could open readers until the host ran out of descriptors or memory.
+pub const MAX_HANDLES: usize = 1024;
+
 pub fn new_store(engine: &Engine, run: RunState, policy: Policy) -> Store<Ctx> {
     let stderr = TailPipe::default();
     let clock_start = std::time::Instant::now();
@@ -282,8 +287,10 @@ pub fn new_store(engine: &Engine, run: RunState, policy: Policy) -> Store<Ctx> {
         .allow_ip_name_lookup(false)
         .build();
     let limits = policy.limits;
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_HANDLES);
     let ctx = Ctx {
-        table: ResourceTable::new(),
+        table,
         wasi,
         stderr,
         policy,

@@ -495,3 +495,39 @@ fn a_plugin_with_many_instances_or_memories_is_stopped_at_the_store_limits() {
         .says("ran out of memory")
         .says("256 MiB");
 }
+
+/// Issue 12, item 3: resources were not counted per step, so a plugin could open readers
+/// (each a descriptor and a buffer in the host) without end. A step may hold 1024 handles at
+/// once; the next one stops it as a `limit`, with the host's memory bounded.
+#[test]
+fn a_plugin_holding_too_many_handles_is_stopped_at_the_step_limit() {
+    let t = root();
+    t.write("data.txt", "x\n");
+    let config = json!({"mode": "leak-readers", "path": "data.txt", "count": 5000}).to_string();
+    let (r, peak) = idem_with_peak_rss(
+        &t,
+        &[
+            "run",
+            "p.wasm",
+            "--path",
+            "data.txt",
+            "--config-json",
+            &config,
+            "--format",
+            "json",
+        ],
+        Some(8192),
+    );
+    r.code(1);
+    let report = r.json();
+    let step = &report["steps"][0];
+    assert_eq!(step["error_kind"], "limit", "{report:#}");
+    assert!(
+        step["error"]
+            .as_str()
+            .unwrap()
+            .contains("more than 1024 handles open at once"),
+        "{report:#}"
+    );
+    assert!(peak <= 256 + 64, "host peak RSS {peak} MiB");
+}
