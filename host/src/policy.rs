@@ -173,6 +173,12 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The most entries one `list-dir` call may return to this step, when bounded: a
+    /// plugin's listing is held whole in the host, so a huge directory must be paged.
+    pub fn listing_cap(&self) -> Option<usize> {
+        (!self.trusted_modes).then_some(10_000)
+    }
+
     /// The policy of the standard operations: the whole root, no time limit, 2 GiB.
     pub fn new(mode: Mode) -> Self {
         Policy {

@@ -531,3 +531,51 @@ fn a_plugin_holding_too_many_handles_is_stopped_at_the_step_limit() {
     );
     assert!(peak <= 256 + 64, "host peak RSS {peak} MiB");
 }
+
+/// Issue 12, item 3: `list-dir` returned a whole directory in one call, held in the host
+/// however large. A plugin's `list-dir` of more than 10,000 entries is refused with a hint;
+/// `list-dir-page` lists it a page of at most 1024 at a time, with the host's memory bounded.
+#[test]
+fn a_plugin_lists_a_huge_directory_a_page_at_a_time_with_flat_host_memory() {
+    let t = root();
+    t.mkdir("big");
+    let pad = "n".repeat(100);
+    for i in 0..12_000 {
+        std::fs::File::create(t.path("big").join(format!("{pad}{i:06}"))).unwrap();
+    }
+    bounded(
+        &t,
+        json!({"mode": "list-all", "path": "big"}),
+        &["--path", "big"],
+        1,
+    )
+    .says("more than 10000 entries")
+    .says("list-dir-page");
+    let r = bounded(
+        &t,
+        json!({"mode": "list-pages", "path": "big"}),
+        &["--path", "big", "--format", "json"],
+        0,
+    );
+    let report = r.json();
+    assert_eq!(report["steps"][0]["counters"]["entries"], 12_000);
+    assert_eq!(
+        report["steps"][0]["counters"]["pages"],
+        12_000u64.div_ceil(1024)
+    );
+}
+
+/// `list-dir-page` under a dry run sees what earlier steps planned, as `list-dir` does.
+#[test]
+fn list_dir_page_sees_the_planned_tree_in_a_dry_run() {
+    let t = root();
+    t.write("d/a", "1").write("d/b", "2");
+    t.write(
+        "idem.yml",
+        "steps:\n  - file: d/c\n    content: x\n  - remove: d/a\n  - plugin: p.wasm\n    config: { mode: list-pages, path: d }\n    paths: [d]\n",
+    );
+    for mode in ["plan", "apply"] {
+        let r = t.json(&[mode], 0);
+        assert_eq!(r["steps"][2]["counters"]["entries"], 2, "{mode}: b and c");
+    }
+}

@@ -108,7 +108,18 @@ impl Host for FsView<'_> {
     }
 
     fn list_dir(&mut self, path: String) -> R<Vec<Entry>> {
-        Ok(self.resolve(&path, true).and_then(|p| self.fs.list_dir(&p)))
+        let cap = self.policy.listing_cap();
+        Ok(self.resolve(&path, true).and_then(|p| match cap {
+            Some(cap) => self.fs.list_dir_capped(&p, cap),
+            None => self.fs.list_dir(&p),
+        }))
+    }
+
+    fn list_dir_page(&mut self, path: String, after: Option<String>, limit: u32) -> R<Vec<Entry>> {
+        let limit = (limit as usize).clamp(1, super::LIST_PAGE);
+        Ok(self
+            .resolve(&path, true)
+            .and_then(|p| self.fs.list_dir_page(&p, after.as_deref(), limit)))
     }
 
     fn create_dir(&mut self, path: String, mode: Option<u32>) -> R<Done> {

@@ -75,6 +75,9 @@ pub struct FsCap {
     unreadable: RefCell<std::collections::BTreeSet<String>>,
 }
 
+/// The most entries one `list-dir-page` call returns.
+pub const LIST_PAGE: usize = 1024;
+
 /// A file name that is not UTF-8, as text for people: valid runs as they are, each other byte
 /// as `\xNN` (as `ls -b` and Rust's `{:?}` show them).
 pub fn escape_name(name: &[u8]) -> String {
@@ -498,6 +501,122 @@ impl FsCap {
     /// `list-dir`: every entry of a directory with metadata, sorted by name.
     pub fn list_dir(&self, path: &RelPath) -> CapResult<Vec<Entry>> {
         self.list_dir_counting(path).map(|(entries, _)| entries)
+    }
+
+    /// `list-dir` for a step whose listing may hold at most `cap` entries: a larger
+    /// directory is refused before its entries are gathered.
+    pub fn list_dir_capped(&self, path: &RelPath, cap: usize) -> CapResult<Vec<Entry>> {
+        // Counting names first costs one more readdir, and only a cheap one.
+        if let Ok(dir) = self.root.read_dir(path.as_fs()) {
+            let n = dir.take(cap + 1).count();
+            if n > cap {
+                return Err(Error::Invalid(format!(
+                    "{path} has more than {cap} entries, too many for one list-dir: list it a \
+                     page at a time with list-dir-page"
+                )));
+            }
+        }
+        self.list_dir(path)
+    }
+
+    /// `list-dir-page`: at most `limit` entries whose names sort after `after`, sorted. The
+    /// directory is read whole, but only the page's names are kept and only they are
+    /// stat'ed, so the host's memory is bounded by the page whatever the directory's size.
+    pub fn list_dir_page(
+        &self,
+        path: &RelPath,
+        after: Option<&str>,
+        limit: usize,
+    ) -> CapResult<Vec<Entry>> {
+        let found = self.found(path)?;
+        if found.kind().is_none() {
+            return Err(Error::NotFound(format!("{path} does not exist")));
+        }
+        if !self.is_dir(path, &found)? {
+            return Err(Error::WrongKind(format!("{path} is not a directory")));
+        }
+        let beyond = |name: &str| after.is_none_or(|a| name > a);
+        // Under a dry run: what the run planned here, overriding the disk.
+        let planned: HashMap<String, Option<Metadata>> = self
+            .gate
+            .planned_children(path)
+            .into_iter()
+            .filter(|(n, _)| beyond(n))
+            .collect();
+        let mut names: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        let keep = |names: &mut std::collections::BTreeSet<String>, name: String| {
+            if names.len() < limit {
+                names.insert(name);
+            } else if names.last().is_some_and(|l| name < *l) {
+                names.insert(name);
+                names.pop_last();
+            }
+        };
+        let real = !matches!(
+            found,
+            Found::Planned(Planned::Dir {
+                hide_real: true,
+                ..
+            })
+        );
+        if real {
+            let real_dir = (!self.protected.is_empty())
+                .then(|| self.real_location(path, true))
+                .flatten();
+            let dir = self
+                .root
+                .read_dir(path.as_fs())
+                .map_err(|e| io_error(path, e))?;
+            for entry in dir {
+                let entry = entry.map_err(|e| io_error(path, e))?;
+                let name = match entry.file_name().into_string() {
+                    Ok(name) => name,
+                    Err(raw) => {
+                        use std::os::unix::ffi::OsStrExt;
+                        let name = escape_name(raw.as_bytes());
+                        self.unreadable.borrow_mut().insert(if path.is_root() {
+                            name
+                        } else {
+                            format!("{path}/{name}")
+                        });
+                        continue;
+                    }
+                };
+                if !beyond(&name)
+                    || planned.contains_key(&name)
+                    || (path.is_root() && name == crate::policy::STATE_DIR)
+                    || real_dir
+                        .as_ref()
+                        .is_some_and(|r| self.protected.contains(&r.join(&name)))
+                {
+                    continue;
+                }
+                keep(&mut names, name);
+            }
+        }
+        for (name, meta) in &planned {
+            if meta.is_some() {
+                keep(&mut names, name.clone());
+            }
+        }
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let meta = match planned.get(&name) {
+                Some(Some(m)) => *m,
+                Some(None) => continue,
+                None => match self.root.symlink_metadata(path.join(&name).as_fs()) {
+                    Ok(m) => metadata_of(&m),
+                    // Gone since it was listed: as if listed a moment later.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_error(&path.join(&name), e)),
+                },
+            };
+            out.push(Entry {
+                name,
+                metadata: meta,
+            });
+        }
+        Ok(out)
     }
 
     /// The paths listings left out since the last call because their names are not UTF-8

@@ -239,6 +239,24 @@ impl Guest for Hostile {
                 std::mem::forget(held);
                 Ok(report(&[("held-mib", c.size)]))
             }
+            "list-all" => {
+                let entries =
+                    fs::list_dir(&c.path).map_err(|e| host(&format!("listing {}", c.path), e))?;
+                Ok(report(&[("entries", entries.len() as u64)]))
+            }
+            "list-pages" => {
+                // Asks for more than a page: the host answers at most its own page size.
+                let (mut after, mut n, mut pages) = (None::<String>, 0u64, 0u64);
+                loop {
+                    let page = fs::list_dir_page(&c.path, after.as_deref(), 1_000_000)
+                        .map_err(|e| host(&format!("listing {}", c.path), e))?;
+                    let Some(last) = page.last() else { break };
+                    after = Some(last.name.clone());
+                    n += page.len() as u64;
+                    pages += 1;
+                }
+                Ok(report(&[("entries", n), ("pages", pages)]))
+            }
             "leak-readers" => {
                 for _ in 0..c.count {
                     let r = fs::open_reader(&c.path).map_err(|e| host(&c.path, e))?;
