@@ -353,6 +353,7 @@ fn finish_step(
     let flushed = run.state.flush();
     let mut changes = run.fs.take_changes();
     changes.extend(run.dbs.take_changes());
+    changes.append(&mut run.http_changes);
     step.duration = started.elapsed();
     let mut stop = true;
     match result {
