@@ -230,6 +230,10 @@ fn release_plugin_converges_against_an_http_api() {
             ),
         ]
     );
+    // The journal keeps each request sent with its status.
+    t.idem(&["history"])
+        .code(0)
+        .says(&format!("POST {u}/releases -> 201"));
     let rel = s.releases.lock().unwrap()["v1"].clone();
     assert_eq!(rel["app.txt"], sha(b"the app\n"));
     assert_eq!(rel["notes.md"], sha(b"# notes\n"));
