@@ -22,7 +22,7 @@ pub mod yaml;
 
 use std::cell::RefCell;
 
-use exports::idem::plugin::plan::{Guest, Location, PlanError, PluginCall, StepInfo};
+use exports::idem::plugin::plan::{Guest, Location, NetworkGrant, PlanError, PluginCall, StepInfo};
 use idem::plugin::report::{StepError, StepReport};
 use plan::Step;
 
@@ -107,6 +107,13 @@ fn step_info(step: &Step, loc: yaml::Loc) -> StepInfo {
                     .map_or_else(|| "null".to_owned(), ToString::to_string),
                 paths: p.paths.clone(),
                 databases: p.databases.clone(),
+                network: NetworkGrant {
+                    hosts: p.hosts.clone(),
+                    headers: p.headers.clone().into_iter().collect(),
+                    max_requests: p.http_limits.as_ref().and_then(|l| l.requests),
+                    max_bytes_out: p.http_limits.as_ref().and_then(|l| l.bytes_out),
+                    max_bytes_in: p.http_limits.as_ref().and_then(|l| l.bytes_in),
+                },
             }),
             _ => None,
         },

@@ -243,6 +243,37 @@ pub struct PluginStep {
     /// Databases the plugin may open.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub databases: Vec<String>,
+    /// Where the plugin may send HTTP requests: `[scheme://]host[:port]`, `*.example.com`
+    /// for subdomains, or a literal IP (the only way to reach a private or loopback address).
+    /// None: no network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Headers the host adds to every request to a listed host; `env:NAME` reads the value
+    /// from the environment, so the plan holds no secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Per-step network limits (defaults: 1000 requests, 64 MiB out, 256 MiB in).
+    #[serde(
+        default,
+        rename = "http-limits",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http_limits: Option<HttpLimits>,
+}
+
+/// A plugin step's network limits.
+#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HttpLimits {
+    /// At most this many requests (denied ones count too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    /// At most this many bytes of request bodies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_out: Option<u64>,
+    /// At most this many bytes of response bodies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_in: Option<u64>,
 }
 
 /// A format of records.
@@ -393,6 +424,9 @@ const ALL_FIELDS: &[&str] = &[
     "config",
     "paths",
     "databases",
+    "hosts",
+    "headers",
+    "http-limits",
 ];
 
 thread_local! {
@@ -742,6 +776,9 @@ fn parse_plugin(obj: &mut Obj<'_>) -> Result<PluginStep, PlanError> {
         config: obj.take("config").map(to_json).transpose()?,
         paths: obj.names("paths")?.unwrap_or_default(),
         databases: obj.names("databases")?.unwrap_or_default(),
+        hosts: obj.names("hosts")?.unwrap_or_default(),
+        headers: obj.string_map("headers")?.unwrap_or_default(),
+        http_limits: obj.http_limits("http-limits")?,
     })
 }
 
@@ -1054,6 +1091,92 @@ impl<'a> Obj<'a> {
                     .hint("use csv, json or ndjson"),
             ),
         }
+    }
+
+    /// A map of strings to strings (`headers:`).
+    fn string_map(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Option<BTreeMap<String, String>>, PlanError> {
+        let Some(node) = self.take(name) else {
+            return Ok(None);
+        };
+        let Kind::Map(entries) = &node.kind else {
+            return Err(PlanError::at(
+                node.loc,
+                format!(
+                    "`{name}` must be a map of names to strings, found {}",
+                    node.describe()
+                ),
+            )
+            .hint(format!(
+                "for example {name}: {{Authorization: env:API_TOKEN}}"
+            )));
+        };
+        let mut out = BTreeMap::new();
+        for (k, v) in entries {
+            let (Kind::Scalar { text: key, .. }, Kind::Scalar { text: value, .. }) =
+                (&k.kind, &v.kind)
+            else {
+                return Err(PlanError::at(
+                    v.loc,
+                    format!("each entry of `{name}` must be a name and a string"),
+                ));
+            };
+            if v.scalar() == Some(Scalar::Null) {
+                return Err(PlanError::at(v.loc, format!("`{name}.{key}` has no value")));
+            }
+            out.insert(key.clone(), value.clone());
+        }
+        Ok(Some(out))
+    }
+
+    /// `http-limits: {requests: N, bytes-out: N, bytes-in: N}`.
+    fn http_limits(&mut self, name: &'static str) -> Result<Option<HttpLimits>, PlanError> {
+        let Some(node) = self.take(name) else {
+            return Ok(None);
+        };
+        let Kind::Map(entries) = &node.kind else {
+            return Err(PlanError::at(
+                node.loc,
+                format!("`{name}` must be a map, found {}", node.describe()),
+            )
+            .hint(format!(
+                "for example {name}: {{requests: 10, bytes-in: 1048576}}"
+            )));
+        };
+        let mut limits = HttpLimits::default();
+        for (k, v) in entries {
+            let key = match &k.kind {
+                Kind::Scalar { text, .. } => text.as_str(),
+                _ => "",
+            };
+            let slot = match key {
+                "requests" => &mut limits.requests,
+                "bytes-out" => &mut limits.bytes_out,
+                "bytes-in" => &mut limits.bytes_in,
+                other => {
+                    return Err(PlanError::at(
+                        k.loc,
+                        format!("unknown field `{other}` in `{name}`"),
+                    )
+                    .hint("it takes: requests, bytes-out, bytes-in"));
+                }
+            };
+            match v.scalar() {
+                Some(Scalar::Int(n)) if n >= 0 => *slot = Some(n as u64),
+                _ => {
+                    return Err(PlanError::at(
+                        v.loc,
+                        format!(
+                            "`{name}.{key}` must be a whole number, found {}",
+                            text_of(v)
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(Some(limits))
     }
 
     /// A string or a list of strings.

@@ -18,6 +18,9 @@ pub enum ChangeKind {
     CreateDatabase,
     WriteRows,
     AlterSchema,
+    /// A plugin's HTTP request with a method other than GET, HEAD or OPTIONS: not sent under
+    /// a dry run, sent (with its status recorded) under apply.
+    HttpRequest,
 }
 
 impl ChangeKind {
@@ -33,6 +36,7 @@ impl ChangeKind {
             ChangeKind::CreateDatabase => "create-database",
             ChangeKind::WriteRows => "write-rows",
             ChangeKind::AlterSchema => "alter-schema",
+            ChangeKind::HttpRequest => "http-request",
         }
     }
 }
@@ -55,9 +59,37 @@ pub struct Change {
     /// A unified diff, when `--diff` asked for one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diff: Option<String>,
+    /// For `http-request`: what was (or would be) sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpInfo>,
+}
+
+/// An HTTP request a plugin made, as reported. The URL has credentials in its query and
+/// every secret header value replaced by `<redacted>`; headers are never reported.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HttpInfo {
+    pub method: String,
+    pub url: String,
+    /// SHA-256 of the request body, when the host read it whole (a dry run's requests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<String>,
+    /// The request body's size, when the host read it whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_bytes: Option<u64>,
+    /// The response status, under apply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
 }
 
 impl Change {
+    /// How the journal names the target: the path, and for a request sent its status.
+    pub fn journal_target(&self) -> String {
+        match self.http.as_ref().and_then(|h| h.status) {
+            Some(status) => format!("{} -> {status}", self.path),
+            None => self.path.clone(),
+        }
+    }
+
     pub fn new(kind: ChangeKind, path: impl Into<String>) -> Self {
         Change {
             kind,
@@ -66,6 +98,7 @@ impl Change {
             before: None,
             after: None,
             diff: None,
+            http: None,
         }
     }
 }

@@ -534,6 +534,13 @@ fn run(cli: Cli) -> Result<u8> {
                 config,
                 paths,
                 databases,
+                network: crate::bindings::plan::NetworkGrant {
+                    hosts: Vec::new(),
+                    headers: Vec::new(),
+                    max_requests: None,
+                    max_bytes_out: None,
+                    max_bytes_in: None,
+                },
             };
             let mut live = live(g, &cfg);
             let report = host.run_plugin_file(&cfg, call, &mut live)?;

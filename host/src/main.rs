@@ -14,6 +14,7 @@ mod cli;
 mod dbname;
 mod init;
 mod live;
+mod netpolicy;
 mod policy;
 mod report;
 mod run;

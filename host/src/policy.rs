@@ -170,6 +170,8 @@ pub struct Policy {
     allowed_databases: Option<Vec<RelPath>>,
     /// The user's words for the allowed paths, for messages.
     allowed_text: String,
+    /// Where the step may send HTTP requests (none but a plugin's `hosts:`).
+    pub network: crate::netpolicy::NetPolicy,
 }
 
 impl Policy {
@@ -193,6 +195,7 @@ impl Policy {
             reserved: Vec::new(),
             allowed_databases: None,
             allowed_text: String::new(),
+            network: crate::netpolicy::NetPolicy::none(),
         }
     }
 
@@ -229,7 +232,14 @@ impl Policy {
             reserved: vec![RelPath(".git".into())],
             allowed_paths: Some(allowed_paths),
             allowed_databases: Some(allowed_databases),
+            network: crate::netpolicy::NetPolicy::none(),
         })
+    }
+
+    /// Give the step the network its plan names.
+    pub fn with_network(mut self, network: crate::netpolicy::NetPolicy) -> Self {
+        self.network = network;
+        self
     }
 
     /// Reserve the plan file at `plan` (relative to the root) from plugins, unless a grant

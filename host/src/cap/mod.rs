@@ -12,6 +12,7 @@
 pub mod checkpoint;
 pub mod clock;
 pub mod fs;
+pub mod http;
 pub mod log;
 pub mod policy;
 pub mod resources;

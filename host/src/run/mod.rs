@@ -10,6 +10,7 @@
 mod cache;
 mod engine;
 mod failure;
+mod imports;
 mod interrupt;
 mod plan;
 mod plugin;

@@ -354,6 +354,7 @@ fn finish_step(
     let mut changes = run.fs.take_changes();
     changes.extend(run.dbs.take_changes());
     let unreadable = run.fs.take_unreadable();
+    changes.append(&mut run.http_changes);
     step.duration = started.elapsed();
     let mut stop = true;
     match result {

@@ -7,6 +7,7 @@ use super::store::{RunState, new_store};
 use super::{Host, RunConfig, StepEnd};
 use crate::bindings::plan::PluginCall;
 use crate::bindings::plugin;
+use crate::netpolicy::NetPolicy;
 use crate::policy::{Limits, Policy};
 use crate::report::{FailureKind, StepFailure, error_text};
 
@@ -29,6 +30,16 @@ impl Host {
                 Ok(p) => p,
                 Err(e) => return (run, Err(load(format!("{what}: {e}")))),
             };
+        let net = &call.network;
+        match NetPolicy::build(
+            &net.hosts,
+            &net.headers,
+            [net.max_requests, net.max_bytes_out, net.max_bytes_in],
+            |var| std::env::var(var).ok(),
+        ) {
+            Ok(n) => policy = policy.with_network(n),
+            Err(e) => return (run, Err(load(format!("{what}: {e}")))),
+        }
         if let Some(plan) = cfg
             .plan_file
             .as_ref()
@@ -48,6 +59,9 @@ impl Host {
             Err(e) => return (run, Err(load(format!("{what}: {e}")))),
         };
         if let Some(problem) = not_a_component(&bytes) {
+            return (run, Err(load(format!("{what} {problem}"))));
+        }
+        if let Some(problem) = super::imports::unprovided_import(&bytes) {
             return (run, Err(load(format!("{what} {problem}"))));
         }
         let component = match self.load_component(&bytes, &crate::cap::fs::hash(&bytes)) {
@@ -91,8 +105,30 @@ impl Host {
         };
         // A wait cut short at the deadline means the guest's time ran out, whatever it did
         // after it woke (it believes it waited as long as it asked).
-        let result = match (result, store.data().cut_short) {
-            (Err(f), _) if f.kind == FailureKind::Limit => Err(f),
+        let (net_changes, denials, net_timed_out) = {
+            let mut r = store.data().net.record();
+            (
+                std::mem::take(&mut r.changes),
+                std::mem::take(&mut r.denials),
+                r.timed_out,
+            )
+        };
+        let cut_short = store
+            .data()
+            .cut_short
+            .or(net_timed_out.then_some("waiting on the network (wasi:http)"));
+        // The guest sees a denial as `HTTP-request-denied` only: the step's error says why.
+        let result = match result {
+            Err(mut f) if !denials.is_empty() => {
+                f.message = format!("{}; the host denied: {}", f.message, denials.join("; "));
+                Err(f)
+            }
+            r => r,
+        };
+        let result = match (result, cut_short) {
+            // A wait on the network that ran into the deadline is where the time went, even
+            // when the guest then ran on until epoch interruption stopped it.
+            (Err(f), _) if f.kind == FailureKind::Limit && !net_timed_out => Err(f),
             (_, Some(blocked)) => Err(time_limit(
                 &what,
                 Some(cfg.plugin_timeout),
@@ -102,6 +138,7 @@ impl Host {
             (r, None) => r,
         };
         let mut run = store.into_data().into_run();
+        run.http_changes.extend(net_changes);
         let step_dbs = std::mem::replace(&mut run.dbs, run_dbs);
         // A statement interrupted at the deadline comes back to the guest as an error it may
         // report as its own: the step ran out of time all the same.

@@ -14,6 +14,7 @@ use anyhow::{Context, Result, anyhow};
 use wasmtime::component::{HasData, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::engine::Limiter;
 use super::stderr::TailPipe;
@@ -22,6 +23,7 @@ use crate::bindings::{checkpoint, clock, fs, log, policy, report, sqlite, types}
 use crate::cap::checkpoint::CheckpointView;
 use crate::cap::clock::ClockView;
 use crate::cap::fs::{Disk, FsCap, FsView, Overlay, Sink};
+use crate::cap::http::NetCap;
 use crate::cap::log::{LogView, Progress};
 use crate::cap::policy::PolicyView;
 use crate::cap::sqlite::{Backing, Databases, SqliteView};
@@ -31,6 +33,9 @@ use crate::state::StateStore;
 /// What a run carries from step to step, whichever store runs the step.
 pub struct RunState {
     pub fs: FsCap,
+    /// HTTP requests plugin steps made (or, under a dry run, declined to send) that change
+    /// something: taken with the step's other changes.
+    pub http_changes: Vec<crate::change::Change>,
     pub dbs: Databases,
     pub state: StateStore,
     pub progress: Progress,
@@ -62,6 +67,7 @@ impl RunState {
         fs.protect(protected(root, state_path, in_state_dir));
         Ok(RunState {
             fs,
+            http_changes: Vec::new(),
             dbs: Databases::new(root.to_path_buf(), backing),
             state: state.metered(progress.clone()),
             progress,
@@ -125,6 +131,9 @@ pub struct Ctx {
     clock_start: std::time::Instant,
     /// Set when a wait of the guest was cut short at the deadline: where the time ran out.
     pub cut_short: Option<&'static str>,
+    http: WasiHttpCtx,
+    /// The step's network (`wasi:http`): its policy, counters and requests.
+    pub net: NetCap,
     run: Option<RunState>,
 }
 
@@ -194,6 +203,16 @@ impl Ctx {
     pub fn policy_view(&mut self) -> PolicyView<'_> {
         PolicyView {
             policy: &self.policy,
+        }
+    }
+}
+
+impl WasiHttpView for Ctx {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.net,
         }
     }
 }
@@ -289,15 +308,19 @@ pub fn new_store(engine: &Engine, run: RunState, policy: Policy) -> Store<Ctx> {
     let limits = policy.limits;
     let mut table = ResourceTable::new();
     table.set_max_capacity(MAX_HANDLES);
+    let deadline = limits.time.map(|t| clock_start + t);
+    let net = NetCap::new(policy.network.clone(), policy.mode.dry_run(), deadline);
     let ctx = Ctx {
         table,
         wasi,
         stderr,
         policy,
         limiter: Limiter::new(limits.memory),
-        deadline: limits.time.map(|t| clock_start + t),
+        deadline,
         clock_start,
         cut_short: None,
+        http: WasiHttpCtx::new(),
+        net,
         run: Some(run),
     };
     let mut store = Store::new(engine, ctx);
@@ -355,6 +378,9 @@ pub fn linker(engine: &Engine) -> Result<Linker<Ctx>> {
     clock::add_to_linker::<Ctx, HasClock>(&mut l, Ctx::clock_view).map_err(e)?;
     policy::add_to_linker::<Ctx, HasPolicy>(&mut l, Ctx::policy_view).map_err(e)?;
     wasmtime_wasi::p2::add_to_linker_sync(&mut l).map_err(e)?;
+    // Outgoing HTTP for every guest; each request passes its step's network policy (none
+    // for the standard operations and for a plugin without `hosts:`: all denied).
+    wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut l).map_err(e)?;
     // A guest's sleeps are cut short at its step's deadline: epoch interruption only stops
     // compiled code, and a guest blocked in the host's poll would otherwise outlast its limit.
     l.allow_shadowing(true);

@@ -483,7 +483,7 @@ impl StateStore {
                     step as i64,
                     step_name,
                     ch.kind.as_str(),
-                    ch.path,
+                    ch.journal_target(),
                     ch.rows.map(|r| r as i64),
                     ch.before,
                     ch.after,

@@ -10,6 +10,7 @@ mod data;
 mod dbfiles;
 mod fidelity;
 mod generated;
+mod http;
 mod live;
 mod pg;
 mod plugins;

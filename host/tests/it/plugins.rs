@@ -28,6 +28,8 @@ fn workspace() -> PathBuf {
 pub struct Built {
     pub hostile: Vec<u8>,
     pub manifest: Vec<u8>,
+    /// examples/plugins/release: converges against an HTTP API over wasi:http.
+    pub release: Vec<u8>,
     /// The standard operations guest: a component of another world (`standard`).
     pub standard: Vec<u8>,
 }
@@ -46,6 +48,8 @@ pub fn built() -> &'static Built {
                 "idem-hostile-plugin",
                 "-p",
                 "idem-plugin-manifest",
+                "-p",
+                "idem-plugin-release",
                 "-p",
                 "idem-guest",
             ])
@@ -66,6 +70,7 @@ pub fn built() -> &'static Built {
         Built {
             hostile: read("idem_hostile_plugin.wasm"),
             manifest: read("idem_plugin_manifest.wasm"),
+            release: read("idem_plugin_release.wasm"),
             standard: read("idem_guest.wasm"),
         }
     })
@@ -569,7 +574,7 @@ fn incompatible_components_are_refused_naming_the_problem() {
 /// A component whose only content is an import of an instance named `name` with one
 /// function, `connect(host: string)`: the smallest thing that asks the host for an interface
 /// it does not provide.
-fn component_importing(name: &str) -> Vec<u8> {
+pub fn component_importing(name: &str) -> Vec<u8> {
     use wasm_encoder::{
         Component, ComponentImportSection, ComponentTypeRef, ComponentTypeSection, InstanceType,
         PrimitiveValType,

@@ -1,0 +1,476 @@
+//! Plugins on the network (issue 16): the release example plugin (examples/plugins/release)
+//! against a real HTTP server on 127.0.0.1 started by each test, with the `hosts:` allow-list,
+//! private-address denial, redirects, dry run at the request, limits, the step's time limit
+//! and secret headers.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::plugins::built;
+use crate::support::*;
+
+/// One request as the server received it.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    path: String,
+    headers: BTreeMap<String, String>,
+}
+
+#[derive(Clone)]
+enum Behaviour {
+    /// The release API of examples/plugins/release.
+    Api,
+    /// Answer every request with a redirect to this URL.
+    Redirect(String),
+    /// Accept, read the request, never answer.
+    Stall,
+}
+
+/// A small HTTP/1.1 server on an ephemeral port of 127.0.0.1, one thread per connection,
+/// counting what it receives.
+struct Server {
+    port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    releases: Arc<Mutex<BTreeMap<String, BTreeMap<String, String>>>>,
+}
+
+impl Server {
+    fn start(behaviour: Behaviour) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let releases: Arc<Mutex<BTreeMap<String, BTreeMap<String, String>>>> = Arc::default();
+        let (s, r) = (seen.clone(), releases.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (s, r, b) = (s.clone(), r.clone(), behaviour.clone());
+                std::thread::spawn(move || serve(conn, &s, &r, &b));
+            }
+        });
+        Server {
+            port,
+            seen,
+            releases,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn methods(&self) -> Vec<String> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .map(|s| format!("{} {}", s.method, s.path))
+            .collect()
+    }
+
+    fn clear(&self) {
+        self.seen.lock().unwrap().clear();
+    }
+}
+
+fn serve(
+    conn: TcpStream,
+    seen: &Mutex<Vec<Seen>>,
+    releases: &Mutex<BTreeMap<String, BTreeMap<String, String>>>,
+    behaviour: &Behaviour,
+) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (method, path) = (
+            parts.next().unwrap_or("").to_string(),
+            parts.next().unwrap_or("").to_string(),
+        );
+        let mut headers = BTreeMap::new();
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h).unwrap();
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+        let len: usize = headers
+            .get("content-length")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).unwrap();
+        seen.lock().unwrap().push(Seen {
+            method: method.clone(),
+            path: path.clone(),
+            headers,
+        });
+        let (status, extra, out): (u16, String, Vec<u8>) = match behaviour {
+            Behaviour::Stall => {
+                std::thread::sleep(Duration::from_secs(3600));
+                return;
+            }
+            Behaviour::Redirect(to) => (302, format!("location: {to}\r\n"), Vec::new()),
+            Behaviour::Api => api(&method, &path, &body, releases),
+        };
+        let mut w = &conn;
+        let head = format!(
+            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n{extra}\r\n",
+            out.len()
+        );
+        if w.write_all(head.as_bytes()).is_err() || w.write_all(&out).is_err() {
+            return;
+        }
+    }
+}
+
+fn sha(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(bytes))
+}
+
+fn api(
+    method: &str,
+    path: &str,
+    body: &[u8],
+    releases: &Mutex<BTreeMap<String, BTreeMap<String, String>>>,
+) -> (u16, String, Vec<u8>) {
+    let mut rel = releases.lock().unwrap();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method, parts.as_slice()) {
+        ("GET", ["releases", tag]) => match rel.get(*tag) {
+            Some(assets) => {
+                let v = serde_json::json!({"tag": tag, "assets": assets});
+                (200, String::new(), v.to_string().into_bytes())
+            }
+            None => (404, String::new(), b"no such release".to_vec()),
+        },
+        ("POST", ["releases"]) => {
+            let v: Value = serde_json::from_slice(body).unwrap();
+            rel.entry(v["tag"].as_str().unwrap().to_string())
+                .or_default();
+            (201, String::new(), Vec::new())
+        }
+        ("PUT", ["releases", tag, "assets", name]) => match rel.get_mut(*tag) {
+            Some(assets) => {
+                assets.insert(name.to_string(), sha(body));
+                (200, String::new(), Vec::new())
+            }
+            None => (404, String::new(), Vec::new()),
+        },
+        _ => (400, String::new(), b"bad request".to_vec()),
+    }
+}
+
+/// A tree with the release plugin and two assets, and a plan step ensuring release v1 at
+/// `api` with `extra` YAML lines added to the step.
+fn release_env(api: &str, extra: &str) -> Env {
+    let t = Env::new();
+    t.write("plugins/release.wasm", &built().release)
+        .write("dist/app.txt", "the app\n")
+        .write("dist/notes.md", "# notes\n");
+    t.write(
+        "idem.yml",
+        format!(
+            "steps:\n  - plugin: plugins/release.wasm\n    name: release\n    paths: [dist]\n{extra}    config:\n      api: \"{api}\"\n      tag: v1\n      assets: {{app.txt: dist/app.txt, notes.md: dist/notes.md}}\n"
+        ),
+    );
+    t
+}
+
+fn hosts(list: &[String]) -> String {
+    let quoted: Vec<String> = list.iter().map(|h| format!("\"{h}\"")).collect();
+    format!("    hosts: [{}]\n", quoted.join(", "))
+}
+
+fn http_changes(report: &Value) -> Vec<Value> {
+    report["steps"][0]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "http-request")
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn release_plugin_converges_against_an_http_api() {
+    let s = Server::start(Behaviour::Api);
+    let t = release_env(&s.url(), &hosts(&[s.url()]));
+    let applied = assert_converges(&t, &[]);
+    let changes = http_changes(&applied);
+    let shown: Vec<(&str, Option<u64>)> = changes
+        .iter()
+        .map(|c| (c["path"].as_str().unwrap(), c["http"]["status"].as_u64()))
+        .collect();
+    let u = s.url();
+    assert_eq!(
+        shown,
+        [
+            (format!("POST {u}/releases").as_str(), Some(201)),
+            (
+                format!("PUT {u}/releases/v1/assets/app.txt").as_str(),
+                Some(200)
+            ),
+            (
+                format!("PUT {u}/releases/v1/assets/notes.md").as_str(),
+                Some(200)
+            ),
+        ]
+    );
+    // The journal keeps each request sent with its status.
+    t.idem(&["history"])
+        .code(0)
+        .says(&format!("POST {u}/releases -> 201"));
+    let rel = s.releases.lock().unwrap()["v1"].clone();
+    assert_eq!(rel["app.txt"], sha(b"the app\n"));
+    assert_eq!(rel["notes.md"], sha(b"# notes\n"));
+    // One changed asset: a GET, then one PUT and nothing else.
+    t.write("dist/notes.md", "# notes, revised\n");
+    s.clear();
+    t.json(&["apply"], 0);
+    assert_eq!(
+        s.methods(),
+        ["GET /releases/v1", "PUT /releases/v1/assets/notes.md"]
+    );
+    s.clear();
+    let again = t.json(&["apply"], 0);
+    assert_eq!(again["steps"][0]["outcome"], "unchanged");
+    assert_eq!(s.methods(), ["GET /releases/v1"]);
+}
+
+#[test]
+fn dry_run_sends_get_but_not_post_and_reports_what_would_be_sent() {
+    let s = Server::start(Behaviour::Api);
+    let t = release_env(&s.url(), &hosts(&[s.url()]));
+    let planned = t.json(&["plan"], 0);
+    assert_eq!(
+        s.methods(),
+        ["GET /releases/v1"],
+        "only the safe request is sent"
+    );
+    assert!(s.releases.lock().unwrap().is_empty());
+    let changes = http_changes(&planned);
+    assert_eq!(changes.len(), 3, "{planned:#}");
+    let put = &changes[1]["http"];
+    assert_eq!(put["method"], "PUT");
+    assert_eq!(put["body_bytes"], 8);
+    assert_eq!(put["body_sha256"], sha(b"the app\n"));
+    assert!(put.get("status").is_none());
+    assert!(
+        planned["steps"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("would be created"),
+        "the plugin tells the host's answer apart: {planned:#}"
+    );
+    // check agrees, and sends only the GET too.
+    s.clear();
+    t.idem(&["check"]).code(2);
+    assert_eq!(s.methods(), ["GET /releases/v1"]);
+    // apply sends all of them.
+    s.clear();
+    t.json(&["apply"], 0);
+    assert_eq!(
+        s.methods(),
+        [
+            "GET /releases/v1",
+            "POST /releases",
+            "PUT /releases/v1/assets/app.txt",
+            "PUT /releases/v1/assets/notes.md"
+        ]
+    );
+}
+
+#[test]
+fn request_to_a_host_not_listed_is_denied_before_connecting() {
+    let s = Server::start(Behaviour::Api);
+    let other = Server::start(Behaviour::Api);
+    let t = release_env(&s.url(), &hosts(&[other.url()]));
+    t.idem(&["apply"])
+        .code(1)
+        .says("release")
+        .says(&format!("{} is not in the step's `hosts:`", s.url()))
+        .says(&other.url());
+    assert!(s.methods().is_empty(), "no connection was made");
+}
+
+#[test]
+fn step_without_hosts_has_no_network() {
+    let s = Server::start(Behaviour::Api);
+    let t = release_env(&s.url(), "");
+    t.idem(&["apply"])
+        .code(1)
+        .says("HttpRequestDenied")
+        .says("the step has no `hosts:`, so no network");
+    assert!(s.methods().is_empty());
+}
+
+#[test]
+fn redirect_to_a_host_not_listed_is_denied() {
+    let target = Server::start(Behaviour::Api);
+    let s = Server::start(Behaviour::Redirect(format!("{}/releases/v1", target.url())));
+    let t = release_env(&s.url(), &hosts(&[s.url()]));
+    t.idem(&["apply"])
+        .code(1)
+        .says(&format!("GET {}/releases/v1", target.url()))
+        .says("is not in the step's `hosts:`");
+    assert_eq!(s.methods(), ["GET /releases/v1"]);
+    assert!(
+        target.methods().is_empty(),
+        "the redirect's target got nothing"
+    );
+}
+
+#[test]
+fn listed_name_that_resolves_to_loopback_is_denied_unless_the_address_is_listed() {
+    let s = Server::start(Behaviour::Api);
+    let by_name = format!("http://localhost:{}", s.port);
+    let t = release_env(&by_name, &hosts(std::slice::from_ref(&by_name)));
+    t.idem(&["apply"])
+        .code(1)
+        .says("localhost resolves to")
+        .says("which is not a public address");
+    assert!(s.methods().is_empty(), "no connection was made");
+    // The address itself listed: the same name now reaches it.
+    let t = release_env(&by_name, &hosts(&[by_name.clone(), "127.0.0.1".into()]));
+    let r = t.idem(&["apply"]);
+    r.code(0);
+    assert_eq!(s.methods().len(), 4, "{}", r.all());
+}
+
+#[test]
+fn request_limit_stops_the_step() {
+    let s = Server::start(Behaviour::Api);
+    let t = release_env(
+        &s.url(),
+        &format!("{}    http-limits: {{requests: 1}}\n", hosts(&[s.url()])),
+    );
+    t.idem(&["apply"])
+        .code(1)
+        .says("the step's limit of 1 requests is spent");
+    assert_eq!(s.methods(), ["GET /releases/v1"]);
+}
+
+#[test]
+fn byte_limits_stop_the_step() {
+    let s = Server::start(Behaviour::Api);
+    let t = release_env(
+        &s.url(),
+        &format!("{}    http-limits: {{bytes-out: 20}}\n", hosts(&[s.url()])),
+    );
+    t.idem(&["apply"])
+        .code(1)
+        .says("the step's limit of 20 bytes sent (bytes-out) is spent");
+    // The response to the GET is larger than 10 bytes ("no such release").
+    let t = release_env(
+        &s.url(),
+        &format!("{}    http-limits: {{bytes-in: 10}}\n", hosts(&[s.url()])),
+    );
+    t.idem(&["apply"])
+        .code(1)
+        .says("the step's limit of 10 bytes received (bytes-in) is spent");
+}
+
+#[test]
+fn stalled_server_is_stopped_by_the_time_limit() {
+    let s = Server::start(Behaviour::Stall);
+    let t = release_env(&s.url(), &hosts(&[s.url()]));
+    let started = Instant::now();
+    t.idem(&["apply", "--plugin-timeout", "2"])
+        .code(1)
+        .says("ran longer than its time limit of 2 s")
+        .says("waiting on the network");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert_eq!(s.methods(), ["GET /releases/v1"]);
+}
+
+#[test]
+fn secret_headers_reach_the_server_but_no_output_report_or_state() {
+    const SECRET: &str = "s3cr3t-9f8e7d6c";
+    let s = Server::start(Behaviour::Api);
+    let t = release_env(
+        &s.url(),
+        &format!(
+            "{}    headers: {{Authorization: env:IDEM_TEST_TOKEN, X-Client: idem-test}}\n",
+            hosts(&[s.url()])
+        ),
+    );
+    let mut outputs = String::new();
+    for args in [
+        &["plan", "-v"][..],
+        &["plan", "--format", "json"],
+        &["apply", "-v", "--format", "ndjson"],
+        &["apply", "--format", "json"],
+        &["history", "--format", "json"],
+    ] {
+        let r = Run::from(
+            t.cmd()
+                .args(args)
+                .env("IDEM_TEST_TOKEN", SECRET)
+                .env("RUST_LOG", "trace")
+                .output()
+                .unwrap(),
+        );
+        outputs.push_str(&r.all());
+    }
+    let seen = s.seen.lock().unwrap().clone();
+    assert!(seen.len() >= 5, "{seen:?}");
+    for req in &seen {
+        assert_eq!(req.headers["authorization"], SECRET, "{req:?}");
+        assert_eq!(req.headers["x-client"], "idem-test");
+    }
+    assert!(outputs.contains("http-request"), "{outputs}");
+    assert!(
+        !outputs.contains(SECRET),
+        "the secret was printed:\n{outputs}"
+    );
+    for (name, bytes) in t.state_files() {
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "the secret is in {name}"
+        );
+    }
+    // Unset, the step names the variable and sends nothing.
+    s.clear();
+    t.idem(&["apply"])
+        .code(1)
+        .says("IDEM_TEST_TOKEN, which is not set");
+    assert!(s.methods().is_empty());
+}
+
+/// Issue 16, item 6: an import idem does not provide is named in plain words, before the
+/// component is compiled (a fresh compile cache stays empty).
+#[test]
+fn component_importing_what_idem_does_not_provide_is_refused_before_compiling() {
+    let t = Env::new();
+    t.write(
+        "kv.wasm",
+        crate::plugins::component_importing("wasi:keyvalue/store@0.2.0-draft"),
+    );
+    let cache = t.path("cache");
+    let r = Run::from(
+        t.cmd()
+            .args(["run", "kv.wasm"])
+            .env("IDEM_CACHE_DIR", &cache)
+            .output()
+            .unwrap(),
+    );
+    r.code(1)
+        .says("plugin kv.wasm imports `wasi:keyvalue/store@0.2.0-draft` (a key-value store), which idem does not provide");
+    let compiled = std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(compiled, 0, "nothing was compiled");
+}
