@@ -14,6 +14,7 @@ pub mod clock;
 pub mod fs;
 pub mod log;
 pub mod policy;
+pub mod postgres;
 pub mod resources;
 pub mod sqlite;
 

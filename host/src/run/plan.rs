@@ -346,13 +346,15 @@ fn finish_step(
     result: StepEnd,
     started: Instant,
 ) -> bool {
-    let left_open = run.dbs.abandon_open_transactions();
+    let mut left_open = run.dbs.abandon_open_transactions();
+    left_open.extend(run.pg.abandon_open_transactions());
     if result.is_err() {
         run.dbs.discard_failed_creations(&mut run.fs);
     }
     let flushed = run.state.flush();
     let mut changes = run.fs.take_changes();
     changes.extend(run.dbs.take_changes());
+    changes.extend(run.pg.take_changes());
     step.duration = started.elapsed();
     let mut stop = true;
     match result {

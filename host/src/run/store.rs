@@ -18,12 +18,13 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::engine::Limiter;
 use super::stderr::TailPipe;
 use crate::bindings::types::Datetime;
-use crate::bindings::{checkpoint, clock, fs, log, policy, report, sqlite, types};
+use crate::bindings::{checkpoint, clock, fs, log, policy, postgres, report, sqlite, types};
 use crate::cap::checkpoint::CheckpointView;
 use crate::cap::clock::ClockView;
 use crate::cap::fs::{Disk, FsCap, FsView, Overlay, Sink};
 use crate::cap::log::{LogView, Progress};
 use crate::cap::policy::PolicyView;
+use crate::cap::postgres::{Connections, PgView};
 use crate::cap::sqlite::{Backing, Databases, SqliteView};
 use crate::policy::{Mode, Policy};
 use crate::state::StateStore;
@@ -32,6 +33,8 @@ use crate::state::StateStore;
 pub struct RunState {
     pub fs: FsCap,
     pub dbs: Databases,
+    /// PostgreSQL connections, the run's (under a dry run, each in one transaction).
+    pub pg: Connections,
     pub state: StateStore,
     pub progress: Progress,
     pub now: Datetime,
@@ -63,6 +66,7 @@ impl RunState {
         Ok(RunState {
             fs,
             dbs: Databases::new(root.to_path_buf(), backing),
+            pg: Connections::new(mode.dry_run()),
             state: state.metered(progress.clone()),
             progress,
             now,
@@ -166,6 +170,15 @@ impl Ctx {
         SqliteView {
             dbs: &mut run.dbs,
             paths: &mut run.fs,
+            policy: &self.policy,
+            table: &mut self.table,
+        }
+    }
+
+    pub fn postgres_view(&mut self) -> PgView<'_> {
+        let run = self.run.as_mut().expect("the run's state is in this store");
+        PgView {
+            pg: &mut run.pg,
             policy: &self.policy,
             table: &mut self.table,
         }
@@ -312,6 +325,10 @@ struct HasSqlite;
 impl HasData for HasSqlite {
     type Data<'a> = SqliteView<'a>;
 }
+struct HasPostgres;
+impl HasData for HasPostgres {
+    type Data<'a> = PgView<'a>;
+}
 struct HasCheckpoint;
 impl HasData for HasCheckpoint {
     type Data<'a> = CheckpointView<'a>;
@@ -343,6 +360,7 @@ pub fn linker(engine: &Engine) -> Result<Linker<Ctx>> {
     report::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut l, |c| c).map_err(e)?;
     fs::add_to_linker::<Ctx, HasFs>(&mut l, Ctx::fs_view).map_err(e)?;
     sqlite::add_to_linker::<Ctx, HasSqlite>(&mut l, Ctx::sqlite_view).map_err(e)?;
+    postgres::add_to_linker::<Ctx, HasPostgres>(&mut l, Ctx::postgres_view).map_err(e)?;
     checkpoint::add_to_linker::<Ctx, HasCheckpoint>(&mut l, Ctx::checkpoint_view).map_err(e)?;
     log::add_to_linker::<Ctx, HasLog>(&mut l, Ctx::log_view).map_err(e)?;
     clock::add_to_linker::<Ctx, HasClock>(&mut l, Ctx::clock_view).map_err(e)?;

@@ -13,5 +13,6 @@ mod generated;
 mod live;
 mod pg;
 mod plugins;
+mod postgres;
 mod sandbox;
 mod state;
