@@ -331,3 +331,49 @@ fn sslmode_require_without_tls_fails_clearly_and_disable_and_prefer_connect() {
     }
     assert_eq!(psql(&db, "SELECT count(*) FROM t"), "1");
 }
+
+#[test]
+fn an_each_sub_step_upserts_into_postgres_named_by_env() {
+    let db = fresh_db("each");
+    let t = Env::new();
+    t.write("teams.csv", "team\nred\nblue\n");
+    t.write("members/red.csv", "id,team\n1,red\n2,red\n");
+    t.write("members/blue.csv", "id,team\n3,blue\n");
+    t.write(
+        "idem.yml",
+        "steps:\n  - each: teams.csv\n    key: team\n    steps:\n      - upsert: env:IDEM_TEST_PG\n        table: members\n        key: id\n        from: \"members/{team}.csv\"\n",
+    );
+    let url = server().url_of(&db);
+    run(&t, &url, &["plan"], 0);
+    assert_eq!(psql(&db, "SELECT to_regclass('members') IS NULL"), "t");
+    run(&t, &url, &["apply"], 0);
+    assert_eq!(
+        psql(&db, "SELECT id, team FROM members ORDER BY id"),
+        "1|red\n2|red\n3|blue"
+    );
+    run(&t, &url, &["check"], 0);
+}
+
+#[test]
+fn a_plugin_cannot_reach_postgres_even_when_its_step_names_the_database() {
+    let db = fresh_db("plugin");
+    psql(&db, "CREATE TABLE t (id int PRIMARY KEY)");
+    let t = Env::new();
+    t.write("hostile.wasm", &crate::plugins::built().hostile);
+    t.write(
+        "idem.yml",
+        "steps:\n  - plugin: hostile.wasm\n    config: { mode: pg-sql, database: \"env:IDEM_TEST_PG\", sql: \"INSERT INTO t VALUES (1)\" }\n    databases: [\"env:IDEM_TEST_PG\"]\n",
+    );
+    let url = server().url_of(&db);
+    let r = crate::support::Run::from(
+        t.cmd()
+            .env("IDEM_TEST_PG", &url)
+            .args(["apply"])
+            .output()
+            .unwrap(),
+    );
+    r.code(1)
+        .says("denied: plugins do not reach PostgreSQL databases yet");
+    assert!(!r.all().contains(&server().password));
+    assert_eq!(psql(&db, "SELECT count(*) FROM t"), "0");
+}
