@@ -489,10 +489,14 @@ fn sub_name(sub: &SubStep) -> String {
             .name
             .clone()
             .unwrap_or_else(|| format!("cleanup {}", s.cleanup)),
-        SubStep::Upsert(s) => s
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("upsert {} into {}:{}", s.from, s.upsert, s.table)),
+        SubStep::Upsert(s) => s.name.clone().unwrap_or_else(|| {
+            format!(
+                "upsert {} into {}:{}",
+                s.from,
+                crate::pg_upsert::redact(&s.upsert),
+                s.table
+            )
+        }),
     }
 }
 

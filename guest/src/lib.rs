@@ -13,6 +13,7 @@ pub mod each;
 pub mod file;
 pub mod glob;
 pub mod host;
+pub mod pg_upsert;
 pub mod plan;
 pub mod records;
 pub mod remove;
@@ -96,7 +97,7 @@ fn step_info(step: &Step, loc: yaml::Loc) -> StepInfo {
     StepInfo {
         op: step.op().to_owned(),
         name: step.display_name(),
-        target: step.target().to_owned(),
+        target: step.target().into_owned(),
         location: Some(location(loc)),
         plugin: match step {
             Step::Plugin(p) => Some(PluginCall {

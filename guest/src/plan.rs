@@ -1329,17 +1329,17 @@ impl Step {
         }
     }
 
-    /// The main path the step is about.
-    pub fn target(&self) -> &str {
-        match self {
+    /// The main path the step is about (a database URL without its password).
+    pub fn target(&self) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Borrowed(match self {
             Step::Dir(s) => &s.dir,
             Step::File(s) => &s.file,
             Step::Remove(s) => &s.remove,
             Step::Cleanup(s) => &s.cleanup,
-            Step::Upsert(s) => &s.upsert,
+            Step::Upsert(s) => return crate::pg_upsert::redact(&s.upsert),
             Step::Each(s) => &s.each,
             Step::Plugin(s) => &s.plugin,
-        }
+        })
     }
 
     /// The user's `name`, or one built from the operation and its target.
@@ -1355,7 +1355,12 @@ impl Step {
         };
         match (given, self) {
             (Some(name), _) => name.clone(),
-            (None, Step::Upsert(s)) => format!("upsert {} into {}:{}", s.from, s.upsert, s.table),
+            (None, Step::Upsert(s)) => format!(
+                "upsert {} into {}:{}",
+                s.from,
+                crate::pg_upsert::redact(&s.upsert),
+                s.table
+            ),
             (None, _) => format!("{} {}", self.op(), self.target()),
         }
     }

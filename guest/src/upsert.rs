@@ -209,7 +209,7 @@ fn json_text(s: String, affinity: Affinity) -> Result<Value, String> {
 
 /// The column type to create, inferred from the values seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Inferred {
+pub enum Inferred {
     Nothing,
     /// Canonical integers within ±2^53, exact as reals too.
     Integer,
@@ -235,7 +235,7 @@ impl Inferred {
         }
     }
 
-    fn add(self, field: Option<Field<'_>>) -> Inferred {
+    pub fn with(self, field: Option<Field<'_>>) -> Inferred {
         let seen = match field {
             None => return self,
             Some(f) if f.is_empty() => return self,
@@ -266,7 +266,7 @@ impl Inferred {
         }
     }
 
-    fn sql(self) -> &'static str {
+    pub fn sql(self) -> &'static str {
         match self {
             Inferred::Integer | Inferred::WideInteger => "INTEGER",
             Inferred::Real => "REAL",
@@ -276,7 +276,7 @@ impl Inferred {
 
     /// Whether a later text value still fits the type inferred from the first records, so
     /// that it is stored without changing; the first batch decides, the rest must agree.
-    fn keeps(self, text: &str) -> bool {
+    pub fn keeps(self, text: &str) -> bool {
         match self {
             Inferred::Integer | Inferred::WideInteger => {
                 text.is_empty() || is_canonical_integer(text)
@@ -300,6 +300,9 @@ fn affinity_of(t: ColumnType) -> Affinity {
 /// Run an `upsert` step. Counters: `inserted`, `updated`, `unchanged`, and `deleted` with
 /// `delete-missing`.
 pub fn run(step: &UpsertStep) -> Result<StepReport, StepError> {
+    if crate::pg_upsert::names_postgres(&step.upsert) {
+        return crate::pg_upsert::run(step);
+    }
     let mut records = open_records(&step.from, step.format)?;
     // The first batch is read before the database is opened, so that a file that is bad from
     // the start does not leave a new, empty database behind.
@@ -392,7 +395,7 @@ fn load(
     let inferred = |c: &String| {
         first
             .iter()
-            .fold(Inferred::Nothing, |t, (r, _)| t.add(r.as_record().get(c)))
+            .fold(Inferred::Nothing, |t, (r, _)| t.with(r.as_record().get(c)))
     };
     let new_type = |c: &String| -> (String, Affinity, Option<Inferred>) {
         match step.types.get(c) {
@@ -1244,7 +1247,7 @@ mod tests {
     fn types_are_inferred_only_where_the_text_survives() {
         let t = |vals: &[&str]| {
             vals.iter()
-                .fold(Inferred::Nothing, |t, v| t.add(Some(Field::Text(v))))
+                .fold(Inferred::Nothing, |t, v| t.with(Some(Field::Text(v))))
         };
         assert_eq!(t(&["1", "", "3"]), Inferred::Integer);
         assert_eq!(t(&["1", "2.5"]), Inferred::Real);
@@ -1273,7 +1276,7 @@ mod tests {
         assert_eq!(t(&["1.0", "0.25", "-3.5"]), Inferred::Real);
         let j = serde_json::json!(true);
         assert_eq!(
-            Inferred::Nothing.add(Some(Field::Json(&j))),
+            Inferred::Nothing.with(Some(Field::Json(&j))),
             Inferred::Integer
         );
         assert!(Inferred::Integer.keeps("12"));

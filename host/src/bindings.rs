@@ -14,6 +14,7 @@ pub mod standard {
             "idem:plugin/fs.reader": crate::cap::resources::Reader,
             "idem:plugin/sqlite.database": crate::cap::resources::DbHandle,
             "idem:plugin/sqlite.statement": crate::cap::resources::StmtHandle,
+            "idem:plugin/postgres.connection": crate::cap::resources::PgHandle,
         },
     });
 }
@@ -29,6 +30,7 @@ pub mod plugin {
             "idem:plugin/types": super::standard::idem::plugin::types,
             "idem:plugin/fs": super::standard::idem::plugin::fs,
             "idem:plugin/sqlite": super::standard::idem::plugin::sqlite,
+            "idem:plugin/postgres": super::standard::idem::plugin::postgres,
             "idem:plugin/checkpoint": super::standard::idem::plugin::checkpoint,
             "idem:plugin/log": super::standard::idem::plugin::log,
             "idem:plugin/clock": super::standard::idem::plugin::clock,
@@ -39,4 +41,6 @@ pub mod plugin {
 }
 
 pub use standard::exports::idem::plugin::plan;
-pub use standard::idem::plugin::{checkpoint, clock, fs, log, policy, report, sqlite, types};
+pub use standard::idem::plugin::{
+    checkpoint, clock, fs, log, policy, postgres, report, sqlite, types,
+};

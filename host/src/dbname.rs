@@ -43,6 +43,15 @@ impl PgTarget {
     pub fn shown(&self) -> &str {
         &self.shown
     }
+
+    /// `message` (from the server or the driver) with this target's password replaced,
+    /// wherever it came from (the URL, `PGPASSWORD`), so that no error can carry it.
+    pub fn scrub(&self, message: &str) -> String {
+        match self.config.get_password() {
+            Some(pw) if !pw.is_empty() => message.replace(&*String::from_utf8_lossy(pw), "***"),
+            _ => message.to_string(),
+        }
+    }
 }
 
 /// Why a database name could not be resolved. Its message never holds a password.

@@ -215,8 +215,10 @@ impl Policy {
             .iter()
             .map(|p| base.resolve(p))
             .collect::<Result<Vec<_>, _>>()?;
+        // PostgreSQL names are no files: the postgres capability checks them.
         let allowed_databases = databases
             .iter()
+            .filter(|d| !crate::dbname::is_postgres_url(d) && !d.starts_with("env:"))
             .map(|p| base.resolve(p))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Policy {
@@ -355,6 +357,12 @@ impl Policy {
     /// The checkpoint scope `scope` within this caller's namespace.
     pub fn checkpoint_scope(&self, scope: &str) -> String {
         format!("{}{scope}", self.scope_prefix)
+    }
+
+    /// Whether the step may reach PostgreSQL databases: the standard operations may; plugins
+    /// not yet, until the host owns their transactions and refuses their escapes.
+    pub fn reaches_postgres(&self) -> bool {
+        self.allowed_databases.is_none()
     }
 
     /// The databases the step names (none for the standard operations, which may open any).

@@ -15,6 +15,7 @@ pub mod fs;
 pub mod http;
 pub mod log;
 pub mod policy;
+pub mod postgres;
 pub mod resources;
 pub mod sqlite;
 

@@ -57,3 +57,6 @@ pub struct StmtHandle {
     pub db: usize,
     pub sql: String,
 }
+
+/// The guest's handle on a PostgreSQL connection: an index into the scope's connections.
+pub struct PgHandle(pub usize);

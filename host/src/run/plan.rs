@@ -346,7 +346,8 @@ fn finish_step(
     result: StepEnd,
     started: Instant,
 ) -> bool {
-    let left_open = run.dbs.abandon_open_transactions();
+    let mut left_open = run.dbs.abandon_open_transactions();
+    left_open.extend(run.pg.abandon_open_transactions());
     if result.is_err() {
         run.dbs.discard_failed_creations(&mut run.fs);
     }
@@ -355,6 +356,7 @@ fn finish_step(
     changes.extend(run.dbs.take_changes());
     let unreadable = run.fs.take_unreadable();
     changes.append(&mut run.http_changes);
+    changes.extend(run.pg.take_changes());
     step.duration = started.elapsed();
     let mut stop = true;
     match result {

@@ -19,13 +19,14 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use super::engine::Limiter;
 use super::stderr::TailPipe;
 use crate::bindings::types::Datetime;
-use crate::bindings::{checkpoint, clock, fs, log, policy, report, sqlite, types};
+use crate::bindings::{checkpoint, clock, fs, log, policy, postgres, report, sqlite, types};
 use crate::cap::checkpoint::CheckpointView;
 use crate::cap::clock::ClockView;
 use crate::cap::fs::{Disk, FsCap, FsView, Overlay, Sink};
 use crate::cap::http::NetCap;
 use crate::cap::log::{LogView, Progress};
 use crate::cap::policy::PolicyView;
+use crate::cap::postgres::{Connections, PgView};
 use crate::cap::sqlite::{Backing, Databases, SqliteView};
 use crate::policy::{Mode, Policy};
 use crate::state::StateStore;
@@ -37,6 +38,8 @@ pub struct RunState {
     /// something: taken with the step's other changes.
     pub http_changes: Vec<crate::change::Change>,
     pub dbs: Databases,
+    /// PostgreSQL connections, the run's (under a dry run, each in one transaction).
+    pub pg: Connections,
     pub state: StateStore,
     pub progress: Progress,
     pub now: Datetime,
@@ -69,6 +72,7 @@ impl RunState {
             fs,
             http_changes: Vec::new(),
             dbs: Databases::new(root.to_path_buf(), backing),
+            pg: Connections::new(mode.dry_run()),
             state: state.metered(progress.clone()),
             progress,
             now,
@@ -175,6 +179,15 @@ impl Ctx {
         SqliteView {
             dbs: &mut run.dbs,
             paths: &mut run.fs,
+            policy: &self.policy,
+            table: &mut self.table,
+        }
+    }
+
+    pub fn postgres_view(&mut self) -> PgView<'_> {
+        let run = self.run.as_mut().expect("the run's state is in this store");
+        PgView {
+            pg: &mut run.pg,
             policy: &self.policy,
             table: &mut self.table,
         }
@@ -342,6 +355,10 @@ struct HasSqlite;
 impl HasData for HasSqlite {
     type Data<'a> = SqliteView<'a>;
 }
+struct HasPostgres;
+impl HasData for HasPostgres {
+    type Data<'a> = PgView<'a>;
+}
 struct HasCheckpoint;
 impl HasData for HasCheckpoint {
     type Data<'a> = CheckpointView<'a>;
@@ -373,6 +390,7 @@ pub fn linker(engine: &Engine) -> Result<Linker<Ctx>> {
     report::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut l, |c| c).map_err(e)?;
     fs::add_to_linker::<Ctx, HasFs>(&mut l, Ctx::fs_view).map_err(e)?;
     sqlite::add_to_linker::<Ctx, HasSqlite>(&mut l, Ctx::sqlite_view).map_err(e)?;
+    postgres::add_to_linker::<Ctx, HasPostgres>(&mut l, Ctx::postgres_view).map_err(e)?;
     checkpoint::add_to_linker::<Ctx, HasCheckpoint>(&mut l, Ctx::checkpoint_view).map_err(e)?;
     log::add_to_linker::<Ctx, HasLog>(&mut l, Ctx::log_view).map_err(e)?;
     clock::add_to_linker::<Ctx, HasClock>(&mut l, Ctx::clock_view).map_err(e)?;

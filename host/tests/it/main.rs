@@ -14,5 +14,6 @@ mod http;
 mod live;
 mod pg;
 mod plugins;
+mod postgres;
 mod sandbox;
 mod state;

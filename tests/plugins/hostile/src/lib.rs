@@ -9,6 +9,7 @@
 //! - `read`: read `path`.
 //! - `open-database`: open `database`.
 //! - `sql`: open `database` and execute `sql`.
+//! - `pg-sql`: open the PostgreSQL database `database` (a URL or `env:NAME`) and execute `sql`.
 //! - `loop`: never return.
 //! - `allocate`: allocate memory until something gives.
 //! - `trap-halfway`: write `a.txt`, `b.txt`, `c.txt` under `path`, then panic before `d.txt`.
@@ -35,7 +36,7 @@ wit_bindgen::generate!({ world: "plugin", path: "../../../wit" });
 use exports::idem::plugin::step::Guest;
 use idem::plugin::report::{Counter, StepError, StepReport};
 use idem::plugin::types::Error;
-use idem::plugin::{checkpoint, fs, sqlite};
+use idem::plugin::{checkpoint, fs, postgres, sqlite};
 use serde::Deserialize;
 
 #[derive(Deserialize, Default)]
@@ -113,6 +114,11 @@ impl Guest for Hostile {
                 let db = sqlite::open(&c.database)
                     .map_err(|e| host(&format!("opening {}", c.database), e))?;
                 db.execute(&c.sql, &[]).map_err(|e| host(&c.sql, e))?;
+                Ok(report(&[]))
+            }
+            "pg-sql" => {
+                let db = postgres::open(&c.database).map_err(|e| own(pg_text(&e)))?;
+                db.execute(&c.sql, &[]).map_err(|e| own(pg_text(&e)))?;
                 Ok(report(&[]))
             }
             "loop" => {
@@ -296,3 +302,13 @@ impl Guest for Hostile {
 // valid in a native linker's version script, and a native build is only for `cargo test`.
 #[cfg(target_family = "wasm")]
 export!(Hostile);
+
+/// A PostgreSQL error in words.
+fn pg_text(e: &postgres::PgError) -> String {
+    match e {
+        postgres::PgError::Denied(s) => format!("denied: {s}"),
+        postgres::PgError::Invalid(s) | postgres::PgError::Connect(s) => s.clone(),
+        postgres::PgError::NotPostgres(s) => format!("not postgres: {s}"),
+        postgres::PgError::Server(s) => format!("postgres {}: {}", s.sqlstate, s.message),
+    }
+}

@@ -1,0 +1,394 @@
+//! The PostgreSQL capability: connections to the databases a plan names by URL or `env:NAME`.
+//!
+//! It owns one connection per database name for the run, opened at first use. A name is
+//! resolved once by [`crate::dbname`]; from then on the database is named only by
+//! [`PgTarget::shown`] (the URL without its password), and every message from the server or
+//! the driver passes through [`PgTarget::scrub`] before it leaves this module, so no error,
+//! report or log line can carry a password.
+//!
+//! Under a dry run the connection begins one transaction at the first use and never commits
+//! it: the guest's `begin`/`commit`/`rollback` become a savepoint inside it, a statement run
+//! outside a guest transaction gets a savepoint of its own (so one failing statement does
+//! not abort the rest of the dry run), and when the run ends the connection rolls back and
+//! closes. Counts and constraint errors are those of an apply; nothing is ever committed, by
+//! construction rather than by a check in each method.
+//!
+//! Plugins do not reach PostgreSQL yet: the view refuses them (see docs/postgres.md).
+
+mod host;
+mod values;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Duration;
+
+pub use host::PgView;
+
+use crate::bindings::postgres::{PgError, ServerError};
+use crate::bindings::sqlite::{Rows, Value};
+use crate::change::{Change, ChangeKind};
+use crate::dbname::{DbName, PgTarget};
+
+/// The result of a PostgreSQL call as the guest sees it.
+pub type PgResult<T> = Result<T, PgError>;
+
+/// How long a connection attempt may take when the URL does not say (`connect_timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The savepoint of a guest transaction under a dry run.
+const STEP_SAVEPOINT: &str = "idem_step";
+/// The savepoint around one statement run outside a guest transaction under a dry run.
+const STATEMENT_SAVEPOINT: &str = "idem_statement";
+
+struct Conn {
+    target: PgTarget,
+    client: postgres::Client,
+    /// A guest transaction is open.
+    in_tx: bool,
+    /// Under a dry run: the run's transaction, rolled back when the connection closes.
+    dry_run: bool,
+    /// Rows written and whether the schema changed, since the changes were last taken.
+    rows: u64,
+    schema_changed: bool,
+    /// Those counters at `begin`, restored by `rollback`.
+    saved: Option<(u64, bool)>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // The server rolls back whatever a closed session left open; saying so explicitly
+        // ends the dry run's row locks before the socket is torn down.
+        if self.dry_run || self.in_tx {
+            let _ = self.client.batch_execute("ROLLBACK");
+        }
+    }
+}
+
+/// The PostgreSQL capability's state for a run.
+pub struct Connections {
+    conns: Vec<Conn>,
+    /// Handles by the name as the plan wrote it.
+    by_name: HashMap<String, usize>,
+    dry_run: bool,
+}
+
+impl Connections {
+    /// No connection yet; `dry_run` decides how every connection opened later behaves.
+    pub fn new(dry_run: bool) -> Self {
+        Connections {
+            conns: Vec::new(),
+            by_name: HashMap::new(),
+            dry_run,
+        }
+    }
+
+    /// The handle of the database `name` (a URL or `env:NAME`), connecting at first use.
+    pub fn open(&mut self, name: &str) -> PgResult<usize> {
+        if let Some(&h) = self.by_name.get(name) {
+            return Ok(h);
+        }
+        let target = match crate::dbname::resolve(name) {
+            Ok(DbName::Postgres(t)) => *t,
+            Ok(DbName::File(path)) => return Err(PgError::NotPostgres(path)),
+            Err(e) => return Err(PgError::Invalid(e.to_string())),
+        };
+        let client = connect(&target)?;
+        let mut conn = Conn {
+            target,
+            client,
+            in_tx: false,
+            dry_run: false,
+            rows: 0,
+            schema_changed: false,
+            saved: None,
+        };
+        if self.dry_run {
+            conn.client
+                .batch_execute("BEGIN")
+                .map_err(|e| pg_error(&conn.target, e))?;
+            conn.dry_run = true;
+        }
+        self.conns.push(conn);
+        let h = self.conns.len() - 1;
+        self.by_name.insert(name.to_owned(), h);
+        Ok(h)
+    }
+
+    fn conn(&mut self, h: usize) -> PgResult<&mut Conn> {
+        self.conns
+            .get_mut(h)
+            .ok_or_else(|| PgError::Invalid("closed PostgreSQL connection handle".into()))
+    }
+
+    /// The database's name without its password.
+    pub fn shown(&self, h: usize) -> String {
+        self.conns
+            .get(h)
+            .map(|c| c.target.shown().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// Run `f` on connection `h`; under a dry run outside a guest transaction, inside a
+    /// savepoint of its own, so that a failing statement leaves the run's transaction usable.
+    fn guarded<T>(
+        &mut self,
+        h: usize,
+        f: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
+    ) -> PgResult<T> {
+        let c = self.conn(h)?;
+        let own = c.dry_run && !c.in_tx;
+        if own {
+            c.client
+                .batch_execute(&format!("SAVEPOINT {STATEMENT_SAVEPOINT}"))
+                .map_err(|e| pg_error(&c.target, e))?;
+        }
+        let r = f(&mut c.client);
+        if own {
+            let end = if r.is_ok() {
+                format!("RELEASE SAVEPOINT {STATEMENT_SAVEPOINT}")
+            } else {
+                format!("ROLLBACK TO SAVEPOINT {STATEMENT_SAVEPOINT}")
+            };
+            c.client
+                .batch_execute(&end)
+                .map_err(|e| pg_error(&c.target, e))?;
+        }
+        r.map_err(|e| pg_error(&c.target, e))
+    }
+
+    /// Run one statement with text parameters; the rows it changed.
+    pub fn execute(&mut self, h: usize, sql: &str, params: &[Value]) -> PgResult<u64> {
+        let params = values::params(params);
+        let refs = values::refs(&params);
+        let n = self.guarded(h, |c| c.execute(sql, &refs))?;
+        let c = self.conn(h)?;
+        match what_it_changes(sql) {
+            Changes::Schema => c.schema_changed = true,
+            Changes::Rows => c.rows += n,
+            Changes::Session => {}
+        }
+        Ok(n)
+    }
+
+    /// The changes to databases since the last call, one entry per kind and database, each
+    /// named without its password.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        let mut out = Vec::new();
+        for c in &mut self.conns {
+            if c.schema_changed {
+                out.push(Change::new(ChangeKind::AlterSchema, c.target.shown()));
+                c.schema_changed = false;
+            }
+            if c.rows > 0 {
+                let mut change = Change::new(ChangeKind::WriteRows, c.target.shown());
+                change.rows = Some(c.rows);
+                out.push(change);
+                c.rows = 0;
+            }
+            if c.saved.is_some() {
+                c.saved = Some((0, false));
+            }
+        }
+        out
+    }
+
+    /// Roll back the transactions a finished step left open; the databases' names.
+    pub fn abandon_open_transactions(&mut self) -> Vec<String> {
+        let mut left = Vec::new();
+        for h in 0..self.conns.len() {
+            if self.conns[h].in_tx {
+                left.push(self.conns[h].target.shown().to_owned());
+                let _ = self.rollback(h);
+            }
+        }
+        left
+    }
+
+    /// Run one query with text parameters; its rows, converted.
+    pub fn query(&mut self, h: usize, sql: &str, params: &[Value]) -> PgResult<Rows> {
+        let params = values::params(params);
+        let refs = values::refs(&params);
+        let rows = self.guarded(h, |c| c.query(sql, &refs))?;
+        values::rows(&rows)
+    }
+
+    /// Run `COPY … FROM STDIN` with `data`; the rows copied.
+    pub fn copy_in(&mut self, h: usize, sql: &str, data: &[u8]) -> PgResult<u64> {
+        let mut io_error = None;
+        let r = self.guarded(h, |c| {
+            let mut w = c.copy_in(sql)?;
+            if let Err(e) = w.write_all(data) {
+                io_error = Some(e);
+            }
+            w.finish()
+        });
+        match (r, io_error) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Some(e)) => Err(PgError::Connect(format!("sending COPY data: {e}"))),
+            (Ok(n), None) => Ok(n),
+        }
+    }
+
+    /// Begin the guest's transaction (a savepoint under a dry run).
+    pub fn begin(&mut self, h: usize) -> PgResult<()> {
+        let c = self.conn(h)?;
+        if c.in_tx {
+            return Err(PgError::Invalid(format!(
+                "{}: a transaction is already open",
+                c.target.shown()
+            )));
+        }
+        let sql = if c.dry_run {
+            format!("SAVEPOINT {STEP_SAVEPOINT}")
+        } else {
+            "BEGIN".to_owned()
+        };
+        c.client
+            .batch_execute(&sql)
+            .map_err(|e| pg_error(&c.target, e))?;
+        c.in_tx = true;
+        c.saved = Some((c.rows, c.schema_changed));
+        Ok(())
+    }
+
+    /// Commit the guest's transaction (release its savepoint under a dry run).
+    pub fn commit(&mut self, h: usize) -> PgResult<()> {
+        self.end(h, true)
+    }
+
+    /// Abandon the guest's transaction.
+    pub fn rollback(&mut self, h: usize) -> PgResult<()> {
+        self.end(h, false)
+    }
+
+    fn end(&mut self, h: usize, commit: bool) -> PgResult<()> {
+        let c = self.conn(h)?;
+        if !c.in_tx {
+            return Err(PgError::Invalid(format!(
+                "{}: no transaction is open",
+                c.target.shown()
+            )));
+        }
+        let sql = match (c.dry_run, commit) {
+            (true, true) => format!("RELEASE SAVEPOINT {STEP_SAVEPOINT}"),
+            (true, false) => format!("ROLLBACK TO SAVEPOINT {STEP_SAVEPOINT}"),
+            (false, true) => "COMMIT".to_owned(),
+            (false, false) => "ROLLBACK".to_owned(),
+        };
+        c.in_tx = false;
+        if let Some((rows, schema)) = c.saved.take()
+            && !commit
+        {
+            (c.rows, c.schema_changed) = (rows, schema);
+        }
+        c.client
+            .batch_execute(&sql)
+            .map_err(|e| pg_error(&c.target, e))
+    }
+}
+
+/// What a statement run through `execute` changes, for the step's report: told from its
+/// first words, since the driver returns only a row count. Work on temporary tables (the
+/// standard upsert's staging table) is the session's, not the database's.
+#[derive(Debug, PartialEq, Eq)]
+enum Changes {
+    Schema,
+    Rows,
+    Session,
+}
+
+fn what_it_changes(sql: &str) -> Changes {
+    let upper = sql.trim_start().to_ascii_uppercase();
+    let words: Vec<&str> = upper.split_whitespace().take(6).collect();
+    let temp = words
+        .iter()
+        .any(|w| matches!(*w, "TEMP" | "TEMPORARY") || w.starts_with("PG_TEMP."));
+    match words.first().copied() {
+        _ if temp => Changes::Session,
+        Some("CREATE" | "ALTER" | "DROP" | "COMMENT" | "TRUNCATE") => Changes::Schema,
+        Some("INSERT" | "UPDATE" | "DELETE" | "MERGE" | "WITH") => Changes::Rows,
+        _ => Changes::Session,
+    }
+}
+
+/// Connect to `target`, with a connection timeout when its URL gives none.
+pub fn connect(target: &PgTarget) -> PgResult<postgres::Client> {
+    let mut config = target.config().clone();
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_ssl_mode() == postgres::config::SslMode::Require {
+        return Err(PgError::Connect(format!(
+            "{}: sslmode=require asks for TLS, which this build of idem does not speak yet; \
+             use sslmode=prefer or disable on a trusted network, or connect through a TLS tunnel",
+            target.shown()
+        )));
+    }
+    config.connect(postgres::NoTls).map_err(|e| {
+        PgError::Connect(format!(
+            "connecting to {}: {}",
+            target.shown(),
+            target.scrub(&chain(&e))
+        ))
+    })
+}
+
+/// An error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// A driver error as the guest sees it, scrubbed of the target's password.
+fn pg_error(target: &PgTarget, e: postgres::Error) -> PgError {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut message = db.message().to_owned();
+            if let Some(d) = db.detail() {
+                message.push_str(&format!(" ({d})"));
+            }
+            if let Some(w) = db.where_() {
+                message.push_str(&format!(" [{w}]"));
+            }
+            PgError::Server(ServerError {
+                sqlstate: db.code().code().to_owned(),
+                message: target.scrub(&message),
+            })
+        }
+        None => PgError::Connect(format!("{}: {}", target.shown(), target.scrub(&chain(&e)))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_are_told_apart_by_what_they_change() {
+        assert_eq!(what_it_changes("CREATE TABLE t (id int)"), Changes::Schema);
+        assert_eq!(
+            what_it_changes("  alter table t add column n int"),
+            Changes::Schema
+        );
+        assert_eq!(
+            what_it_changes("CREATE TEMP TABLE s AS SELECT 1"),
+            Changes::Session
+        );
+        assert_eq!(what_it_changes("DROP TABLE pg_temp.s"), Changes::Session);
+        assert_eq!(
+            what_it_changes("DROP TABLE IF EXISTS pg_temp.s"),
+            Changes::Session
+        );
+        assert_eq!(what_it_changes("UPDATE t SET n = 1"), Changes::Rows);
+        assert_eq!(what_it_changes("SET lock_timeout = 1"), Changes::Session);
+    }
+}

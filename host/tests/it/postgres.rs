@@ -1,0 +1,379 @@
+//! PostgreSQL as a target (issue 15): `upsert` into a real server, dry runs against it, and
+//! names (URL, `env:NAME`) that never print a password.
+
+use crate::pg::{fresh_db, psql, server};
+use crate::support::Env;
+
+fn counters(report: &serde_json::Value, i: usize) -> serde_json::Value {
+    report["steps"][i]["counters"].clone()
+}
+
+fn counts(report: &serde_json::Value, i: usize) -> (u64, u64, u64) {
+    let c = counters(report, i);
+    let n = |k: &str| {
+        c[k].as_u64()
+            .unwrap_or_else(|| panic!("no counter {k}: {c}"))
+    };
+    (n("inserted"), n("updated"), n("unchanged"))
+}
+
+/// A plan upserting `t.csv` into table `t` of the database named by `IDEM_TEST_PG`.
+const PLAN: &str =
+    "steps:\n  - upsert: env:IDEM_TEST_PG\n    table: t\n    key: id\n    from: t.csv\n";
+
+/// An environment whose plan names database `db` through `IDEM_TEST_PG` (with the password).
+fn env_for(db: &str) -> (Env, String) {
+    let t = Env::new();
+    t.write("idem.yml", PLAN);
+    (t, server().url_of(db))
+}
+
+fn run(t: &Env, url: &str, args: &[&str], code: i32) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.extend(["--format", "json"]);
+    let r = crate::support::Run::from(
+        t.cmd()
+            .env("IDEM_TEST_PG", url)
+            .args(&a)
+            .output()
+            .expect("running idem"),
+    );
+    r.code(code);
+    r.json()
+}
+
+/// Every row of `t` with its row version, ordered by key.
+fn versions(db: &str) -> String {
+    psql(db, "SELECT xmin::text, t::text FROM t ORDER BY id")
+}
+
+#[test]
+fn upsert_into_postgres_converges_with_exact_counts_and_rewrites_nothing() {
+    let db = fresh_db("converge");
+    let (t, url) = env_for(&db);
+    t.write("t.csv", "id,zip,name\n1,01234,ada\n2,10115,bob\n3,,cy\n");
+    let r = run(&t, &url, &["apply"], 0);
+    assert_eq!(counts(&r, 0), (3, 0, 0));
+    assert_eq!(
+        psql(
+            &db,
+            "SELECT id, zip, name, pg_typeof(zip) FROM t ORDER BY id"
+        ),
+        "1|01234|ada|text\n2|10115|bob|text\n3||cy|text"
+    );
+    // A trigger that counts every row it sees written.
+    psql(
+        &db,
+        "CREATE TABLE writes (n int); INSERT INTO writes VALUES (0);
+         CREATE FUNCTION count_write() RETURNS trigger LANGUAGE plpgsql AS
+           $$BEGIN UPDATE writes SET n = n + 1; RETURN NEW; END$$;
+         CREATE TRIGGER counted BEFORE INSERT OR UPDATE ON t FOR EACH ROW EXECUTE FUNCTION count_write();",
+    );
+    let before = versions(&db);
+    let r = run(&t, &url, &["apply"], 0);
+    assert_eq!(counts(&r, 0), (0, 0, 3));
+    assert_eq!(versions(&db), before, "an unchanged row got a new version");
+    assert_eq!(psql(&db, "SELECT n FROM writes"), "0", "a trigger fired");
+
+    // One changed, one new: plan says exactly what apply then does.
+    t.write(
+        "t.csv",
+        "id,zip,name\n1,01234,ada\n2,10115,bert\n3,,cy\n4,99999,dee\n",
+    );
+    let planned = run(&t, &url, &["plan"], 0);
+    assert_eq!(counts(&planned, 0), (1, 1, 2));
+    assert_eq!(versions(&db), before, "the dry run changed the table");
+    assert_eq!(psql(&db, "SELECT n FROM writes"), "0");
+    let applied = run(&t, &url, &["apply"], 0);
+    assert_eq!(counters(&applied, 0), counters(&planned, 0));
+    assert_eq!(psql(&db, "SELECT n FROM writes"), "2");
+    assert_eq!(counts(&run(&t, &url, &["apply"], 0), 0), (0, 0, 4));
+}
+
+#[test]
+fn plan_equals_apply_on_a_fresh_database_and_leaves_it_empty() {
+    let db = fresh_db("fresh");
+    let (t, url) = env_for(&db);
+    t.write("t.csv", "id,n\n1,10\n2,20\n");
+    let planned = run(&t, &url, &["plan"], 0);
+    assert_eq!(counts(&planned, 0), (2, 0, 0));
+    assert_eq!(
+        psql(&db, "SELECT to_regclass('t') IS NULL"),
+        "t",
+        "plan created the table"
+    );
+    run(&t, &url, &["check"], 2);
+    assert_eq!(psql(&db, "SELECT to_regclass('t') IS NULL"), "t");
+    let applied = run(&t, &url, &["apply"], 0);
+    assert_eq!(counters(&applied, 0), counters(&planned, 0));
+    assert_eq!(psql(&db, "SELECT pg_typeof(n) FROM t LIMIT 1"), "bigint");
+    run(&t, &url, &["check"], 0);
+}
+
+#[test]
+fn later_steps_of_a_dry_run_see_earlier_planned_rows() {
+    let db = fresh_db("seen");
+    let t = Env::new();
+    t.write("a.csv", "id,v\n1,x\n2,y\n");
+    t.write("b.csv", "id,v\n1,x\n2,z\n3,w\n");
+    t.write(
+        "idem.yml",
+        "steps:\n  - upsert: env:IDEM_TEST_PG\n    table: t\n    key: id\n    from: a.csv\n\
+         \x20 - upsert: env:IDEM_TEST_PG\n    table: t\n    key: id\n    from: b.csv\n",
+    );
+    let url = server().url_of(&db);
+    let planned = run(&t, &url, &["plan"], 0);
+    assert_eq!(counts(&planned, 0), (2, 0, 0));
+    assert_eq!(
+        counts(&planned, 1),
+        (1, 1, 1),
+        "the second step did not see the first's rows"
+    );
+    assert_eq!(psql(&db, "SELECT to_regclass('t') IS NULL"), "t");
+    let applied = run(&t, &url, &["apply"], 0);
+    assert_eq!(counters(&applied, 1), counters(&planned, 1));
+}
+
+#[test]
+fn twenty_digit_keys_stay_apart_and_leading_zeros_stay() {
+    let db = fresh_db("wide");
+    let (t, url) = env_for(&db);
+    t.write(
+        "t.csv",
+        "id,acct\n12345678901234567890,007\n12345678901234567891,008\n",
+    );
+    assert_eq!(counts(&run(&t, &url, &["apply"], 0), 0), (2, 0, 0));
+    assert_eq!(
+        psql(&db, "SELECT id, acct FROM t ORDER BY id"),
+        "12345678901234567890|007\n12345678901234567891|008"
+    );
+    assert_eq!(counts(&run(&t, &url, &["apply"], 0), 0), (0, 0, 2));
+}
+
+#[test]
+fn a_failing_load_commits_nothing_and_names_the_constraint() {
+    let db = fresh_db("constraint");
+    psql(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY, n int CHECK (n > 0))",
+    );
+    let (t, url) = env_for(&db);
+    t.write("t.csv", "id,n\n1,5\n2,-1\n");
+    let mut cmd = t.cmd();
+    let r = crate::support::Run::from(
+        cmd.env("IDEM_TEST_PG", &url)
+            .args(["apply"])
+            .output()
+            .unwrap(),
+    );
+    r.code(1).says("t_n_check");
+    assert_eq!(psql(&db, "SELECT count(*) FROM t"), "0");
+}
+
+#[test]
+fn repeated_keys_in_the_source_are_named() {
+    let db = fresh_db("dupes");
+    let (t, url) = env_for(&db);
+    t.write("t.csv", "id,n\n1,5\n1,6\n");
+    let r = crate::support::Run::from(
+        t.cmd()
+            .env("IDEM_TEST_PG", &url)
+            .args(["apply"])
+            .output()
+            .unwrap(),
+    );
+    r.code(1).says("(id) = (1) appears in more than one record");
+}
+
+#[test]
+fn existing_table_without_a_unique_index_on_the_key_is_refused_naming_the_index() {
+    let db = fresh_db("nokey");
+    psql(&db, "CREATE TABLE t (id int, n int)");
+    let (t, url) = env_for(&db);
+    t.write("t.csv", "id,n\n1,5\n");
+    let r = crate::support::Run::from(
+        t.cmd()
+            .env("IDEM_TEST_PG", &url)
+            .args(["apply"])
+            .output()
+            .unwrap(),
+    );
+    r.code(1)
+        .says("no primary key or unique index on exactly (id)")
+        .says("CREATE UNIQUE INDEX \"t_id_key\" ON \"t\" (\"id\")");
+    psql(&db, "CREATE UNIQUE INDEX t_id_key ON t (id)");
+    assert_eq!(counts(&run(&t, &url, &["apply"], 0), 0), (1, 0, 0));
+}
+
+#[test]
+fn an_unset_env_name_is_a_clear_error() {
+    let t = Env::new();
+    t.write("idem.yml", PLAN);
+    t.write("t.csv", "id\n1\n");
+    let r = crate::support::Run::from(
+        t.cmd()
+            .env_remove("IDEM_TEST_PG")
+            .args(["apply"])
+            .output()
+            .unwrap(),
+    );
+    r.code(1)
+        .says("environment variable IDEM_TEST_PG (named by `env:IDEM_TEST_PG`) is not set");
+}
+
+#[test]
+fn a_password_is_never_printed_nor_stored() {
+    let s = server();
+    let db = fresh_db("secret");
+    psql(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY, n int CHECK (n > 0))",
+    );
+    let wrong = "wr0ng-Pass-w0rd-7731";
+    let cases = [
+        // A wrong password: the server refuses the login.
+        format!("postgresql://idem:{wrong}@127.0.0.1:{}/{db}", s.port),
+        // Nothing listens there.
+        format!("postgresql://idem:{wrong}@127.0.0.1:1/{db}?connect_timeout=2"),
+        // The right password, and a constraint the load breaks.
+        s.url_of(&db),
+    ];
+    for url in &cases {
+        let t = Env::new();
+        t.write("idem.yml", PLAN);
+        t.write("t.csv", "id,n\n1,-5\n");
+        let mut printed = String::new();
+        for args in [
+            &["apply"][..],
+            &["apply", "-v"],
+            &["plan", "--diff"],
+            &["check"],
+            &["apply", "--format", "json"],
+            &["plan", "--format", "json"],
+            &["history"],
+            &["history", "--format", "json"],
+        ] {
+            let r = crate::support::Run::from(
+                t.cmd()
+                    .env("IDEM_TEST_PG", url)
+                    .args(args)
+                    .output()
+                    .unwrap(),
+            );
+            if args[0] != "history" {
+                assert_ne!(r.code, 0, "{args:?} with {url} succeeded:\n{}", r.all());
+            }
+            printed.push_str(&r.all());
+        }
+        // The plan may also spell the URL itself.
+        t.write(
+            "idem.yml",
+            format!("steps:\n  - upsert: {url}\n    table: t\n    key: id\n    from: t.csv\n"),
+        );
+        printed.push_str(&t.idem(&["apply", "-v"]).all());
+        assert!(
+            printed.contains("127.0.0.1"),
+            "no database named:\n{printed}"
+        );
+        for secret in [wrong, s.password.as_str()] {
+            assert!(!printed.contains(secret), "password printed:\n{printed}");
+            for (name, bytes) in t.state_files() {
+                assert!(
+                    !String::from_utf8_lossy(&bytes).contains(secret),
+                    "password stored in .idem/{name}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_password_from_pgpassword_connects_and_is_never_printed() {
+    let s = server();
+    let db = fresh_db("pgpassword");
+    let t = Env::new();
+    t.write("idem.yml", PLAN);
+    t.write("t.csv", "id,n\n1,-5\n");
+    psql(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY, n int CHECK (n > 0))",
+    );
+    let r = crate::support::Run::from(
+        t.cmd()
+            .env("IDEM_TEST_PG", s.url_without_password(&db))
+            .env("PGPASSWORD", &s.password)
+            .args(["apply", "-v"])
+            .output()
+            .unwrap(),
+    );
+    r.code(1).says("t_n_check");
+    assert!(!r.all().contains(&s.password));
+}
+
+#[test]
+fn sslmode_require_without_tls_fails_clearly_and_disable_and_prefer_connect() {
+    let s = server();
+    let db = fresh_db("ssl");
+    let (t, _) = env_for(&db);
+    t.write("t.csv", "id\n1\n");
+    let r = crate::support::Run::from(
+        t.cmd()
+            .env("IDEM_TEST_PG", format!("{}?sslmode=require", s.url_of(&db)))
+            .args(["apply"])
+            .output()
+            .unwrap(),
+    );
+    r.code(1).says("sslmode=require");
+    assert!(!r.all().contains(&s.password));
+    for mode in ["disable", "prefer"] {
+        let url = format!("{}?sslmode={mode}", s.url_of(&db));
+        run(&t, &url, &["apply"], 0);
+    }
+    assert_eq!(psql(&db, "SELECT count(*) FROM t"), "1");
+}
+
+#[test]
+fn an_each_sub_step_upserts_into_postgres_named_by_env() {
+    let db = fresh_db("each");
+    let t = Env::new();
+    t.write("teams.csv", "team\nred\nblue\n");
+    t.write("members/red.csv", "id,team\n1,red\n2,red\n");
+    t.write("members/blue.csv", "id,team\n3,blue\n");
+    t.write(
+        "idem.yml",
+        "steps:\n  - each: teams.csv\n    key: team\n    steps:\n      - upsert: env:IDEM_TEST_PG\n        table: members\n        key: id\n        from: \"members/{team}.csv\"\n",
+    );
+    let url = server().url_of(&db);
+    run(&t, &url, &["plan"], 0);
+    assert_eq!(psql(&db, "SELECT to_regclass('members') IS NULL"), "t");
+    run(&t, &url, &["apply"], 0);
+    assert_eq!(
+        psql(&db, "SELECT id, team FROM members ORDER BY id"),
+        "1|red\n2|red\n3|blue"
+    );
+    run(&t, &url, &["check"], 0);
+}
+
+#[test]
+fn a_plugin_cannot_reach_postgres_even_when_its_step_names_the_database() {
+    let db = fresh_db("plugin");
+    psql(&db, "CREATE TABLE t (id int PRIMARY KEY)");
+    let t = Env::new();
+    t.write("hostile.wasm", &crate::plugins::built().hostile);
+    t.write(
+        "idem.yml",
+        "steps:\n  - plugin: hostile.wasm\n    config: { mode: pg-sql, database: \"env:IDEM_TEST_PG\", sql: \"INSERT INTO t VALUES (1)\" }\n    databases: [\"env:IDEM_TEST_PG\"]\n",
+    );
+    let url = server().url_of(&db);
+    let r = crate::support::Run::from(
+        t.cmd()
+            .env("IDEM_TEST_PG", &url)
+            .args(["apply"])
+            .output()
+            .unwrap(),
+    );
+    r.code(1)
+        .says("denied: plugins do not reach PostgreSQL databases yet");
+    assert!(!r.all().contains(&server().password));
+    assert_eq!(psql(&db, "SELECT count(*) FROM t"), "0");
+}
