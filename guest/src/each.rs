@@ -82,6 +82,8 @@ struct Pending {
 struct Progress {
     processed: u64,
     skipped: u64,
+    /// Records that needed work and that another runner took (cooperating or sharded).
+    elsewhere: u64,
     failures: Vec<Failure>,
     to_mark: Vec<String>,
     /// With fingerprints (the default, converging semantics).
@@ -113,11 +115,17 @@ pub fn run(step: &EachStep) -> Result<StepReport, StepError> {
     mark_values(&scope, &mut progress.to_mark_values)?;
 
     let failed = progress.failures.len() as u64;
-    let mut r = report(&[
+    let mut counters = vec![
         ("processed", progress.processed),
         ("skipped", progress.skipped),
         ("failed", failed),
-    ]);
+    ];
+    // Only a runner that shares the records has any: the counters of a lone run stay as
+    // they were.
+    if progress.elsewhere > 0 {
+        counters.push(("elsewhere", progress.elsewhere));
+    }
+    let mut r = report(&counters);
     r.failures = progress.failures;
     Ok(r)
 }
@@ -151,7 +159,11 @@ fn run_batch(
             keys.len()
         )));
     }
+    // First what needs work, then which of that this runner takes, then the work: runners
+    // that cooperate each take a part (the host answers), a runner alone takes it all.
     let mut answers = marks.into_iter();
+    let mut work: Vec<(String, String, OwnedRecord, Vec<SubStep>)> = Vec::new();
+    let mut offered: Vec<(String, Option<String>)> = Vec::new();
     for p in pending.drain(..) {
         let (key, label) = match p.key {
             Ok(k) => k,
@@ -187,6 +199,29 @@ fn run_batch(
             progress.skipped += 1;
             continue;
         }
+        offered.push((key.clone(), mark_now));
+        work.push((key, label, p.record, subs));
+    }
+    let taken = if offered.is_empty() {
+        Vec::new()
+    } else {
+        checkpoint::claim(scope, &offered)
+            .map_err(|e| fail(format!("{}: claiming records of {scope}", step.each), e))?
+    };
+    if taken.len() != offered.len() {
+        return Err(error(format!(
+            "{}: the checkpoint answered {} of {} claims",
+            step.each,
+            taken.len(),
+            offered.len()
+        )));
+    }
+    for ((key, label, owned, subs), mine) in work.into_iter().zip(taken) {
+        if !mine {
+            progress.elsewhere += 1;
+            continue;
+        }
+        let record = owned.as_record();
         match run_subs(&subs) {
             Ok(()) => {
                 progress.processed += 1;
@@ -211,7 +246,10 @@ fn run_batch(
             }),
         }
     }
-    let done = progress.processed + progress.skipped + progress.failures.len() as u64;
+    let done = progress.processed
+        + progress.skipped
+        + progress.elsewhere
+        + progress.failures.len() as u64;
     log::progress(done, total);
     Ok(())
 }

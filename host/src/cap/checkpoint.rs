@@ -21,6 +21,12 @@ pub trait Marks {
     fn values(&self, scope: &str, keys: &[String]) -> anyhow::Result<Vec<Option<String>>>;
     /// Mark each key done with its value.
     fn mark_values(&mut self, scope: &str, entries: &[(String, String)]) -> anyhow::Result<()>;
+    /// Which of `entries` (a key and the mark the caller saw) this runner takes.
+    fn claim(
+        &mut self,
+        scope: &str,
+        entries: &[(String, Option<String>)],
+    ) -> anyhow::Result<Vec<bool>>;
 }
 
 /// What the `checkpoint` interface sees of the store.
@@ -57,6 +63,11 @@ impl Host for CheckpointView<'_> {
             .marks
             .mark_values(&scope, &entries)
             .map_err(state_error))
+    }
+
+    fn claim(&mut self, scope: String, entries: Vec<(String, Option<String>)>) -> R<Vec<bool>> {
+        let scope = self.policy.checkpoint_scope(&scope);
+        Ok(self.marks.claim(&scope, &entries).map_err(state_error))
     }
 
     fn clear(&mut self, scope: String) -> R<()> {

@@ -1,5 +1,9 @@
-//! The state store: one SQLite database per root (default `.idem/state.db`), in WAL mode,
-//! holding the runs, a journal of every change applied, and checkpoints.
+//! The state store: the runs, a journal of every change applied, and checkpoints. Two
+//! backends sit behind [`StateStore`]: a SQLite database per root (the default,
+//! `.idem/state.db`, in WAL mode), or a PostgreSQL database shared by many jobs and runners,
+//! each job under its own state key ([`pg`]). Which one is the [`Location`] the command line
+//! gives. Buffering of marks, the dry-run rule and the meter are the same for both; only the
+//! reads and writes differ.
 //!
 //! It is idem's own bookkeeping, never reachable by a step (the policy denies `.idem/`). Under
 //! a dry run it is opened read-only, if it exists at all, and checkpoint marks are kept in
@@ -22,6 +26,35 @@ use crate::cap::log::Progress;
 use crate::change::Change;
 
 pub mod lock;
+pub mod pg;
+
+use crate::dbname::PgTarget;
+
+/// Where the state lives.
+#[derive(Clone, Debug)]
+pub enum Location {
+    /// A SQLite file.
+    File(PathBuf),
+    /// A PostgreSQL database, and the job's state key within it.
+    Postgres { target: Box<PgTarget>, key: String },
+}
+
+impl Location {
+    /// How the state is named to a person: the path, or the URL without its password and
+    /// the state key.
+    pub fn shown(&self) -> String {
+        match self {
+            Location::File(p) => p.display().to_string(),
+            Location::Postgres { target, key } => format!("{} (state key {key:?})", target.shown()),
+        }
+    }
+}
+
+/// The open database behind a store.
+enum Db {
+    Sqlite(Connection),
+    Pg(Box<pg::PgStore>),
+}
 
 /// Marks buffered before they are written in one transaction.
 const MARK_BATCH: usize = 4096;
@@ -140,6 +173,40 @@ impl Marks for StateStore {
     fn clear(&mut self, scope: &str) -> Result<()> {
         StateStore::clear(self, scope)
     }
+
+    fn claim(&mut self, scope: &str, entries: &[(String, Option<String>)]) -> Result<Vec<bool>> {
+        StateStore::claim(self, scope, entries)
+    }
+}
+
+/// How a run shares every `each` step's records with other runners.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sharing {
+    /// Every record is this run's.
+    #[default]
+    Alone,
+    /// Records are claimed from the PostgreSQL state store by whichever runner comes first
+    /// (`--cooperate`).
+    Cooperate,
+    /// A static split: this run takes the records whose key hashes to `index` of `count`
+    /// (`--shard INDEX/COUNT`, from 1).
+    Shard { index: u32, count: u32 },
+}
+
+impl Sharing {
+    /// Whether the run shares its state key with other applies at the same time.
+    pub fn shared(self) -> bool {
+        self != Sharing::Alone
+    }
+}
+
+/// The shard (from 0) of a record's checkpoint key among `count`: FNV-1a, stable across
+/// builds and machines.
+pub fn shard_of(key: &str, count: u32) -> u32 {
+    let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (h % u64::from(count.max(1))) as u32
 }
 
 /// One run, as `idem history` shows it.
@@ -174,9 +241,13 @@ pub struct JournalEntry {
 
 /// The state store for one run.
 pub struct StateStore {
-    conn: Option<Connection>,
+    /// None under a dry run when no store exists yet.
+    db: Option<Db>,
+    /// How the store is named in errors.
     path: PathBuf,
     dry_run: bool,
+    /// Whether this run shares `each` steps' records with other runners.
+    sharing: Sharing,
     /// Marks not yet written, by scope (under a dry run: every mark of the run).
     marks: HashMap<String, HashMap<String, Option<String>>>,
     /// How many marks wait in `marks` to be written.
@@ -274,7 +345,36 @@ fn create_atomically(path: &Path) -> Result<()> {
 impl StateStore {
     /// Open the store at `path`: created (with its directory) under apply; read-only, or
     /// absent, under a dry run.
+    #[cfg(test)]
     pub fn open(path: &Path, dry_run: bool) -> Result<Self> {
+        Self::open_at(&Location::File(path.to_path_buf()), dry_run, Sharing::Alone)
+    }
+
+    /// Open the store at `location`, for a run that shares its `each` steps' records as
+    /// `sharing` says.
+    pub fn open_at(location: &Location, dry_run: bool, sharing: Sharing) -> Result<Self> {
+        let (db, path) = match location {
+            Location::File(path) => (Self::open_sqlite(path, dry_run)?.map(Db::Sqlite), path.clone()),
+            Location::Postgres { target, key } => (
+                pg::PgStore::open(target, key, dry_run)?.map(|p| Db::Pg(Box::new(p))),
+                PathBuf::from(location.shown()),
+            ),
+        };
+        Ok(StateStore {
+            db,
+            path,
+            dry_run,
+            sharing,
+            marks: HashMap::new(),
+            unwritten: 0,
+            pending_since: None,
+            cleared: HashSet::new(),
+            run_id: None,
+            progress: Progress::default(),
+        })
+    }
+
+    fn open_sqlite(path: &Path, dry_run: bool) -> Result<Option<Connection>> {
         let conn = if dry_run {
             if path.exists() {
                 let c = Connection::open_with_flags(
@@ -318,17 +418,7 @@ impl StateStore {
             migrate(&mut c, path)?;
             Some(c)
         };
-        Ok(StateStore {
-            conn,
-            path: path.to_path_buf(),
-            dry_run,
-            marks: HashMap::new(),
-            unwritten: 0,
-            pending_since: None,
-            cleared: HashSet::new(),
-            run_id: None,
-            progress: Progress::default(),
-        })
+        Ok(conn)
     }
 
     /// Tell `progress` of the running step's checkpoint answers and marks.
@@ -354,12 +444,18 @@ impl StateStore {
     }
 
     fn begin_run_inner(&mut self, mode: &str, plan: &str, plan_hash: &str) -> Result<bool> {
-        let Some(c) = &mut self.conn else {
-            return Ok(false);
-        };
         if self.dry_run {
             return Ok(false);
         }
+        let c = match &mut self.db {
+            None => return Ok(false),
+            Some(Db::Pg(p)) => {
+                let (id, interrupted) = p.begin_run(mode, plan, plan_hash)?;
+                self.run_id = Some(id);
+                return Ok(interrupted);
+            }
+            Some(Db::Sqlite(c)) => c,
+        };
         let tx = c.transaction()?;
         let killed = tx.execute(
             "UPDATE runs SET outcome = 'interrupted' WHERE ended IS NULL AND outcome IS NULL",
@@ -421,7 +517,10 @@ impl StateStore {
         failure: Option<&RunFailure>,
     ) -> Result<()> {
         self.flush()?;
-        if let (Some(c), Some(id), false) = (&self.conn, self.run_id, self.dry_run) {
+        if let (Some(Db::Pg(p)), Some(id), false) = (&self.db, self.run_id, self.dry_run) {
+            return p.finish_run(id, outcome, changes, failure);
+        }
+        if let (Some(Db::Sqlite(c)), Some(id), false) = (&self.db, self.run_id, self.dry_run) {
             c.execute(
                 "UPDATE runs SET ended = ?1, outcome = ?2, changes = ?3, error = ?4,
                  failed_step = ?5, failed_step_name = ?6 WHERE id = ?7",
@@ -447,12 +546,16 @@ impl StateStore {
     }
 
     fn journal_inner(&mut self, step: usize, step_name: &str, changes: &[Change]) -> Result<()> {
-        let (Some(c), Some(run), false) = (&mut self.conn, self.run_id, self.dry_run) else {
+        let (Some(db), Some(run), false) = (&mut self.db, self.run_id, self.dry_run) else {
             return Ok(());
         };
         if changes.is_empty() {
             return Ok(());
         }
+        let c = match db {
+            Db::Pg(p) => return p.journal(run, step, step_name, changes),
+            Db::Sqlite(c) => c,
+        };
         let tx = c.transaction()?;
         {
             let at = timestamp();
@@ -537,7 +640,26 @@ impl StateStore {
     /// when marked without a value (by `mark`, or by an idem before values).
     pub fn values(&self, scope: &str, keys: &[String]) -> Result<Vec<Option<String>>> {
         let cleared = self.cleared.contains(scope);
-        let conn = self.conn.as_ref().filter(|_| !cleared);
+        if let (Some(Db::Pg(p)), false) = (&self.db, cleared) {
+            let buffered = self.marks.get(scope);
+            let unbuffered: Vec<String> = keys
+                .iter()
+                .filter(|k| !buffered.is_some_and(|b| b.contains_key(*k)))
+                .cloned()
+                .collect();
+            let mut stored = p.values(scope, &unbuffered)?.into_iter();
+            return Ok(keys
+                .iter()
+                .map(|k| match buffered.and_then(|b| b.get(k)) {
+                    Some(v) => Some(v.clone().unwrap_or_default()),
+                    None => stored.next().flatten(),
+                })
+                .collect());
+        }
+        let conn = match &self.db {
+            Some(Db::Sqlite(c)) if !cleared => Some(c),
+            _ => None,
+        };
         // A store not yet upgraded (read by a dry run) has no values: marks count as bare.
         let has_values = match conn {
             Some(c) => c
@@ -592,14 +714,43 @@ impl StateStore {
         )
     }
 
+    /// Which of `entries` (key, the mark the caller saw) this run processes: all alone;
+    /// under `--shard`, those of its shard; cooperating, those it claims in the PostgreSQL
+    /// store and whose marks are still as seen. A dry run claims nothing: it predicts the
+    /// records that need work, whoever would take them.
+    pub fn claim(&mut self, scope: &str, entries: &[(String, Option<String>)]) -> Result<Vec<bool>> {
+        match self.sharing {
+            Sharing::Alone => Ok(vec![true; entries.len()]),
+            Sharing::Shard { index, count } => Ok(entries
+                .iter()
+                .map(|(k, _)| shard_of(k, count) + 1 == index)
+                .collect()),
+            Sharing::Cooperate => match (&self.db, self.dry_run) {
+                (Some(Db::Pg(p)), false) => p.claim(scope, entries),
+                (_, true) => Ok(vec![true; entries.len()]),
+                _ => anyhow::bail!(
+                    "--cooperate needs the state in PostgreSQL (--state postgres://…), which \
+                     every runner reaches; {} is a file of this runner's",
+                    self.path.display()
+                ),
+            },
+        }
+    }
+
     /// Forget every mark of `scope`.
     pub fn clear(&mut self, scope: &str) -> Result<()> {
         self.flush()?;
         self.marks.remove(scope);
         if self.dry_run {
             self.cleared.insert(scope.to_string());
-        } else if let Some(c) = &self.conn {
-            c.execute("DELETE FROM checkpoints WHERE scope = ?1", [scope])?;
+        } else {
+            match &self.db {
+                Some(Db::Sqlite(c)) => {
+                    c.execute("DELETE FROM checkpoints WHERE scope = ?1", [scope])?;
+                }
+                Some(Db::Pg(p)) => p.clear(scope)?,
+                None => {}
+            }
         }
         Ok(())
     }
@@ -609,8 +760,16 @@ impl StateStore {
         if self.dry_run || self.unwritten == 0 {
             return Ok(());
         }
-        let Some(c) = &mut self.conn else {
-            return Ok(());
+        let c = match &mut self.db {
+            None => return Ok(()),
+            Some(Db::Pg(p)) => {
+                p.write(&self.marks)?;
+                self.unwritten = 0;
+                self.pending_since = None;
+                self.marks.clear();
+                return Ok(());
+            }
+            Some(Db::Sqlite(c)) => c,
         };
         let tx = c.transaction()?;
         {
@@ -637,8 +796,10 @@ impl StateStore {
 
     /// Recent runs, newest first, with their journals, as `filter` selects them.
     pub fn history(&self, filter: &HistoryFilter) -> Result<Vec<RunRecord>> {
-        let Some(c) = &self.conn else {
-            return Ok(Vec::new());
+        let c = match &self.db {
+            None => return Ok(Vec::new()),
+            Some(Db::Pg(p)) => return p.history(filter),
+            Some(Db::Sqlite(c)) => c,
         };
         // A store written before migration 1 (read without upgrading it: history opens it
         // read-only) has no failure columns; its runs show none.
