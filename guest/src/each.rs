@@ -246,10 +246,8 @@ fn run_batch(
             }),
         }
     }
-    let done = progress.processed
-        + progress.skipped
-        + progress.elsewhere
-        + progress.failures.len() as u64;
+    let done =
+        progress.processed + progress.skipped + progress.elsewhere + progress.failures.len() as u64;
     log::progress(done, total);
     Ok(())
 }

@@ -51,7 +51,12 @@ struct Global {
     /// The state store (runs, journal, checkpoints, lock): a SQLite file, a PostgreSQL URL
     /// (postgres://…), or env:NAME to read either from a variable [default:
     /// ROOT/.idem/state.db].
-    #[arg(long, global = true, env = "IDEM_STATE", value_name = "FILE|URL|env:NAME")]
+    #[arg(
+        long,
+        global = true,
+        env = "IDEM_STATE",
+        value_name = "FILE|URL|env:NAME"
+    )]
     state: Option<String>,
     /// The job's name within a PostgreSQL state store, so many jobs share one database
     /// [default: the root directory's name, `/`, the plan's path under the root].
@@ -428,18 +433,20 @@ fn base_config(g: &Global, mode: Mode, diff: bool) -> Result<RunConfig> {
         None => crate::cap::clock::system_now(),
     };
     let state = match &g.state {
-        Some(text) => match crate::dbname::resolve(text).map_err(|e| anyhow::anyhow!("--state: {e}"))? {
-            crate::dbname::DbName::File(p) => Location::File(
-                std::path::absolute(&p).with_context(|| format!("state path {p}"))?,
-            ),
-            crate::dbname::DbName::Postgres(target) => Location::Postgres {
-                target,
-                key: match &g.state_key {
-                    Some(k) => k.clone(),
-                    None => default_state_key(&root, None),
+        Some(text) => {
+            match crate::dbname::resolve(text).map_err(|e| anyhow::anyhow!("--state: {e}"))? {
+                crate::dbname::DbName::File(p) => Location::File(
+                    std::path::absolute(&p).with_context(|| format!("state path {p}"))?,
+                ),
+                crate::dbname::DbName::Postgres(target) => Location::Postgres {
+                    target,
+                    key: match &g.state_key {
+                        Some(k) => k.clone(),
+                        None => default_state_key(&root, None),
+                    },
                 },
-            },
-        },
+            }
+        }
         None => Location::File(root.join(crate::policy::STATE_DIR).join("state.db")),
     };
     if g.state_key.as_ref().is_some_and(|k| k.is_empty()) {
@@ -502,7 +509,9 @@ fn default_state_key(root: &Path, plan: Option<&Path>) -> String {
 /// `I/N` with 1 ≤ I ≤ N.
 fn parse_shard(text: &str) -> Result<(u32, u32), String> {
     let bad = || {
-        format!("--shard {text:?}: give this runner's shard and the number of shards as I/N, 1 ≤ I ≤ N, for example 2/4")
+        format!(
+            "--shard {text:?}: give this runner's shard and the number of shards as I/N, 1 ≤ I ≤ N, for example 2/4"
+        )
     };
     let (i, n) = text.split_once('/').ok_or_else(bad)?;
     let (i, n): (u32, u32) = (
@@ -630,8 +639,7 @@ fn run(cli: Cli) -> Result<u8> {
             since,
         } => {
             let cfg = base_config(g, Mode::Plan, false)?;
-            let store =
-                crate::state::StateStore::open_at(&cfg.state, true, Sharing::Alone)?;
+            let store = crate::state::StateStore::open_at(&cfg.state, true, Sharing::Alone)?;
             let filter = HistoryFilter {
                 limit,
                 failed,

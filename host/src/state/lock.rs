@@ -117,7 +117,12 @@ impl RunLock {
         let pg = super::pg::PgLock::take(target, key, mode, timeout)?;
         let shared = mode == super::pg::LockMode::DryRun;
         let marker = root.join(crate::policy::STATE_DIR);
-        let root_lock = lock_root(root, timeout.saturating_sub(start.elapsed()), shared, &marker)?;
+        let root_lock = lock_root(
+            root,
+            timeout.saturating_sub(start.elapsed()),
+            shared,
+            &marker,
+        )?;
         Ok(RunLock {
             _file: None,
             _root: Some(root_lock),

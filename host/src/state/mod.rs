@@ -354,7 +354,10 @@ impl StateStore {
     /// `sharing` says.
     pub fn open_at(location: &Location, dry_run: bool, sharing: Sharing) -> Result<Self> {
         let (db, path) = match location {
-            Location::File(path) => (Self::open_sqlite(path, dry_run)?.map(Db::Sqlite), path.clone()),
+            Location::File(path) => (
+                Self::open_sqlite(path, dry_run)?.map(Db::Sqlite),
+                path.clone(),
+            ),
             Location::Postgres { target, key } => (
                 pg::PgStore::open(target, key, dry_run)?.map(|p| Db::Pg(Box::new(p))),
                 PathBuf::from(location.shown()),
@@ -718,7 +721,11 @@ impl StateStore {
     /// under `--shard`, those of its shard; cooperating, those it claims in the PostgreSQL
     /// store and whose marks are still as seen. A dry run claims nothing: it predicts the
     /// records that need work, whoever would take them.
-    pub fn claim(&mut self, scope: &str, entries: &[(String, Option<String>)]) -> Result<Vec<bool>> {
+    pub fn claim(
+        &mut self,
+        scope: &str,
+        entries: &[(String, Option<String>)],
+    ) -> Result<Vec<bool>> {
         match self.sharing {
             Sharing::Alone => Ok(vec![true; entries.len()]),
             Sharing::Shard { index, count } => Ok(entries

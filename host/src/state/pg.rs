@@ -88,8 +88,7 @@ const MIGRATION_LOCK: i64 = 0x1de3_5ca1_0000_0001;
 
 /// This session's identity as claims and runs record it: (pid, start) is unique over the
 /// server's life, where a pid alone is reused.
-const SESSION: &str =
-    "(SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())";
+const SESSION: &str = "(SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())";
 
 /// Whether the session that recorded a row (`pid`, `start` columns) is still connected.
 fn alive(pid: &str, start: &str) -> String {
@@ -256,9 +255,17 @@ impl PgStore {
         Ok(())
     }
 
-    pub fn journal(&self, run: i64, step: usize, step_name: &str, changes: &[Change]) -> Result<()> {
+    pub fn journal(
+        &self,
+        run: i64,
+        step: usize,
+        step_name: &str,
+        changes: &[Change],
+    ) -> Result<()> {
         let mut c = self.client();
-        let mut tx = c.transaction().map_err(self.wrap("writing the journal to"))?;
+        let mut tx = c
+            .transaction()
+            .map_err(self.wrap("writing the journal to"))?;
         let at = timestamp();
         let s = tx
             .prepare(
@@ -298,15 +305,16 @@ impl PgStore {
                 &[&self.key, &scope, &keys],
             )
             .map_err(self.wrap("reading checkpoints from"))?;
-        let found: HashMap<String, String> =
-            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let found: HashMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
     }
 
     /// Write marks in one transaction; a bare mark never clears a value.
     pub fn write(&self, marks: &HashMap<String, HashMap<String, Option<String>>>) -> Result<()> {
         let mut c = self.client();
-        let mut tx = c.transaction().map_err(self.wrap("writing checkpoints to"))?;
+        let mut tx = c
+            .transaction()
+            .map_err(self.wrap("writing checkpoints to"))?;
         for (scope, entries) in marks {
             let (keys, values): (Vec<&String>, Vec<&Option<String>>) = entries.iter().unzip();
             tx.execute(
@@ -569,6 +577,8 @@ impl PgLock {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         if mode != LockMode::DryRun {
+            // The holders table is the schema's: the first apply on a database makes it.
+            migrate(&mut c).map_err(|e| pg_err(e, shown, "creating or upgrading"))?;
             let mut tx = c
                 .transaction()
                 .map_err(|e| pg_err(e, shown, "recording the lock holder in"))?;

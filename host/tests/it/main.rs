@@ -12,6 +12,7 @@ mod fidelity;
 mod generated;
 mod live;
 mod pg;
+mod pgstate;
 mod plugins;
 mod sandbox;
 mod state;
