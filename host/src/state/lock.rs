@@ -30,18 +30,7 @@ fn lock_root(root: &Path, timeout: Duration, shared: bool, lock_file: &Path) -> 
     Ok(dir)
 }
 
-/// This machine's host name, for lock holders and the state store.
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or
-    // truncates, and we stop at the first NUL.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "unknown".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
+pub use super::hostname;
 
 /// The lock file for a state store at `state`.
 pub fn lock_path(state: &Path) -> PathBuf {

@@ -261,6 +261,19 @@ pub struct StateStore {
     progress: Progress,
 }
 
+/// This machine's host name, for lock holders and the state store.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or
+    // truncates, and we stop at the first NUL.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
 /// An RFC 3339 UTC timestamp of now, for the store.
 pub fn timestamp() -> String {
     let now = std::time::SystemTime::now()

@@ -110,7 +110,7 @@ pub fn connect(target: &PgTarget, purpose: &str) -> Result<Client> {
         .application_name(&format!(
             "idem {purpose} pid {} on {}",
             std::process::id(),
-            super::lock::hostname()
+            super::hostname()
         ));
     config.connect(NoTls).map_err(|e| {
         anyhow::anyhow!(
@@ -219,7 +219,7 @@ impl PgStore {
                     &plan,
                     &plan_hash,
                     &i64::from(std::process::id()),
-                    &super::lock::hostname(),
+                    &super::hostname(),
                     &std::env::var("GITHUB_RUN_ID").ok(),
                     &std::env::var("GITHUB_RUN_ATTEMPT").ok(),
                 ],
@@ -600,7 +600,7 @@ impl PgLock {
                     &[
                         &key,
                         &i64::from(std::process::id()),
-                        &super::lock::hostname(),
+                        &super::hostname(),
                         &timestamp(),
                         &if mode == LockMode::Exclusive {
                             "apply"
