@@ -761,3 +761,38 @@ fn run_plan(g: &Global, mode: Mode, args: PlanArgs, verify: bool) -> Result<u8> 
     let report = host.run_plan(&cfg, &mut live)?;
     finish(live, &report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_is_one_of_n_from_one() {
+        assert_eq!(parse_shard("2/4"), Ok((2, 4)));
+        assert_eq!(parse_shard("1/1"), Ok((1, 1)));
+        for bad in ["0/4", "5/4", "4", "a/b", "1/0", "/", ""] {
+            let e = parse_shard(bad).unwrap_err();
+            assert!(e.contains("1 ≤ I ≤ N") && e.contains(bad), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_default_state_key_is_the_root_name_and_the_plan_under_it() {
+        let root = Path::new("/home/runner/work/shop/shop");
+        assert_eq!(default_state_key(root, None), "shop/idem.yml");
+        assert_eq!(
+            default_state_key(root, Some(&root.join("deploy/db.yml"))),
+            "shop/deploy/db.yml"
+        );
+        // Another checkout of the same repository under another parent: the same key.
+        let fresh = Path::new("/tmp/xyz/shop");
+        assert_eq!(
+            default_state_key(fresh, Some(&fresh.join("deploy/db.yml"))),
+            "shop/deploy/db.yml"
+        );
+        assert_eq!(
+            default_state_key(root, Some(Path::new("/etc/plan.yml"))),
+            "shop//etc/plan.yml"
+        );
+    }
+}

@@ -1042,6 +1042,57 @@ mod tests {
     }
 
     #[test]
+    fn shards_split_keys_evenly_and_stably() {
+        let mut counts = [0u32; 4];
+        for i in 0..4000 {
+            counts[shard_of(&i.to_string(), 4) as usize] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
+        // Stable across builds: the split of a matrix must not move between releases.
+        assert_eq!(shard_of("42", 4), shard_of("42", 4));
+        assert_eq!(shard_of("", 1), 0);
+    }
+
+    #[test]
+    fn a_run_alone_takes_every_key_and_a_shard_only_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<(String, Option<String>)> =
+            (0..100).map(|i| (i.to_string(), None)).collect();
+        let mut alone = StateStore::open(&dir.path().join("a.db"), false).unwrap();
+        assert!(alone.claim("s", &entries).unwrap().iter().all(|&t| t));
+        let mut taken = vec![0; 100];
+        for index in 1..=3 {
+            let mut s = StateStore::open_at(
+                &Location::File(dir.path().join(format!("{index}.db"))),
+                false,
+                Sharing::Shard { index, count: 3 },
+            )
+            .unwrap();
+            for (i, t) in s.claim("s", &entries).unwrap().into_iter().enumerate() {
+                taken[i] += u32::from(t);
+            }
+        }
+        assert!(
+            taken.iter().all(|&n| n == 1),
+            "every key in exactly one shard"
+        );
+        let mut lone_cooperator = StateStore::open_at(
+            &Location::File(dir.path().join("c.db")),
+            false,
+            Sharing::Cooperate,
+        )
+        .unwrap();
+        let e = lone_cooperator.claim("s", &entries).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("needs the state in PostgreSQL"),
+            "{e:#}"
+        );
+    }
+
+    #[test]
     fn formats_unix_time_as_rfc3339() {
         assert_eq!(format_time(0, 0), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_time(951_782_400, 5), "2000-02-29T00:00:00.005Z");
