@@ -125,10 +125,11 @@ read_inputs() {
   binary=${IDEM_ACTION_BINARY:-}
   working_directory=${IDEM_ACTION_WORKING_DIRECTORY:-.}
   upload_report=${IDEM_ACTION_UPLOAD_REPORT:-false}
+  cooperate=${IDEM_ACTION_COOPERATE:-false}
 
   local name
   for name in plan mode verify diff fail_on_drift root state persist_state state_key \
-    version binary working_directory upload_report; do
+    version binary working_directory upload_report cooperate; do
     no_control "${name//_/-}" "${!name}"
   done
 
@@ -141,6 +142,7 @@ read_inputs() {
   boolean fail-on-drift fail_on_drift
   boolean persist-state persist_state
   boolean upload-report upload_report
+  boolean cooperate cooperate
   if [[ $verify == true && $mode != apply ]]; then
     die "input 'verify' needs mode 'apply' (mode is '$mode'): plan and check never change anything to verify"
   fi
@@ -174,12 +176,30 @@ read_inputs() {
     die "input 'root': '$root' is not a directory (relative to $PWD)"
   fi
   root_abs=$(cd -- "$root" && pwd -P)
-  if [[ -n $state ]]; then
+  state_remote=false
+  if [[ $state == postgres://* || $state == postgresql://* || $state == env:* ]]; then
+    # A PostgreSQL state (a URL from a secret, or env:NAME naming a variable that holds one)
+    # is shared by every runner and survives them all: nothing to cache, and the URL never
+    # reaches the log (masked, shown without its password, passed to idem in IDEM_STATE).
+    state_remote=true
+    if [[ $state != env:* ]]; then
+      printf '::add-mask::%s\n' "$state"
+      local userinfo=${state#*://}
+      userinfo=${userinfo%%@*}
+      if [[ $state == *@* && $userinfo == *:* ]]; then
+        printf '::add-mask::%s\n' "${userinfo#*:}"
+      fi
+    fi
+    if [[ $persist_state == true ]]; then
+      die "input 'persist-state' is for a state file on the runner; a PostgreSQL state (input 'state') is kept by the server and needs no cache: drop persist-state"
+    fi
+    state_abs=$(printf '%s' "$state" | sed -E 's#^(postgres(ql)?://)([^:@/]*):[^@]*@#\1\3@#')
+  elif [[ -n $state ]]; then
     state_abs=$(absolute "$state")
   else
     state_abs="$root_abs/.idem/state.db"
   fi
-  if [[ -d $state_abs ]]; then
+  if [[ $state_remote == false && -d $state_abs ]]; then
     die "input 'state': '$state' is a directory; give the database file's path"
   fi
   if [[ -n $binary ]]; then
@@ -457,7 +477,15 @@ phase_run() {
   local args=("$mode")
   [[ $verify == true ]] && args+=(--verify)
   [[ $diff == true ]] && args+=(--diff)
-  args+=(--root "$root_abs" --state "$state_abs" --format json)
+  args+=(--root "$root_abs")
+  if [[ $state_remote == true ]]; then
+    export IDEM_STATE="$state"
+    [[ -n $state_key ]] && args+=(--state-key "$state_key")
+  else
+    args+=(--state "$state_abs")
+  fi
+  [[ $cooperate == true ]] && args+=(--cooperate)
+  args+=(--format json)
   [[ ${RUNNER_DEBUG:-} == 1 ]] && args+=(--verbose)
   args+=("$plan")
 

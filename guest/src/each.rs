@@ -91,6 +91,8 @@ struct Pending {
 struct Progress {
     processed: u64,
     skipped: u64,
+    /// Records that needed work and that another runner took (cooperating or sharded).
+    elsewhere: u64,
     failures: Vec<Failure>,
     to_mark: Vec<String>,
     /// With fingerprints (the default, converging semantics), or outputs (`prune`).
@@ -137,6 +139,11 @@ pub fn run(step: &EachStep) -> Result<StepReport, StepError> {
     if step.prune {
         counters.push(("pruned", pruned));
     }
+    // Only a runner that shares the records has any: the counters of a lone run stay as
+    // they were.
+    if progress.elsewhere > 0 {
+        counters.push(("elsewhere", progress.elsewhere));
+    }
     let mut r = report(&counters);
     r.failures = progress.failures;
     Ok(r)
@@ -171,10 +178,14 @@ fn run_batch(
             keys.len()
         )));
     }
+    // First what needs work, then which of that this runner takes, then the work: runners
+    // that cooperate each take a part (the host answers), a runner alone takes it all.
     let mut answers = marks.into_iter();
     // Records skipped because their fingerprint matched: `checkpoint.values` cannot tell the
     // live display, as `done` does for `once`.
     let matched_before = progress.skipped;
+    let mut work: Vec<(String, String, OwnedRecord, Vec<SubStep>)> = Vec::new();
+    let mut offered: Vec<(String, Option<String>)> = Vec::new();
     for p in pending.drain(..) {
         let (key, label) = match p.key {
             Ok(k) => k,
@@ -214,6 +225,29 @@ fn run_batch(
             progress.skipped += 1;
             continue;
         }
+        offered.push((key.clone(), mark_now));
+        work.push((key, label, p.record, subs));
+    }
+    let taken = if offered.is_empty() {
+        Vec::new()
+    } else {
+        checkpoint::claim(scope, &offered)
+            .map_err(|e| fail(format!("{}: claiming records of {scope}", step.each), e))?
+    };
+    if taken.len() != offered.len() {
+        return Err(error(format!(
+            "{}: the checkpoint answered {} of {} claims",
+            step.each,
+            taken.len(),
+            offered.len()
+        )));
+    }
+    for ((key, label, owned, subs), mine) in work.into_iter().zip(taken) {
+        if !mine {
+            progress.elsewhere += 1;
+            continue;
+        }
+        let record = owned.as_record();
         match run_subs(&subs) {
             Ok(()) => {
                 progress.processed += 1;
@@ -241,7 +275,8 @@ fn run_batch(
     if !step.once && progress.skipped > matched_before {
         log::skipped(progress.skipped - matched_before);
     }
-    let done = progress.processed + progress.skipped + progress.failures.len() as u64;
+    let done =
+        progress.processed + progress.skipped + progress.elsewhere + progress.failures.len() as u64;
     log::progress(done, total);
     Ok(())
 }

@@ -16,7 +16,7 @@ use crate::live::{Live, Output, Settings};
 use crate::policy::Mode;
 use crate::report::{Report, TextStyle, exit};
 use crate::run::{Cache, Host, RunConfig};
-use crate::state::HistoryFilter;
+use crate::state::{HistoryFilter, Location, Sharing};
 use crate::term::{ColorChoice, escape};
 
 /// Make CI, cron and provisioning jobs safe to run again and again.
@@ -48,9 +48,29 @@ struct Global {
         default_value = "."
     )]
     root: PathBuf,
-    /// The state database (runs, journal, checkpoints) [default: ROOT/.idem/state.db].
-    #[arg(long, global = true, env = "IDEM_STATE")]
-    state: Option<PathBuf>,
+    /// The state store (runs, journal, checkpoints, lock): a SQLite file, a PostgreSQL URL
+    /// (postgres://…), or env:NAME to read either from a variable [default:
+    /// ROOT/.idem/state.db].
+    #[arg(
+        long,
+        global = true,
+        env = "IDEM_STATE",
+        value_name = "FILE|URL|env:NAME"
+    )]
+    state: Option<String>,
+    /// The job's name within a PostgreSQL state store, so many jobs share one database
+    /// [default: the root directory's name, `/`, the plan's path under the root].
+    #[arg(long, global = true, env = "IDEM_STATE_KEY", value_name = "KEY")]
+    state_key: Option<String>,
+    /// Share every `each` step's records with the other runners of the same state and state
+    /// key that run with --cooperate: each record is claimed by one of them (needs the state
+    /// in PostgreSQL).
+    #[arg(long, global = true, env = "IDEM_COOPERATE", conflicts_with = "shard")]
+    cooperate: bool,
+    /// Take only shard I of N (from 1) of every `each` step's records, by a hash of the
+    /// record's key: a deterministic split across a matrix of runners.
+    #[arg(long, global = true, env = "IDEM_SHARD", value_name = "I/N", value_parser = valid_shard)]
+    shard: Option<String>,
     /// Output format.
     #[arg(long, global = true, env = "IDEM_FORMAT", value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -412,9 +432,42 @@ fn base_config(g: &Global, mode: Mode, diff: bool) -> Result<RunConfig> {
         Some(t) => crate::cap::clock::parse_now(t).map_err(anyhow::Error::msg)?,
         None => crate::cap::clock::system_now(),
     };
-    let state_path = match &g.state {
-        Some(p) => std::path::absolute(p).with_context(|| format!("state path {}", p.display()))?,
-        None => root.join(crate::policy::STATE_DIR).join("state.db"),
+    let state = match &g.state {
+        Some(text) => {
+            match crate::dbname::resolve(text).map_err(|e| anyhow::anyhow!("--state: {e}"))? {
+                crate::dbname::DbName::File(p) => Location::File(
+                    std::path::absolute(&p).with_context(|| format!("state path {p}"))?,
+                ),
+                crate::dbname::DbName::Postgres(target) => Location::Postgres {
+                    target,
+                    key: match &g.state_key {
+                        Some(k) => k.clone(),
+                        None => default_state_key(&root, None),
+                    },
+                },
+            }
+        }
+        None => Location::File(root.join(crate::policy::STATE_DIR).join("state.db")),
+    };
+    if g.state_key.as_ref().is_some_and(|k| k.is_empty()) {
+        bail!("--state-key is empty: give the job's name, for example --state-key deploy/db");
+    }
+    let sharing = match (&g.shard, g.cooperate) {
+        (Some(s), _) => {
+            let (index, count) = parse_shard(s).map_err(anyhow::Error::msg)?;
+            Sharing::Shard { index, count }
+        }
+        (None, true) => {
+            if !matches!(state, Location::Postgres { .. }) {
+                bail!(
+                    "--cooperate needs the state in PostgreSQL, which every runner reaches: \
+                     pass --state postgres://… (or env:NAME); {} is this runner's own file",
+                    state.shown()
+                );
+            }
+            Sharing::Cooperate
+        }
+        (None, false) => Sharing::Alone,
     };
     Ok(RunConfig {
         mode,
@@ -422,7 +475,8 @@ fn base_config(g: &Global, mode: Mode, diff: bool) -> Result<RunConfig> {
         plan_source: String::new(),
         plan_name: String::new(),
         plan_file: None,
-        state_path,
+        state,
+        sharing,
         now,
         diff,
         progress: Progress::default(),
@@ -432,6 +486,46 @@ fn base_config(g: &Global, mode: Mode, diff: bool) -> Result<RunConfig> {
         memory: 2 << 30,
         verify: false,
     })
+}
+
+/// The state key of a plan when --state-key is not given: the root directory's name and the
+/// plan's path under the root (`app/idem.yml`), the same on every runner that checks out the
+/// same repository, whatever the directory it checks out into.
+fn default_state_key(root: &Path, plan: Option<&Path>) -> String {
+    let name = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "root".into());
+    let plan = match plan {
+        Some(p) => match p.strip_prefix(root) {
+            Ok(rel) => rel.to_string_lossy().replace('\\', "/"),
+            Err(_) => p.to_string_lossy().into_owned(),
+        },
+        None => "idem.yml".into(),
+    };
+    format!("{name}/{plan}")
+}
+
+/// `I/N` with 1 ≤ I ≤ N.
+fn parse_shard(text: &str) -> Result<(u32, u32), String> {
+    let bad = || {
+        format!(
+            "--shard {text:?}: give this runner's shard and the number of shards as I/N, 1 ≤ I ≤ N, for example 2/4"
+        )
+    };
+    let (i, n) = text.split_once('/').ok_or_else(bad)?;
+    let (i, n): (u32, u32) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if i == 0 || n == 0 || i > n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+fn valid_shard(text: &str) -> Result<String, String> {
+    parse_shard(text).map(|_| text.to_string())
 }
 
 fn read_plan(cfg: &mut RunConfig, plan: Option<&Path>) -> Result<()> {
@@ -552,7 +646,7 @@ fn run(cli: Cli) -> Result<u8> {
             since,
         } => {
             let cfg = base_config(g, Mode::Plan, false)?;
-            let store = crate::state::StateStore::open(&cfg.state_path, true)?;
+            let store = crate::state::StateStore::open_at(&cfg.state, true, Sharing::Alone)?;
             let filter = HistoryFilter {
                 limit,
                 failed,
@@ -569,7 +663,7 @@ fn run(cli: Cli) -> Result<u8> {
                 } else {
                     "no runs recorded"
                 };
-                writeln!(out, "{which} in {}", cfg.state_path.display())?;
+                writeln!(out, "{which} in {}", cfg.state.shown())?;
             } else {
                 for r in &runs {
                     let ci = match (&r.ci_run_id, &r.ci_run_attempt) {
@@ -663,9 +757,49 @@ fn run_plan(g: &Global, mode: Mode, args: PlanArgs, verify: bool) -> Result<u8> 
     let mut cfg = base_config(g, mode, args.diff)?;
     cfg.verify = verify;
     read_plan(&mut cfg, args.plan.as_deref())?;
+    if g.state_key.is_none()
+        && let Location::Postgres { key, .. } = &mut cfg.state
+    {
+        *key = default_state_key(&cfg.root, cfg.plan_file.as_deref());
+    }
     let host = Host::new(cache(g, &cfg.root))?;
     cfg.progress = host.progress();
     let mut live = live(g, &cfg);
     let report = host.run_plan(&cfg, &mut live)?;
     finish(live, &report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_is_one_of_n_from_one() {
+        assert_eq!(parse_shard("2/4"), Ok((2, 4)));
+        assert_eq!(parse_shard("1/1"), Ok((1, 1)));
+        for bad in ["0/4", "5/4", "4", "a/b", "1/0", "/", ""] {
+            let e = parse_shard(bad).unwrap_err();
+            assert!(e.contains("1 ≤ I ≤ N") && e.contains(bad), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_default_state_key_is_the_root_name_and_the_plan_under_it() {
+        let root = Path::new("/home/runner/work/shop/shop");
+        assert_eq!(default_state_key(root, None), "shop/idem.yml");
+        assert_eq!(
+            default_state_key(root, Some(&root.join("deploy/db.yml"))),
+            "shop/deploy/db.yml"
+        );
+        // Another checkout of the same repository under another parent: the same key.
+        let fresh = Path::new("/tmp/xyz/shop");
+        assert_eq!(
+            default_state_key(fresh, Some(&fresh.join("deploy/db.yml"))),
+            "shop/deploy/db.yml"
+        );
+        assert_eq!(
+            default_state_key(root, Some(Path::new("/etc/plan.yml"))),
+            "shop//etc/plan.yml"
+        );
+    }
 }

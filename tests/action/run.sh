@@ -1302,6 +1302,39 @@ if want action_yml_maps_every_input_and_pins_every_action; then
   end
 fi
 
+# Issue 15: a PostgreSQL state from a secret is masked, never printed with its password,
+# reaches idem through IDEM_STATE (not the command line), and refuses a cache.
+if want postgres_state_is_masked_and_kept_on_the_server; then
+  begin postgres_state_is_masked_and_kept_on_the_server
+  pg_dir="$TMP_ROOT/pg"
+  bash "$REPO/tests/pg.sh" start "$pg_dir" $$ >/dev/null
+  pg_port=$(sed -n 's/^PG_PORT=//p' "$pg_dir/env")
+  pg_password=$(sed -n 's/^PG_PASSWORD=//p' "$pg_dir/env")
+  url="postgresql://idem:$pg_password@127.0.0.1:$pg_port/postgres"
+  plan "$SAMPLE"
+  input state "$url"
+  input state-key action-test
+  action
+  expect_rc 0
+  expect_log "::add-mask::$url"
+  expect_log "::add-mask::$pg_password"
+  expect_log "state postgresql://idem@127.0.0.1:$pg_port/postgres"
+  expect_log "--state-key action-test"
+  ! grep -F -- "$pg_password" "$CASE/log" | grep -v '^::add-mask::' || fail "the password is printed beyond its masks"
+  expect_no_file "$WS/.idem/state.db"
+  runs=$(psql -X -At -h "$(sed -n 's/^PG_SOCKET=//p' "$pg_dir/env")" -p "$pg_port" -U idem -d postgres \
+    -c "SELECT count(*) FROM idem.runs WHERE state_key = 'action-test' AND outcome = 'ok'")
+  [[ $runs == 1 ]] || fail "runs recorded on the server: $runs"
+  INPUTS=()
+  input state "$url"
+  input persist-state true
+  action
+  expect_rc 1
+  expect_log "needs no cache"
+  bash "$REPO/tests/pg.sh" stop "$pg_dir"
+  end
+fi
+
 if want committed_table_is_well_formed; then
   begin committed_table_is_well_formed
   bad=$(grep -vE '^(#.*|[0-9a-f]{64}  idem-v[0-9][^ ]*\.(tar\.gz|zip))?$' "$REPO/action/idem-sha256.txt" || true)

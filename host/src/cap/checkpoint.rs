@@ -30,6 +30,12 @@ pub trait Marks {
     ) -> anyhow::Result<Vec<(String, String)>>;
     /// Forget the marks of `keys` in `scope`.
     fn unmark(&mut self, scope: &str, keys: &[String]) -> anyhow::Result<()>;
+    /// Which of `entries` (a key and the mark the caller saw) this runner takes.
+    fn claim(
+        &mut self,
+        scope: &str,
+        entries: &[(String, Option<String>)],
+    ) -> anyhow::Result<Vec<bool>>;
 }
 
 /// The most marks one `list` call returns, whatever the guest asks: a page's memory in the
@@ -89,6 +95,11 @@ impl Host for CheckpointView<'_> {
     fn unmark(&mut self, scope: String, keys: Vec<String>) -> R<()> {
         let scope = self.policy.checkpoint_scope(&scope);
         Ok(self.marks.unmark(&scope, &keys).map_err(state_error))
+    }
+
+    fn claim(&mut self, scope: String, entries: Vec<(String, Option<String>)>) -> R<Vec<bool>> {
+        let scope = self.policy.checkpoint_scope(&scope);
+        Ok(self.marks.claim(&scope, &entries).map_err(state_error))
     }
 
     fn clear(&mut self, scope: String) -> R<()> {

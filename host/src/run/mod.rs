@@ -49,7 +49,9 @@ pub struct RunConfig {
     pub plan_name: String,
     /// The plan file, canonical, when it is a file (plugins may not touch it unless named).
     pub plan_file: Option<PathBuf>,
-    pub state_path: PathBuf,
+    /// Where the state lives, and how this run shares `each` steps' records.
+    pub state: crate::state::Location,
+    pub sharing: crate::state::Sharing,
     pub now: Datetime,
     pub diff: bool,
     /// The running step's meter, which the caller may show (it is written in any case).
@@ -139,7 +141,8 @@ impl Host {
     pub fn schema(&self, cfg: &RunConfig) -> Result<String> {
         let run = RunState::open(
             &cfg.root,
-            &cfg.state_path,
+            &cfg.state,
+            crate::state::Sharing::Alone,
             Mode::Plan,
             cfg.now,
             false,

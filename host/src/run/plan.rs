@@ -19,7 +19,9 @@ use crate::report::{
     FailureKind, Interrupted, PlanErrorReport, Report, StepFailure, StepResult, Verify,
     VerifyChange, VerifyError,
 };
+use crate::state::Location;
 use crate::state::lock::{RunLock, lock_path};
+use crate::state::pg::LockMode;
 
 impl Host {
     /// Run a plan: lock, load, run every step, record, and (with `verify`) prove that a
@@ -72,7 +74,8 @@ impl Host {
         let events = events.unwrap_or(&mut quiet);
         let mut run = RunState::open(
             &cfg.root,
-            &cfg.state_path,
+            &cfg.state,
+            cfg.sharing,
             mode,
             cfg.now,
             cfg.diff,
@@ -202,7 +205,8 @@ impl Host {
         let _lock = lock(cfg)?;
         let mut run = RunState::open(
             &cfg.root,
-            &cfg.state_path,
+            &cfg.state,
+            cfg.sharing,
             cfg.mode,
             cfg.now,
             cfg.diff,
@@ -305,14 +309,29 @@ fn interruption(report: &Report, last: Option<Reading>) -> Option<Interrupted> {
     })
 }
 
-/// Take the run lock: exclusive for an apply, shared for a dry run.
+/// Take the run lock: exclusive for an apply, shared for a dry run; with the state in
+/// PostgreSQL, shared among applies that share their records (`--cooperate`, `--shard`).
 fn lock(cfg: &RunConfig) -> Result<RunLock> {
-    super::store::refuse_linked_state_dir(&cfg.root, &cfg.state_path)?;
-    let lock_file = lock_path(&cfg.state_path);
-    if cfg.mode.dry_run() {
-        RunLock::shared(&lock_file, cfg.lock_timeout, &cfg.root)
-    } else {
-        RunLock::exclusive(&lock_file, cfg.lock_timeout, &cfg.root)
+    match &cfg.state {
+        Location::File(state_path) => {
+            super::store::refuse_linked_state_dir(&cfg.root, state_path)?;
+            let lock_file = lock_path(state_path);
+            if cfg.mode.dry_run() {
+                RunLock::shared(&lock_file, cfg.lock_timeout, &cfg.root)
+            } else {
+                RunLock::exclusive(&lock_file, cfg.lock_timeout, &cfg.root)
+            }
+        }
+        Location::Postgres { target, key } => {
+            let mode = if cfg.mode.dry_run() {
+                LockMode::DryRun
+            } else if cfg.sharing.shared() {
+                LockMode::SharedApply
+            } else {
+                LockMode::Exclusive
+            };
+            RunLock::postgres(target, key, mode, cfg.lock_timeout, &cfg.root)
+        }
     }
 }
 

@@ -29,7 +29,7 @@ use crate::cap::policy::PolicyView;
 use crate::cap::postgres::{Connections, PgView};
 use crate::cap::sqlite::{Backing, Databases, SqliteView};
 use crate::policy::{Mode, Policy};
-use crate::state::StateStore;
+use crate::state::{Location, Sharing, StateStore};
 
 /// What a run carries from step to step, whichever store runs the step.
 pub struct RunState {
@@ -51,7 +51,8 @@ impl RunState {
     /// private database copies under a dry run.
     pub fn open(
         root: &Path,
-        state_path: &Path,
+        state: &Location,
+        sharing: Sharing,
         mode: Mode,
         now: Datetime,
         diffs: bool,
@@ -59,15 +60,23 @@ impl RunState {
     ) -> Result<Self> {
         let dir = cap_std::fs::Dir::open_ambient_dir(root, cap_std::ambient_authority())
             .with_context(|| format!("opening the root {}", root.display()))?;
-        let in_state_dir = refuse_linked_state_dir(root, state_path)?;
+        let protected_paths = match state {
+            Location::File(state_path) => {
+                let in_state_dir = refuse_linked_state_dir(root, state_path)?;
+                protected(root, state_path, in_state_dir)
+            }
+            // Nothing of it is under the root; the state directory is kept off limits all
+            // the same, as steps expect.
+            Location::Postgres { .. } => vec![root.join(crate::policy::STATE_DIR)],
+        };
         let (sink, backing): (Box<dyn Sink + Send>, Backing) = if mode.dry_run() {
             (Box::new(Overlay::new()), Backing::PrivateCopy)
         } else {
             (Box::new(Disk::default()), Backing::File)
         };
-        let state = StateStore::open(state_path, mode.dry_run())?;
+        let state = StateStore::open_at(state, mode.dry_run(), sharing)?;
         let mut fs = FsCap::new(dir, sink, diffs);
-        fs.protect(protected(root, state_path, in_state_dir));
+        fs.protect(protected_paths);
         Ok(RunState {
             fs,
             http_changes: Vec::new(),

@@ -19,6 +19,8 @@ pub struct RunLock {
     /// The root directory itself, locked as the tree: a dry run locks it even when no lock
     /// file exists yet (it creates nothing), so it never reads a tree an apply is writing.
     _root: Option<File>,
+    /// With the state in PostgreSQL: the session holding the advisory lock.
+    _pg: Option<super::pg::PgLock>,
 }
 
 /// Lock the root directory `root` (shared for a dry run), waiting as for the lock file.
@@ -28,18 +30,7 @@ fn lock_root(root: &Path, timeout: Duration, shared: bool, lock_file: &Path) -> 
     Ok(dir)
 }
 
-/// This machine's host name, for lock holders and the state store.
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or
-    // truncates, and we stop at the first NUL.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "unknown".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
+pub use super::hostname;
 
 /// The lock file for a state store at `state`.
 pub fn lock_path(state: &Path) -> PathBuf {
@@ -79,6 +70,7 @@ impl RunLock {
         Ok(RunLock {
             _file: Some(file),
             _root: Some(root_lock),
+            _pg: None,
         })
     }
 
@@ -96,6 +88,34 @@ impl RunLock {
         Ok(RunLock {
             _file: file,
             _root: Some(root_lock),
+            _pg: None,
+        })
+    }
+
+    /// With the state in PostgreSQL: the advisory lock on the state key (see
+    /// [`super::pg::PgLock`]), then the root as for a file store (exclusive for any apply,
+    /// so runners that cooperate on one machine each need a root of their own).
+    pub fn postgres(
+        target: &crate::dbname::PgTarget,
+        key: &str,
+        mode: super::pg::LockMode,
+        timeout: Duration,
+        root: &Path,
+    ) -> Result<RunLock> {
+        let start = Instant::now();
+        let pg = super::pg::PgLock::take(target, key, mode, timeout)?;
+        let shared = mode == super::pg::LockMode::DryRun;
+        let marker = root.join(crate::policy::STATE_DIR);
+        let root_lock = lock_root(
+            root,
+            timeout.saturating_sub(start.elapsed()),
+            shared,
+            &marker,
+        )?;
+        Ok(RunLock {
+            _file: None,
+            _root: Some(root_lock),
+            _pg: Some(pg),
         })
     }
 }

@@ -1,5 +1,9 @@
-//! The state store: one SQLite database per root (default `.idem/state.db`), in WAL mode,
-//! holding the runs, a journal of every change applied, and checkpoints.
+//! The state store: the runs, a journal of every change applied, and checkpoints. Two
+//! backends sit behind [`StateStore`]: a SQLite database per root (the default,
+//! `.idem/state.db`, in WAL mode), or a PostgreSQL database shared by many jobs and runners,
+//! each job under its own state key ([`pg`]). Which one is the [`Location`] the command line
+//! gives. Buffering of marks, the dry-run rule and the meter are the same for both; only the
+//! reads and writes differ.
 //!
 //! It is idem's own bookkeeping, never reachable by a step (the policy denies `.idem/`). Under
 //! a dry run it is opened read-only, if it exists at all, and checkpoint marks are kept in
@@ -22,6 +26,35 @@ use crate::cap::log::Progress;
 use crate::change::Change;
 
 pub mod lock;
+pub mod pg;
+
+use crate::dbname::PgTarget;
+
+/// Where the state lives.
+#[derive(Clone, Debug)]
+pub enum Location {
+    /// A SQLite file.
+    File(PathBuf),
+    /// A PostgreSQL database, and the job's state key within it.
+    Postgres { target: Box<PgTarget>, key: String },
+}
+
+impl Location {
+    /// How the state is named to a person: the path, or the URL without its password and
+    /// the state key.
+    pub fn shown(&self) -> String {
+        match self {
+            Location::File(p) => p.display().to_string(),
+            Location::Postgres { target, key } => format!("{} (state key {key:?})", target.shown()),
+        }
+    }
+}
+
+/// The open database behind a store.
+enum Db {
+    Sqlite(Connection),
+    Pg(Box<pg::PgStore>),
+}
 
 /// Marks buffered before they are written in one transaction.
 const MARK_BATCH: usize = 4096;
@@ -153,6 +186,39 @@ impl Marks for StateStore {
     fn unmark(&mut self, scope: &str, keys: &[String]) -> Result<()> {
         StateStore::unmark(self, scope, keys)
     }
+    fn claim(&mut self, scope: &str, entries: &[(String, Option<String>)]) -> Result<Vec<bool>> {
+        StateStore::claim(self, scope, entries)
+    }
+}
+
+/// How a run shares every `each` step's records with other runners.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sharing {
+    /// Every record is this run's.
+    #[default]
+    Alone,
+    /// Records are claimed from the PostgreSQL state store by whichever runner comes first
+    /// (`--cooperate`).
+    Cooperate,
+    /// A static split: this run takes the records whose key hashes to `index` of `count`
+    /// (`--shard INDEX/COUNT`, from 1).
+    Shard { index: u32, count: u32 },
+}
+
+impl Sharing {
+    /// Whether the run shares its state key with other applies at the same time.
+    pub fn shared(self) -> bool {
+        self != Sharing::Alone
+    }
+}
+
+/// The shard (from 0) of a record's checkpoint key among `count`: FNV-1a, stable across
+/// builds and machines.
+pub fn shard_of(key: &str, count: u32) -> u32 {
+    let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (h % u64::from(count.max(1))) as u32
 }
 
 /// One run, as `idem history` shows it.
@@ -187,9 +253,13 @@ pub struct JournalEntry {
 
 /// The state store for one run.
 pub struct StateStore {
-    conn: Option<Connection>,
+    /// None under a dry run when no store exists yet.
+    db: Option<Db>,
+    /// How the store is named in errors.
     path: PathBuf,
     dry_run: bool,
+    /// Whether this run shares `each` steps' records with other runners.
+    sharing: Sharing,
     /// Marks not yet written, by scope (under a dry run: every mark of the run), in key order
     /// so that `list` pages through them.
     marks: HashMap<String, BTreeMap<String, Option<String>>>,
@@ -204,6 +274,19 @@ pub struct StateStore {
     pub run_id: Option<i64>,
     /// The running step's meter, told of skipped keys and new marks.
     progress: Progress,
+}
+
+/// This machine's host name, for lock holders and the state store.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or
+    // truncates, and we stop at the first NUL.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// An RFC 3339 UTC timestamp of now, for the store.
@@ -290,7 +373,40 @@ fn create_atomically(path: &Path) -> Result<()> {
 impl StateStore {
     /// Open the store at `path`: created (with its directory) under apply; read-only, or
     /// absent, under a dry run.
+    #[cfg(test)]
     pub fn open(path: &Path, dry_run: bool) -> Result<Self> {
+        Self::open_at(&Location::File(path.to_path_buf()), dry_run, Sharing::Alone)
+    }
+
+    /// Open the store at `location`, for a run that shares its `each` steps' records as
+    /// `sharing` says.
+    pub fn open_at(location: &Location, dry_run: bool, sharing: Sharing) -> Result<Self> {
+        let (db, path) = match location {
+            Location::File(path) => (
+                Self::open_sqlite(path, dry_run)?.map(Db::Sqlite),
+                path.clone(),
+            ),
+            Location::Postgres { target, key } => (
+                pg::PgStore::open(target, key, dry_run)?.map(|p| Db::Pg(Box::new(p))),
+                PathBuf::from(location.shown()),
+            ),
+        };
+        Ok(StateStore {
+            db,
+            path,
+            dry_run,
+            sharing,
+            marks: HashMap::new(),
+            unmarked: HashMap::new(),
+            unwritten: 0,
+            pending_since: None,
+            cleared: HashSet::new(),
+            run_id: None,
+            progress: Progress::default(),
+        })
+    }
+
+    fn open_sqlite(path: &Path, dry_run: bool) -> Result<Option<Connection>> {
         let conn = if dry_run {
             if path.exists() {
                 let c = Connection::open_with_flags(
@@ -334,18 +450,7 @@ impl StateStore {
             migrate(&mut c, path)?;
             Some(c)
         };
-        Ok(StateStore {
-            conn,
-            path: path.to_path_buf(),
-            dry_run,
-            marks: HashMap::new(),
-            unmarked: HashMap::new(),
-            unwritten: 0,
-            pending_since: None,
-            cleared: HashSet::new(),
-            run_id: None,
-            progress: Progress::default(),
-        })
+        Ok(conn)
     }
 
     /// Tell `progress` of the running step's checkpoint answers and marks.
@@ -371,12 +476,18 @@ impl StateStore {
     }
 
     fn begin_run_inner(&mut self, mode: &str, plan: &str, plan_hash: &str) -> Result<bool> {
-        let Some(c) = &mut self.conn else {
-            return Ok(false);
-        };
         if self.dry_run {
             return Ok(false);
         }
+        let c = match &mut self.db {
+            None => return Ok(false),
+            Some(Db::Pg(p)) => {
+                let (id, interrupted) = p.begin_run(mode, plan, plan_hash)?;
+                self.run_id = Some(id);
+                return Ok(interrupted);
+            }
+            Some(Db::Sqlite(c)) => c,
+        };
         let tx = c.transaction()?;
         let killed = tx.execute(
             "UPDATE runs SET outcome = 'interrupted' WHERE ended IS NULL AND outcome IS NULL",
@@ -438,7 +549,10 @@ impl StateStore {
         failure: Option<&RunFailure>,
     ) -> Result<()> {
         self.flush()?;
-        if let (Some(c), Some(id), false) = (&self.conn, self.run_id, self.dry_run) {
+        if let (Some(Db::Pg(p)), Some(id), false) = (&self.db, self.run_id, self.dry_run) {
+            return p.finish_run(id, outcome, changes, failure);
+        }
+        if let (Some(Db::Sqlite(c)), Some(id), false) = (&self.db, self.run_id, self.dry_run) {
             c.execute(
                 "UPDATE runs SET ended = ?1, outcome = ?2, changes = ?3, error = ?4,
                  failed_step = ?5, failed_step_name = ?6 WHERE id = ?7",
@@ -464,12 +578,16 @@ impl StateStore {
     }
 
     fn journal_inner(&mut self, step: usize, step_name: &str, changes: &[Change]) -> Result<()> {
-        let (Some(c), Some(run), false) = (&mut self.conn, self.run_id, self.dry_run) else {
+        let (Some(db), Some(run), false) = (&mut self.db, self.run_id, self.dry_run) else {
             return Ok(());
         };
         if changes.is_empty() {
             return Ok(());
         }
+        let c = match db {
+            Db::Pg(p) => return p.journal(run, step, step_name, changes),
+            Db::Sqlite(c) => c,
+        };
         let tx = c.transaction()?;
         {
             let at = timestamp();
@@ -558,7 +676,26 @@ impl StateStore {
     /// when marked without a value (by `mark`, or by an idem before values).
     pub fn values(&self, scope: &str, keys: &[String]) -> Result<Vec<Option<String>>> {
         let cleared = self.cleared.contains(scope);
-        let conn = self.conn.as_ref().filter(|_| !cleared);
+        if let (Some(Db::Pg(p)), false) = (&self.db, cleared) {
+            let buffered = self.marks.get(scope);
+            let unbuffered: Vec<String> = keys
+                .iter()
+                .filter(|k| !buffered.is_some_and(|b| b.contains_key(*k)))
+                .cloned()
+                .collect();
+            let mut stored = p.values(scope, &unbuffered)?.into_iter();
+            return Ok(keys
+                .iter()
+                .map(|k| match buffered.and_then(|b| b.get(k)) {
+                    Some(v) => Some(v.clone().unwrap_or_default()),
+                    None => stored.next().flatten(),
+                })
+                .collect());
+        }
+        let conn = match &self.db {
+            Some(Db::Sqlite(c)) if !cleared => Some(c),
+            _ => None,
+        };
         // A store not yet upgraded (read by a dry run) has no values: marks count as bare.
         let has_values = match conn {
             Some(c) => c
@@ -630,7 +767,19 @@ impl StateStore {
         let cleared = self.cleared.contains(scope);
         let unmarked = self.unmarked.get(scope);
         let mut page: BTreeMap<String, String> = BTreeMap::new();
-        if let Some(c) = self.conn.as_ref().filter(|_| !cleared) {
+        if let Some(Db::Pg(p)) = self.db.as_ref().filter(|_| !cleared) {
+            let wanted = limit + unmarked.map_or(0, HashSet::len);
+            for (k, v) in p.list(scope, after, wanted)? {
+                if unmarked.is_some_and(|u| u.contains(&k)) {
+                    continue;
+                }
+                page.insert(k, v);
+                if page.len() >= limit {
+                    break;
+                }
+            }
+        }
+        if let Some(Db::Sqlite(c)) = self.db.as_ref().filter(|_| !cleared) {
             let has_values = c
                 .prepare_cached(
                     "SELECT 1 FROM pragma_table_info('checkpoints') WHERE name = 'value'",
@@ -688,7 +837,9 @@ impl StateStore {
                 .entry(scope.to_string())
                 .or_default()
                 .extend(keys.iter().cloned());
-        } else if let Some(c) = &mut self.conn {
+        } else if let Some(Db::Pg(p)) = &self.db {
+            p.unmark(scope, keys)?;
+        } else if let Some(Db::Sqlite(c)) = &mut self.db {
             let tx = c.transaction()?;
             {
                 let mut s =
@@ -703,6 +854,33 @@ impl StateStore {
         Ok(())
     }
 
+    /// Which of `entries` (key, the mark the caller saw) this run processes: all alone;
+    /// under `--shard`, those of its shard; cooperating, those it claims in the PostgreSQL
+    /// store and whose marks are still as seen. A dry run claims nothing: it predicts the
+    /// records that need work, whoever would take them.
+    pub fn claim(
+        &mut self,
+        scope: &str,
+        entries: &[(String, Option<String>)],
+    ) -> Result<Vec<bool>> {
+        match self.sharing {
+            Sharing::Alone => Ok(vec![true; entries.len()]),
+            Sharing::Shard { index, count } => Ok(entries
+                .iter()
+                .map(|(k, _)| shard_of(k, count) + 1 == index)
+                .collect()),
+            Sharing::Cooperate => match (&self.db, self.dry_run) {
+                (Some(Db::Pg(p)), false) => p.claim(scope, entries),
+                (_, true) => Ok(vec![true; entries.len()]),
+                _ => anyhow::bail!(
+                    "--cooperate needs the state in PostgreSQL (--state postgres://…), which \
+                     every runner reaches; {} is a file of this runner's",
+                    self.path.display()
+                ),
+            },
+        }
+    }
+
     /// Forget every mark of `scope`.
     pub fn clear(&mut self, scope: &str) -> Result<()> {
         self.flush()?;
@@ -710,8 +888,14 @@ impl StateStore {
         self.unmarked.remove(scope);
         if self.dry_run {
             self.cleared.insert(scope.to_string());
-        } else if let Some(c) = &self.conn {
-            c.execute("DELETE FROM checkpoints WHERE scope = ?1", [scope])?;
+        } else {
+            match &self.db {
+                Some(Db::Sqlite(c)) => {
+                    c.execute("DELETE FROM checkpoints WHERE scope = ?1", [scope])?;
+                }
+                Some(Db::Pg(p)) => p.clear(scope)?,
+                None => {}
+            }
         }
         Ok(())
     }
@@ -721,8 +905,16 @@ impl StateStore {
         if self.dry_run || self.unwritten == 0 {
             return Ok(());
         }
-        let Some(c) = &mut self.conn else {
-            return Ok(());
+        let c = match &mut self.db {
+            None => return Ok(()),
+            Some(Db::Pg(p)) => {
+                p.write(&self.marks)?;
+                self.unwritten = 0;
+                self.pending_since = None;
+                self.marks.clear();
+                return Ok(());
+            }
+            Some(Db::Sqlite(c)) => c,
         };
         let tx = c.transaction()?;
         {
@@ -749,8 +941,10 @@ impl StateStore {
 
     /// Recent runs, newest first, with their journals, as `filter` selects them.
     pub fn history(&self, filter: &HistoryFilter) -> Result<Vec<RunRecord>> {
-        let Some(c) = &self.conn else {
-            return Ok(Vec::new());
+        let c = match &self.db {
+            None => return Ok(Vec::new()),
+            Some(Db::Pg(p)) => return p.history(filter),
+            Some(Db::Sqlite(c)) => c,
         };
         // A store written before migration 1 (read without upgrading it: history opens it
         // read-only) has no failure columns; its runs show none.
@@ -970,6 +1164,57 @@ mod tests {
         assert_eq!(runs.len(), 2, "both failed runs, old and new");
         assert_eq!(runs[0].failure.as_ref(), Some(&failure));
         assert_eq!(runs[1].plan, "old.yml");
+    }
+
+    #[test]
+    fn shards_split_keys_evenly_and_stably() {
+        let mut counts = [0u32; 4];
+        for i in 0..4000 {
+            counts[shard_of(&i.to_string(), 4) as usize] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
+        // Stable across builds: the split of a matrix must not move between releases.
+        assert_eq!(shard_of("42", 4), shard_of("42", 4));
+        assert_eq!(shard_of("", 1), 0);
+    }
+
+    #[test]
+    fn a_run_alone_takes_every_key_and_a_shard_only_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<(String, Option<String>)> =
+            (0..100).map(|i| (i.to_string(), None)).collect();
+        let mut alone = StateStore::open(&dir.path().join("a.db"), false).unwrap();
+        assert!(alone.claim("s", &entries).unwrap().iter().all(|&t| t));
+        let mut taken = vec![0; 100];
+        for index in 1..=3 {
+            let mut s = StateStore::open_at(
+                &Location::File(dir.path().join(format!("{index}.db"))),
+                false,
+                Sharing::Shard { index, count: 3 },
+            )
+            .unwrap();
+            for (i, t) in s.claim("s", &entries).unwrap().into_iter().enumerate() {
+                taken[i] += u32::from(t);
+            }
+        }
+        assert!(
+            taken.iter().all(|&n| n == 1),
+            "every key in exactly one shard"
+        );
+        let mut lone_cooperator = StateStore::open_at(
+            &Location::File(dir.path().join("c.db")),
+            false,
+            Sharing::Cooperate,
+        )
+        .unwrap();
+        let e = lone_cooperator.claim("s", &entries).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("needs the state in PostgreSQL"),
+            "{e:#}"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod generated;
 mod http;
 mod live;
 mod pg;
+mod pgstate;
 mod plugins;
 mod postgres;
 mod sandbox;

@@ -160,6 +160,9 @@ impl Env {
             .env("NO_COLOR", "1")
             .env_remove("IDEM_ROOT")
             .env_remove("IDEM_STATE")
+            .env_remove("IDEM_STATE_KEY")
+            .env_remove("IDEM_COOPERATE")
+            .env_remove("IDEM_SHARD")
             .env_remove("IDEM_FORMAT")
             .env_remove("RUST_LOG");
         c
