@@ -18,11 +18,14 @@ pub mod records;
 pub mod remove;
 pub mod template;
 pub mod upsert;
+pub mod vars;
 pub mod yaml;
 
 use std::cell::RefCell;
 
-use exports::idem::plugin::plan::{Guest, Location, PlanError, PluginCall, StepInfo};
+use exports::idem::plugin::plan::{
+    Guest, LoadInput, LoadedPlan, Location, PlanError, PluginCall, StepInfo,
+};
 use idem::plugin::report::{StepError, StepReport};
 use plan::Step;
 
@@ -36,8 +39,12 @@ thread_local! {
 struct Component;
 
 impl Guest for Component {
-    fn load(source: String, _file_name: String) -> Result<Vec<StepInfo>, PlanError> {
-        let loaded = plan::parse(&source).map_err(|e| PlanError {
+    fn load(source: String, _file_name: String, input: LoadInput) -> Result<LoadedPlan, PlanError> {
+        let inputs = vars::Inputs {
+            vars: input.vars,
+            env: input.env,
+        };
+        let loaded = plan::parse_with(&source, &inputs).map_err(|e| PlanError {
             message: e.message,
             location: e.loc.map(location),
             hint: e.hint,
@@ -47,11 +54,16 @@ impl Guest for Component {
             .steps
             .iter()
             .zip(&loaded.locations)
-            .map(|(step, loc)| step_info(step, *loc))
+            .zip(&loaded.sensitive_steps)
+            .map(|((step, loc), sensitive)| step_info(step, *loc, *sensitive))
             .collect();
+        let sensitive = loaded.sensitive.clone();
         cleanup::remember_plan(&loaded.plan.steps);
         PLAN.with(|p| *p.borrow_mut() = Some(loaded));
-        Ok(infos)
+        Ok(LoadedPlan {
+            steps: infos,
+            sensitive,
+        })
     }
 
     fn run_step(index: u32) -> Result<StepReport, StepError> {
@@ -92,8 +104,10 @@ fn location(loc: yaml::Loc) -> Location {
     }
 }
 
-fn step_info(step: &Step, loc: yaml::Loc) -> StepInfo {
+fn step_info(step: &Step, loc: yaml::Loc, sensitive: bool) -> StepInfo {
     StepInfo {
+        tags: step.tags().to_vec(),
+        sensitive,
         op: step.op().to_owned(),
         name: step.display_name(),
         target: step.target().to_owned(),

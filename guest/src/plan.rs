@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::glob::Glob;
 use crate::template::{self, Use};
+use crate::vars::{self, Inputs, VarDecl};
 use crate::yaml::{self, Kind, Loc, Node, Scalar};
 
 /// A whole plan.
@@ -27,6 +28,11 @@ pub struct Plan {
     /// The plan format's version; the only one is 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
+    /// Variables, used in any string as `${var.NAME}`: a default value (`region: eu`), or
+    /// `{default, sensitive, description}`. A variable without a default must be given with
+    /// `--var NAME=VALUE` or `--var-file`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, VarDecl>,
     /// The steps, run in order.
     pub steps: Vec<Step>,
 }
@@ -62,6 +68,10 @@ pub struct DirStep {
     /// Shown in reports instead of the generated name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Labels to select the step by with `--only` and `--skip` (top-level steps only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
+    pub tags: Vec<String>,
     /// The directory, relative to the root.
     pub dir: String,
     /// Permission bits the directory converges to.
@@ -76,6 +86,10 @@ pub struct FileStep {
     /// Shown in reports instead of the generated name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Labels to select the step by with `--only` and `--skip` (top-level steps only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
+    pub tags: Vec<String>,
     /// The file, relative to the root.
     pub file: String,
     /// The exact content (exactly one of `content` and `source`).
@@ -99,6 +113,10 @@ pub struct RemoveStep {
     /// Shown in reports instead of the generated name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Labels to select the step by with `--only` and `--skip` (top-level steps only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
+    pub tags: Vec<String>,
     /// The path, relative to the root.
     pub remove: String,
     /// Remove a non-empty directory with everything in it.
@@ -113,6 +131,10 @@ pub struct CleanupStep {
     /// Shown in reports instead of the generated name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Labels to select the step by with `--only` and `--skip` (top-level steps only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
+    pub tags: Vec<String>,
     /// The directory to clean, relative to the root.
     pub cleanup: String,
     /// Files modified longer ago than this are deleted.
@@ -137,6 +159,10 @@ pub struct UpsertStep {
     /// Shown in reports instead of the generated name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Labels to select the step by with `--only` and `--skip` (top-level steps only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
+    pub tags: Vec<String>,
     /// The database file, relative to the root; created when missing.
     pub upsert: String,
     /// The table; created when missing.
@@ -200,6 +226,10 @@ pub struct EachStep {
     /// Shown in reports instead of the generated name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Labels to select the step by with `--only` and `--skip` (top-level steps only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
+    pub tags: Vec<String>,
     /// The records: CSV with a header row, a JSON array of objects, or NDJSON.
     pub each: String,
     /// The field(s) naming a record in the checkpoint.
@@ -228,6 +258,10 @@ pub struct PluginStep {
     /// Shown in reports instead of the generated name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Labels to select the step by with `--only` and `--skip` (top-level steps only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
+    pub tags: Vec<String>,
     /// The component file, relative to the root.
     pub plugin: String,
     /// Handed to the plugin as JSON.
@@ -342,7 +376,7 @@ pub struct PlanError {
 }
 
 impl PlanError {
-    fn at(loc: Loc, message: impl Into<String>) -> PlanError {
+    pub(crate) fn at(loc: Loc, message: impl Into<String>) -> PlanError {
         PlanError {
             message: message.into(),
             loc: Some(loc),
@@ -350,7 +384,7 @@ impl PlanError {
         }
     }
 
-    fn hint(mut self, hint: impl Into<String>) -> PlanError {
+    pub(crate) fn hint(mut self, hint: impl Into<String>) -> PlanError {
         self.hint = Some(hint.into());
         self
     }
@@ -365,6 +399,7 @@ const SUB_OPS: &[&str] = &["dir", "file", "remove", "cleanup", "upsert"];
 /// Every field of every operation, to tell "belongs elsewhere" from "misspelt".
 const ALL_FIELDS: &[&str] = &[
     "name",
+    "tags",
     "mode",
     "content",
     "source",
@@ -404,7 +439,10 @@ fn fields_from_schema() -> Vec<(&'static str, Vec<&'static str>)> {
         if let Some(props) = props.as_object() {
             for key in props.keys() {
                 // Interned: the set of names is small and fixed, and lives for the run.
-                let known = ALL_FIELDS.iter().chain(OPS).chain(&["version", "steps"]);
+                let known = ALL_FIELDS
+                    .iter()
+                    .chain(OPS)
+                    .chain(&["version", "vars", "steps"]);
                 if let Some(k) = known.into_iter().find(|k| *k == key) {
                     out.push(*k);
                 }
@@ -444,10 +482,19 @@ pub struct Loaded {
     pub plan: Plan,
     /// Where each step starts, one per step.
     pub locations: Vec<Loc>,
+    /// Per step: whether a field of it used a sensitive variable.
+    pub sensitive_steps: Vec<bool>,
+    /// The values of the sensitive variables, for the host to keep out of every output.
+    pub sensitive: Vec<String>,
 }
 
-/// Parse and validate a plan's source.
+/// Parse and validate a plan's source, without variables given from outside.
 pub fn parse(source: &str) -> Result<Loaded, PlanError> {
+    parse_with(source, &Inputs::default())
+}
+
+/// Parse and validate a plan's source with the host's variable values and environment.
+pub fn parse_with(source: &str, inputs: &Inputs) -> Result<Loaded, PlanError> {
     let root = yaml::parse(source)
         .map_err(|e| PlanError {
             message: if e.limit {
@@ -467,7 +514,40 @@ pub fn parse(source: &str) -> Result<Loaded, PlanError> {
         return Err(PlanError::at(root.loc, "a plan is a mapping, not a list")
             .hint("put the steps under `steps:`"));
     }
+    // Variables first, so that what the steps are checked against is their values.
+    let vars_node = match &root.kind {
+        Kind::Map(entries) => entries
+            .iter()
+            .find(|(k, _)| matches!(&k.kind, Kind::Scalar { text, .. } if text == "vars"))
+            .map(|(_, v)| v.clone()),
+        _ => None,
+    };
+    let vars = vars::declare(vars_node.as_ref(), inputs)?;
+    // From here on an error may quote a value, so none leaves with a secret in it.
+    parse_steps(root, &vars).map_err(|e| vars.redact_error(e))
+}
+
+fn parse_steps(mut root: Node, vars: &vars::Vars) -> Result<Loaded, PlanError> {
+    let mut sensitive_steps = Vec::new();
+    if let Kind::Map(entries) = &mut root.kind {
+        for (k, v) in entries.iter_mut() {
+            match &k.kind {
+                Kind::Scalar { text, .. } if text == "vars" => {}
+                Kind::Scalar { text, .. } if text == "steps" => {
+                    if let Kind::Seq(items) = &mut v.kind {
+                        for item in items {
+                            sensitive_steps.push(vars::interpolate(item, vars, false)?);
+                        }
+                    }
+                }
+                _ => {
+                    vars::interpolate(v, vars, false)?;
+                }
+            }
+        }
+    }
     let mut obj = Obj::new(&root, "plan", false)?;
+    obj.take("vars");
     let version = match obj.take("version") {
         None => None,
         Some(node) => match node.scalar() {
@@ -502,9 +582,16 @@ pub fn parse(source: &str) -> Result<Loaded, PlanError> {
         steps.push(parse_step(item)?);
         locations.push(item.loc);
     }
+    sensitive_steps.resize(steps.len(), false);
     Ok(Loaded {
-        plan: Plan { version, steps },
+        plan: Plan {
+            version,
+            vars: BTreeMap::new(),
+            steps,
+        },
         locations,
+        sensitive_steps,
+        sensitive: vars.sensitive(),
     })
 }
 
@@ -593,15 +680,18 @@ fn parse_sub_step(node: &Node) -> Result<SubStep, PlanError> {
 
 fn parse_common(obj: &mut Obj<'_>, op: &str) -> Result<SubStep, PlanError> {
     let name = obj.string("name")?;
+    let tags = obj.tags()?;
     Ok(match op {
         "dir" => SubStep::Dir(DirStep {
             name,
+            tags: tags.clone(),
             dir: obj.path("dir")?,
             mode: obj.mode("mode")?,
         }),
         "file" => {
             let step = FileStep {
                 name,
+                tags: tags.clone(),
                 file: obj.path("file")?,
                 content: obj.template("content")?,
                 source: obj.template("source")?,
@@ -624,11 +714,13 @@ fn parse_common(obj: &mut Obj<'_>, op: &str) -> Result<SubStep, PlanError> {
         }
         "remove" => SubStep::Remove(RemoveStep {
             name,
+            tags: tags.clone(),
             remove: obj.path("remove")?,
             recursive: obj.boolean("recursive")?.unwrap_or(false),
         }),
         "cleanup" => SubStep::Cleanup(CleanupStep {
             name,
+            tags: tags.clone(),
             cleanup: obj.path("cleanup")?,
             older_than: obj.age("older-than")?,
             include: obj.globs("include")?,
@@ -638,6 +730,7 @@ fn parse_common(obj: &mut Obj<'_>, op: &str) -> Result<SubStep, PlanError> {
         _ => {
             let step = UpsertStep {
                 name,
+                tags: tags.clone(),
                 upsert: obj.path("upsert")?,
                 table: obj.required("table", Obj::template)?,
                 key: obj.required("key", Obj::names)?,
@@ -680,6 +773,7 @@ fn parse_common(obj: &mut Obj<'_>, op: &str) -> Result<SubStep, PlanError> {
 
 fn parse_each(obj: &mut Obj<'_>) -> Result<EachStep, PlanError> {
     let name = obj.string("name")?;
+    let tags = obj.tags()?;
     let each = obj.path("each")?;
     let key = obj.required("key", Obj::names)?;
     let id = obj.string("id")?;
@@ -702,6 +796,7 @@ fn parse_each(obj: &mut Obj<'_>) -> Result<EachStep, PlanError> {
         .collect::<Result<Vec<_>, _>>()?;
     Ok(EachStep {
         name,
+        tags: tags.clone(),
         each,
         key,
         id,
@@ -731,6 +826,7 @@ fn check_format(
 fn parse_plugin(obj: &mut Obj<'_>) -> Result<PluginStep, PlanError> {
     Ok(PluginStep {
         name: obj.string("name")?,
+        tags: obj.tags()?,
         plugin: obj.path("plugin")?,
         config: obj.take("config").map(to_json).transpose()?,
         paths: obj.names("paths")?.unwrap_or_default(),
@@ -1127,6 +1223,19 @@ impl<'a> Obj<'a> {
         Ok(out)
     }
 
+    /// `tags`: names to select top-level steps by; a sub-step of `each` is selected with it.
+    fn tags(&mut self) -> Result<Vec<String>, PlanError> {
+        let tags = self.names("tags")?.unwrap_or_default();
+        if self.templates && !tags.is_empty() {
+            return Err(PlanError::at(
+                self.loc_of("tags"),
+                "`tags` selects top-level steps; a sub-step of `each` runs with its `each`",
+            )
+            .hint("put the tags on the `each` step"));
+        }
+        Ok(tags)
+    }
+
     fn globs(&mut self, name: &'static str) -> Result<Vec<String>, PlanError> {
         let list = self.names(name)?.unwrap_or_default();
         for pattern in &list {
@@ -1196,6 +1305,19 @@ impl Step {
             Step::Upsert(_) => "upsert",
             Step::Each(_) => "each",
             Step::Plugin(_) => "plugin",
+        }
+    }
+
+    /// The step's `tags`.
+    pub fn tags(&self) -> &[String] {
+        match self {
+            Step::Dir(s) => &s.tags,
+            Step::File(s) => &s.tags,
+            Step::Remove(s) => &s.tags,
+            Step::Cleanup(s) => &s.tags,
+            Step::Upsert(s) => &s.tags,
+            Step::Each(s) => &s.tags,
+            Step::Plugin(s) => &s.tags,
         }
     }
 
@@ -1383,7 +1505,7 @@ steps:
         assert_eq!(e.message, "`content` is not a field of a `dir` step");
         assert_eq!(
             e.hint.as_deref(),
-            Some("a `dir` step takes: name, dir, mode")
+            Some("a `dir` step takes: name, tags, dir, mode")
         );
     }
 

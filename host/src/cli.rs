@@ -134,6 +134,62 @@ struct PlanArgs {
     /// Show a unified diff of every file that changes.
     #[arg(long, env = "IDEM_DIFF")]
     diff: bool,
+    /// Set a plan variable (repeat); wins over --var-file and the plan's default.
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = valid_var)]
+    vars: Vec<(String, String)>,
+    /// Read plan variables from a YAML or JSON file of `name: value` (repeat; a later file
+    /// wins).
+    #[arg(long = "var-file", value_name = "FILE")]
+    var_files: Vec<PathBuf>,
+    /// Run only the steps with this name or tag (repeat, or separate with commas).
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    only: Vec<String>,
+    /// Leave out the steps with this name or tag (repeat, or separate with commas).
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    skip: Vec<String>,
+}
+
+/// `--var NAME=VALUE`.
+fn valid_var(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!(
+            "--var {text:?}: expected NAME=VALUE, like --var region=eu-west-1"
+        )),
+    }
+}
+
+/// The values of a `--var-file`: a mapping of names to strings, numbers or booleans.
+fn read_var_file(path: &Path) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --var-file {}", path.display()))?;
+    // YAML 1.2 reads JSON too.
+    let value: serde_json::Value = serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("--var-file {} is not valid YAML or JSON", path.display()))?;
+    let serde_json::Value::Object(map) = value else {
+        bail!(
+            "--var-file {} must be a mapping of variable names to values, like `region: eu-west-1`",
+            path.display()
+        );
+    };
+    map.into_iter()
+        .map(|(name, v)| match v {
+            serde_json::Value::String(s) => Ok((name, s)),
+            serde_json::Value::Number(n) => Ok((name, n.to_string())),
+            serde_json::Value::Bool(b) => Ok((name, b.to_string())),
+            other => bail!(
+                "--var-file {}: the value of `{name}` must be a string, number or boolean, not {}",
+                path.display(),
+                match other {
+                    serde_json::Value::Null => "null",
+                    serde_json::Value::Array(_) => "a list",
+                    _ => "a mapping",
+                }
+            ),
+        })
+        .collect()
 }
 
 #[derive(Subcommand, Debug)]
@@ -301,7 +357,7 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let message = format!("{e:#}");
+            let message = crate::redact::text(&format!("{e:#}")).into_owned();
             // A run that could not start still gets the report's whole shape.
             let doc = match &started {
                 Some((mode, plan)) => {
@@ -351,6 +407,7 @@ fn init_tracing(g: &Global) {
     // terminal. Escaping the whole stream instead would also escape the logger's own colours.
     let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
         let text = format!("{value:?}");
+        let text = crate::redact::text(&text);
         if field.name() == "message" {
             write!(w, "{}", crate::term::escape_text(&text))
         } else {
@@ -421,6 +478,9 @@ fn base_config(g: &Global, mode: Mode, diff: bool) -> Result<RunConfig> {
         root,
         plan_source: String::new(),
         plan_name: String::new(),
+        vars: Vec::new(),
+        only: Vec::new(),
+        skip: Vec::new(),
         plan_file: None,
         state_path,
         now,
@@ -656,6 +716,12 @@ fn run_plan(g: &Global, mode: Mode, args: PlanArgs, verify: bool) -> Result<u8> 
     let mut cfg = base_config(g, mode, args.diff)?;
     cfg.verify = verify;
     read_plan(&mut cfg, args.plan.as_deref())?;
+    for f in &args.var_files {
+        cfg.vars.extend(read_var_file(f)?);
+    }
+    cfg.vars.extend(args.vars);
+    cfg.only = args.only;
+    cfg.skip = args.skip;
     let host = Host::new(cache(g, &cfg.root))?;
     cfg.progress = host.progress();
     let mut live = live(g, &cfg);

@@ -15,6 +15,7 @@ mod dbname;
 mod init;
 mod live;
 mod policy;
+mod redact;
 mod report;
 mod run;
 mod signal;

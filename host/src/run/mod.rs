@@ -46,6 +46,11 @@ pub struct RunConfig {
     /// The plan's text and the name it is shown by.
     pub plan_source: String,
     pub plan_name: String,
+    /// Values for the plan's variables (`--var-file`, then `--var`), in order.
+    pub vars: Vec<(String, String)>,
+    /// `--only` and `--skip`: step names or tags.
+    pub only: Vec<String>,
+    pub skip: Vec<String>,
     /// The plan file, canonical, when it is a file (plugins may not touch it unless named).
     pub plan_file: Option<PathBuf>,
     pub state_path: PathBuf,

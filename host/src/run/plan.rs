@@ -10,7 +10,7 @@ use anyhow::{Context, Result, anyhow};
 use super::failure::describe_trap;
 use super::store::{RunState, new_store};
 use super::{Events, Host, NoEvents, RunConfig, StepEnd};
-use crate::bindings::plan::{PluginCall, StepInfo};
+use crate::bindings::plan::{LoadInput, LoadedPlan, Location, PlanError, PluginCall, StepInfo};
 use crate::bindings::standard;
 use crate::cap::log::Reading;
 use crate::change::Outcome;
@@ -88,14 +88,24 @@ impl Host {
         let guest = standard::Standard::instantiate(&mut store, &self.standard, &self.linker)
             .map_err(|e| anyhow!(e))
             .context("instantiating the standard operations")?;
-        let loaded =
-            guest
-                .idem_plugin_plan()
-                .call_load(&mut store, &cfg.plan_source, &cfg.plan_name);
+        let input = LoadInput {
+            vars: cfg.vars.clone(),
+            env: env_references(&cfg.plan_source),
+        };
+        let loaded = guest.idem_plugin_plan().call_load(
+            &mut store,
+            &cfg.plan_source,
+            &cfg.plan_name,
+            &input,
+        );
         let loaded = match loaded {
             Ok(l) => l,
             Err(_) if crate::signal::requested().is_some() => {
-                Ok(Vec::new()) // stopped while loading: the interruption below says so
+                // Stopped while loading: the interruption below says so.
+                Ok(LoadedPlan {
+                    steps: Vec::new(),
+                    sensitive: Vec::new(),
+                })
             }
             Err(e) => {
                 return Err(anyhow!(
@@ -103,7 +113,20 @@ impl Host {
                 ));
             }
         };
-        let steps = match loaded {
+        let selected = match loaded.map(|plan| {
+            crate::redact::add(plan.sensitive);
+            let mut steps = plan.steps;
+            for info in &mut steps {
+                // What is shown of a step; its plugin call keeps the real values.
+                crate::redact::in_place(&mut info.name);
+                crate::redact::in_place(&mut info.target);
+            }
+            select(steps, &cfg.only, &cfg.skip)
+        }) {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) | Err(e) => Err(e),
+        };
+        let (steps, chosen) = match selected {
             Ok(steps) => steps,
             Err(e) => {
                 report.error = Some(PlanErrorReport::from_guest(
@@ -123,6 +146,11 @@ impl Host {
         let mut stopped = false;
         for (i, info) in steps.iter().enumerate() {
             let mut step = StepResult::new(i + 1, info);
+            if !chosen[i] {
+                step.outcome = Outcome::Skipped;
+                report.steps.push(step);
+                continue;
+            }
             if stopped || crate::signal::requested().is_some() {
                 if !stopped {
                     report.interrupted = interruption(&report, None);
@@ -156,6 +184,7 @@ impl Host {
             };
             let run = store.data_mut().run();
             stopped |= finish_step(run, &mut step, result, t);
+            step.redact(info.sensitive);
             let last = progress.finish();
             if crate::signal::requested().is_some() && !stopped_cleanly(&step) {
                 interrupt_step(&mut step);
@@ -216,6 +245,8 @@ impl Host {
             target: call.path.clone(),
             location: None,
             plugin: Some(call.clone()),
+            tags: Vec::new(),
+            sensitive: false,
         };
         events.run_started(&report, 1);
         let mut step = StepResult::new(1, &info);
@@ -251,6 +282,69 @@ impl Host {
         report.duration = started.elapsed();
         Ok(report)
     }
+}
+
+/// The environment variables the plan's text names as `${env.NAME}` and that are set: all
+/// the loader gets to see of the environment.
+fn env_references(source: &str) -> Vec<(String, String)> {
+    let mut names: Vec<&str> = source
+        .match_indices("${env.")
+        .filter_map(|(i, m)| {
+            let rest = &source[i + m.len()..];
+            let end = rest.find('}')?;
+            Some(rest[..end].trim())
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .filter_map(|n| Some((n.to_string(), std::env::var(n).ok()?)))
+        .collect()
+}
+
+/// Which steps `--only` and `--skip` leave in, by name or tag; a name or tag no step has is
+/// a plan error listing those the plan has.
+fn select(
+    steps: Vec<StepInfo>,
+    only: &[String],
+    skip: &[String],
+) -> std::result::Result<(Vec<StepInfo>, Vec<bool>), PlanError> {
+    let matches =
+        |info: &StepInfo, want: &str| info.name == want || info.tags.iter().any(|t| t == want);
+    for (flag, wanted) in [("--only", only), ("--skip", skip)] {
+        if let Some(unknown) = wanted.iter().find(|w| !steps.iter().any(|s| matches(s, w))) {
+            let mut names: Vec<String> = steps.iter().map(|s| format!("{:?}", s.name)).collect();
+            let mut tags: Vec<&str> = steps
+                .iter()
+                .flat_map(|s| s.tags.iter().map(String::as_str))
+                .collect();
+            tags.sort_unstable();
+            tags.dedup();
+            names.dedup();
+            let tags = if tags.is_empty() {
+                "no tags".to_string()
+            } else {
+                format!("tags {}", tags.join(", "))
+            };
+            return Err(PlanError {
+                message: format!("{flag} {unknown:?} names no step and no tag of the plan"),
+                location: None::<Location>,
+                hint: Some(format!(
+                    "the plan has steps {} and {tags}",
+                    names.join(", ")
+                )),
+            });
+        }
+    }
+    let chosen = steps
+        .iter()
+        .map(|s| {
+            (only.is_empty() || only.iter().any(|w| matches(s, w)))
+                && !skip.iter().any(|w| matches(s, w))
+        })
+        .collect();
+    Ok((steps, chosen))
 }
 
 /// The outcome history records.

@@ -12,6 +12,7 @@ mod fidelity;
 mod generated;
 mod live;
 mod pg;
+mod planlang;
 mod plugins;
 mod sandbox;
 mod state;
