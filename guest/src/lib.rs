@@ -24,7 +24,7 @@ pub mod yaml;
 use std::cell::RefCell;
 
 use exports::idem::plugin::plan::{
-    Guest, LoadInput, LoadedPlan, Location, PlanError, PluginCall, StepInfo,
+    Guest, LoadInput, LoadedPlan, Location, PlanError, PluginCall, ReadPath, StepInfo,
 };
 use idem::plugin::report::{StepError, StepReport};
 use plan::Step;
@@ -55,7 +55,19 @@ impl Guest for Component {
             .iter()
             .zip(&loaded.locations)
             .zip(&loaded.sensitive_steps)
-            .map(|((step, loc), sensitive)| step_info(step, *loc, *sensitive))
+            .zip(&loaded.reads)
+            .map(|(((step, loc), sensitive), reads)| {
+                let mut info = step_info(step, *loc, *sensitive);
+                info.reads = reads
+                    .iter()
+                    .map(|r| ReadPath {
+                        path: r.path.clone(),
+                        location: Some(location(r.loc)),
+                        component: r.component,
+                    })
+                    .collect();
+                info
+            })
             .collect();
         let sensitive = loaded.sensitive.clone();
         cleanup::remember_plan(&loaded.plan.steps);
@@ -108,6 +120,7 @@ fn step_info(step: &Step, loc: yaml::Loc, sensitive: bool) -> StepInfo {
     StepInfo {
         tags: step.tags().to_vec(),
         sensitive,
+        reads: Vec::new(),
         op: step.op().to_owned(),
         name: step.display_name(),
         target: step.target().to_owned(),

@@ -482,10 +482,33 @@ pub struct Loaded {
     pub plan: Plan,
     /// Where each step starts, one per step.
     pub locations: Vec<Loc>,
+    /// Per step: the files it reads that must exist when it runs (`source`, `from`, `each`'s
+    /// records, a plugin's component), with where each is named; templated ones are left out.
+    pub reads: Vec<Vec<Read>>,
     /// Per step: whether a field of it used a sensitive variable.
     pub sensitive_steps: Vec<bool>,
     /// The values of the sensitive variables, for the host to keep out of every output.
     pub sensitive: Vec<String>,
+}
+
+/// A file a step reads, for the host to check before any step runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Read {
+    pub path: String,
+    pub loc: Loc,
+    /// A plugin's component, which must be a WebAssembly component.
+    pub component: bool,
+}
+
+/// Where the value of `field` of a step mapping is, or the step's own location.
+fn field_loc(node: &Node, field: &str) -> Loc {
+    match &node.kind {
+        Kind::Map(entries) => entries
+            .iter()
+            .find(|(k, _)| matches!(&k.kind, Kind::Scalar { text, .. } if text == field))
+            .map_or(node.loc, |(_, v)| v.loc),
+        _ => node.loc,
+    }
 }
 
 /// Parse and validate a plan's source, without variables given from outside.
@@ -578,9 +601,26 @@ fn parse_steps(mut root: Node, vars: &vars::Vars) -> Result<Loaded, PlanError> {
     };
     let mut steps = Vec::with_capacity(items.len());
     let mut locations = Vec::with_capacity(items.len());
+    let mut reads = Vec::with_capacity(items.len());
+    let mut written: BTreeMap<String, Loc> = BTreeMap::new();
     for item in items {
-        steps.push(parse_step(item)?);
+        let (step, read) = parse_step(item)?;
+        if let Step::File(f) = &step {
+            let loc = field_loc(item, "file");
+            if let Some(first) = written.insert(normal(&f.file), loc) {
+                return Err(PlanError::at(
+                    loc,
+                    format!("`{}` is written by two steps", f.file),
+                )
+                .hint(format!(
+                    "the step at line {} writes it too; keep one of them (the second would undo the first on every run)",
+                    first.line
+                )));
+            }
+        }
+        steps.push(step);
         locations.push(item.loc);
+        reads.push(read);
     }
     sensitive_steps.resize(steps.len(), false);
     Ok(Loaded {
@@ -590,6 +630,7 @@ fn parse_steps(mut root: Node, vars: &vars::Vars) -> Result<Loaded, PlanError> {
             steps,
         },
         locations,
+        reads,
         sensitive_steps,
         sensitive: vars.sensitive(),
     })
@@ -654,7 +695,31 @@ fn step_op(node: &Node, allowed: &[&str]) -> Result<&'static str, PlanError> {
     }
 }
 
-fn parse_step(node: &Node) -> Result<Step, PlanError> {
+fn parse_step(node: &Node) -> Result<(Step, Vec<Read>), PlanError> {
+    let step = parse_step_only(node)?;
+    let mut reads = Vec::new();
+    let mut read = |path: &str, field: &str, component: bool| {
+        reads.push(Read {
+            path: path.to_owned(),
+            loc: field_loc(node, field),
+            component,
+        })
+    };
+    match &step {
+        Step::File(f) => {
+            if let Some(s) = &f.source {
+                read(s, "source", false);
+            }
+        }
+        Step::Upsert(u) => read(&u.from, "from", false),
+        Step::Each(e) => read(&e.each, "each", false),
+        Step::Plugin(p) => read(&p.plugin, "plugin", true),
+        _ => {}
+    }
+    Ok((step, reads))
+}
+
+fn parse_step_only(node: &Node) -> Result<Step, PlanError> {
     let op = step_op(node, OPS)?;
     let mut obj = Obj::new(node, op, false)?;
     let step = match op {
@@ -694,7 +759,7 @@ fn parse_common(obj: &mut Obj<'_>, op: &str) -> Result<SubStep, PlanError> {
                 tags: tags.clone(),
                 file: obj.path("file")?,
                 content: obj.template("content")?,
-                source: obj.template("source")?,
+                source: obj.source()?,
                 mode: obj.mode("mode")?,
                 if_missing: obj.boolean("if-missing")?.unwrap_or(false),
             };
@@ -860,6 +925,39 @@ fn to_json(node: &Node) -> Result<serde_json::Value, PlanError> {
             None => Value::Null,
         },
     })
+}
+
+/// A path must stay under the root: not absolute, and no `..` that climbs above it (the
+/// host refuses it anyway when the step runs, but by then earlier steps have applied).
+pub fn check_under_root(path: &str) -> Result<(), String> {
+    if path.starts_with('/') {
+        return Err(format!("`{path}` is an absolute path"));
+    }
+    let mut depth = 0usize;
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." if depth == 0 => return Err(format!("`{path}` climbs out of the root")),
+            ".." => depth -= 1,
+            _ => depth += 1,
+        }
+    }
+    Ok(())
+}
+
+/// The path as a canonical relative form, for comparing two steps' targets.
+fn normal(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
 }
 
 /// A table `upsert` may write: not empty, and not one of idem's (`_idem_...`) or SQLite's
@@ -1077,6 +1175,11 @@ impl<'a> Obj<'a> {
                     .hint("use `.` for the root"),
             );
         }
+        check_under_root(&path).map_err(|e| {
+            PlanError::at(self.loc_of(name), format!("`{name}`: {e}")).hint(
+                "paths are relative to the root (-C); write it from there, without `..` above it",
+            )
+        })?;
         Ok(path)
     }
 
@@ -1221,6 +1324,19 @@ impl<'a> Obj<'a> {
             }
         }
         Ok(out)
+    }
+
+    /// `source`: a path like the others, but optional.
+    fn source(&mut self) -> Result<Option<String>, PlanError> {
+        let Some(path) = self.template("source")? else {
+            return Ok(None);
+        };
+        check_under_root(&path).map_err(|e| {
+            PlanError::at(self.loc_of("source"), format!("`source`: {e}")).hint(
+                "paths are relative to the root (-C); write it from there, without `..` above it",
+            )
+        })?;
+        Ok(Some(path))
     }
 
     /// `tags`: names to select top-level steps by; a sub-step of `each` is selected with it.

@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::plan::{PlanError, closest};
 use crate::yaml::{Kind, Loc, Node, Scalar, resolve};
 
-/// A variable as the plan declares it (the schema's shape; parsed by hand in [`declare`]).
+/// A variable: its default value, or a mapping with `default`, `sensitive` and `description`.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, untagged)]
 pub enum VarDecl {

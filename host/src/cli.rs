@@ -212,6 +212,13 @@ enum Command {
         #[command(flatten)]
         args: PlanArgs,
     },
+    /// Check the plan without running any step: variables, references, paths, the files
+    /// steps read, plugin components, `--only`/`--skip` names (the same checks every run
+    /// makes before its first step).
+    Validate {
+        #[command(flatten)]
+        args: PlanArgs,
+    },
     /// Run one plugin component as a step.
     Run {
         /// The plugin component (.wasm), relative to the root.
@@ -306,6 +313,7 @@ impl Command {
             Command::Apply { args, .. } => Some((Mode::Apply, plan(args))),
             Command::Plan { args } => Some((Mode::Plan, plan(args))),
             Command::Check { args } => Some((Mode::Check, plan(args))),
+            Command::Validate { args } => Some((Mode::Plan, plan(args))),
             Command::Run {
                 plugin,
                 dry_run,
@@ -481,6 +489,7 @@ fn base_config(g: &Global, mode: Mode, diff: bool) -> Result<RunConfig> {
         vars: Vec::new(),
         only: Vec::new(),
         skip: Vec::new(),
+        validate_only: false,
         plan_file: None,
         state_path,
         now,
@@ -545,6 +554,7 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Apply { args, verify } => run_plan(g, Mode::Apply, args, verify),
         Command::Plan { args } => run_plan(g, Mode::Plan, args, false),
         Command::Check { args } => run_plan(g, Mode::Check, args, false),
+        Command::Validate { args } => validate(g, args),
         Command::Run {
             plugin,
             config,
@@ -695,6 +705,32 @@ fn run(cli: Cli) -> Result<u8> {
     }
 }
 
+/// `idem validate`: the report of a run that stops before its first step, printed as a
+/// plan error (text) or the JSON report, exit 0 or 1.
+fn validate(g: &Global, args: PlanArgs) -> Result<u8> {
+    let mut cfg = plan_config(g, Mode::Plan, args)?;
+    cfg.validate_only = true;
+    let host = Host::new(cache(g, &cfg.root))?;
+    let report = host.validate(&cfg)?;
+    if g.format != Format::Text {
+        println!("{}", report.to_json());
+    } else if report.error.is_some() {
+        let style = TextStyle {
+            color: crate::term::color(color_choice(g), true),
+            verbose: false,
+            diff: false,
+        };
+        report.render_text(&mut std::io::stderr().lock(), &style)?;
+    } else if !g.quiet {
+        println!(
+            "{}: valid, {}",
+            escape(&cfg.plan_name),
+            crate::report::count(report.steps.len() as u64, "step", "steps")
+        );
+    }
+    Ok(report.exit_code())
+}
+
 /// `idem.1` and one `idem-COMMAND.1` per subcommand (what the top page's SEE ALSO names).
 fn write_man_pages(cmd: &clap::Command, dir: &Path) -> Result<()> {
     let name = cmd.get_display_name().unwrap_or(cmd.get_name()).to_string();
@@ -712,9 +748,8 @@ fn write_man_pages(cmd: &clap::Command, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn run_plan(g: &Global, mode: Mode, args: PlanArgs, verify: bool) -> Result<u8> {
+fn plan_config(g: &Global, mode: Mode, args: PlanArgs) -> Result<RunConfig> {
     let mut cfg = base_config(g, mode, args.diff)?;
-    cfg.verify = verify;
     read_plan(&mut cfg, args.plan.as_deref())?;
     for f in &args.var_files {
         cfg.vars.extend(read_var_file(f)?);
@@ -722,6 +757,12 @@ fn run_plan(g: &Global, mode: Mode, args: PlanArgs, verify: bool) -> Result<u8> 
     cfg.vars.extend(args.vars);
     cfg.only = args.only;
     cfg.skip = args.skip;
+    Ok(cfg)
+}
+
+fn run_plan(g: &Global, mode: Mode, args: PlanArgs, verify: bool) -> Result<u8> {
+    let mut cfg = plan_config(g, mode, args)?;
+    cfg.verify = verify;
     let host = Host::new(cache(g, &cfg.root))?;
     cfg.progress = host.progress();
     let mut live = live(g, &cfg);

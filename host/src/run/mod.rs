@@ -51,6 +51,8 @@ pub struct RunConfig {
     /// `--only` and `--skip`: step names or tags.
     pub only: Vec<String>,
     pub skip: Vec<String>,
+    /// `idem validate`: load and check the plan, run no step.
+    pub validate_only: bool,
     /// The plan file, canonical, when it is a file (plugins may not touch it unless named).
     pub plan_file: Option<PathBuf>,
     pub state_path: PathBuf,

@@ -59,6 +59,11 @@ impl Host {
         Ok(report)
     }
 
+    /// Load and check the plan as a run would before its first step, and stop there.
+    pub fn validate(&self, cfg: &RunConfig) -> Result<Report> {
+        self.run_once(cfg, Mode::Plan, None)
+    }
+
     /// One pass over the plan; `events` (the recorded run's) is told as it goes, and the run
     /// is recorded in the state store only then.
     fn run_once(
@@ -121,6 +126,7 @@ impl Host {
                 crate::redact::in_place(&mut info.name);
                 crate::redact::in_place(&mut info.target);
             }
+            check_reads(&cfg.root, &steps)?;
             select(steps, &cfg.only, &cfg.skip)
         }) {
             Ok(Ok(s)) => Ok(s),
@@ -142,6 +148,14 @@ impl Host {
                 return Ok(report);
             }
         };
+        if cfg.validate_only {
+            report.steps = steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| StepResult::new(i + 1, s))
+                .collect();
+            return Ok(report);
+        }
         events.run_started(&report, steps.len());
         let mut stopped = false;
         for (i, info) in steps.iter().enumerate() {
@@ -247,6 +261,7 @@ impl Host {
             plugin: Some(call.clone()),
             tags: Vec::new(),
             sensitive: false,
+            reads: Vec::new(),
         };
         events.run_started(&report, 1);
         let mut step = StepResult::new(1, &info);
@@ -301,6 +316,84 @@ fn env_references(source: &str) -> Vec<(String, String)> {
         .into_iter()
         .filter_map(|n| Some((n.to_string(), std::env::var(n).ok()?)))
         .collect()
+}
+
+/// Before any step runs: every file a step reads exists, or is written by an earlier step,
+/// and a plugin's file is a component. A missing one is named with the nearest existing
+/// name beside it.
+fn check_reads(root: &std::path::Path, steps: &[StepInfo]) -> std::result::Result<(), PlanError> {
+    let normal = |p: &str| {
+        p.split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    for (i, step) in steps.iter().enumerate() {
+        for read in &step.reads {
+            let path = normal(&read.path);
+            let on_disk = root.join(&path);
+            let written_before = steps[..i].iter().any(|s| {
+                let t = normal(&s.target);
+                t == path || path.starts_with(&format!("{t}/"))
+            });
+            if written_before {
+                continue;
+            }
+            let err = |message: String, hint: String| PlanError {
+                message,
+                location: read.location,
+                hint: Some(hint),
+            };
+            let Ok(meta) = std::fs::metadata(&on_disk) else {
+                return Err(err(
+                    format!("`{}` does not exist (step {}, {})", read.path, i + 1, step.name),
+                    match nearest(root, &path) {
+                        Some(near) => format!("did you mean `{near}`?"),
+                        None => "paths are relative to the root (-C); create the file, or write it in an earlier step".into(),
+                    },
+                ));
+            };
+            if read.component && meta.is_file() {
+                let mut head = [0u8; 8];
+                let n = std::fs::File::open(&on_disk)
+                    .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+                    .unwrap_or(0);
+                // `\0asm`, then a version and a layer: 1 for components, 0 for core modules.
+                let what = match (n, &head[..4], head[6..8] == [1, 0]) {
+                    (8, b"\0asm", true) => None,
+                    (8, b"\0asm", false) => Some("a core WebAssembly module, not a component"),
+                    _ => Some("not a WebAssembly component"),
+                };
+                if let Some(what) = what {
+                    return Err(err(
+                        format!("plugin `{}` is {what}", read.path),
+                        "build it for wasm32-wasip2 (a component), or wrap a module with `wasm-tools component new`".into(),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The existing entry beside a missing path whose name is nearest to the one written.
+fn nearest(root: &std::path::Path, path: &str) -> Option<String> {
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let entries = std::fs::read_dir(root.join(dir)).ok()?;
+    let names: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    let best = names
+        .iter()
+        .map(|n| (strsim::levenshtein(n, name), n))
+        .filter(|(d, n)| *d <= (name.len().max(n.len()) / 3).max(2))
+        .min()?;
+    Some(if dir.is_empty() {
+        best.1.clone()
+    } else {
+        format!("{dir}/{}", best.1)
+    })
 }
 
 /// Which steps `--only` and `--skip` leave in, by name or tag; a name or tag no step has is

@@ -216,3 +216,93 @@ fn only_and_skip_select_steps_by_name_or_tag_and_the_report_says_which_were_left
         .says("tags config, docs, secrets");
     assert!(!t.exists("out/shop/service.toml"));
 }
+
+/// Issue 18, section 4: each static mistake is found by `validate` and by the checks at the
+/// start of every run, with its line and column, before the first step applies anything.
+#[test]
+fn validate_catches_each_static_mistake_with_line_and_column_before_any_step_runs() {
+    let t = Env::new();
+    t.write("data/customers.csv", "id,name\n1,ann\n");
+    t.write("plugins/module.wasm", b"\0asm\x01\0\0\0");
+    t.write("plugins/text.wasm", "not wasm at all");
+    let first = "steps:\n  - dir: first\n";
+    let cases: &[(&str, u64, u64, &str, &str)] = &[
+        (
+            "  - file: /etc/app.conf\n    content: x\n",
+            3,
+            11,
+            "`file`: `/etc/app.conf` is an absolute path",
+            "paths are relative to the root",
+        ),
+        (
+            "  - dir: a/../../out\n",
+            3,
+            10,
+            "climbs out of the root",
+            "without `..`",
+        ),
+        (
+            "  - file: copy.csv\n    source: data/custmers.csv\n",
+            4,
+            13,
+            "`data/custmers.csv` does not exist",
+            "did you mean `data/customers.csv`?",
+        ),
+        (
+            "  - file: a.txt\n    content: x\n  - file: ./a.txt\n    content: y\n",
+            5,
+            11,
+            "`./a.txt` is written by two steps",
+            "the step at line 3 writes it too",
+        ),
+        (
+            "  - plugin: plugins/module.wasm\n",
+            3,
+            13,
+            "is a core WebAssembly module, not a component",
+            "wasm-tools component new",
+        ),
+        (
+            "  - plugin: plugins/text.wasm\n",
+            3,
+            13,
+            "is not a WebAssembly component",
+            "wasm32-wasip2",
+        ),
+    ];
+    for (mistake, line, column, message, hint) in cases {
+        t.write("idem.yml", format!("{first}{mistake}"));
+        for cmd in ["validate", "apply"] {
+            let r = t.json(&[cmd], 1);
+            let e = &r["error"];
+            assert_eq!(
+                (e["line"].as_u64(), e["column"].as_u64()),
+                (Some(*line), Some(*column)),
+                "{mistake}: {r}"
+            );
+            assert!(
+                e["message"].as_str().unwrap().contains(message),
+                "{mistake}: {r}"
+            );
+            assert!(e["hint"].as_str().unwrap().contains(hint), "{mistake}: {r}");
+            assert!(
+                !t.exists("first"),
+                "{cmd} applied a step of an invalid plan"
+            );
+        }
+        t.idem(&["validate"])
+            .code(1)
+            .says(message)
+            .says(&format!("idem.yml:{line}:{column}"));
+    }
+    // A source an earlier step writes is not missing.
+    t.write(
+        "idem.yml",
+        "steps:\n  - file: made.txt\n    content: x\n  - file: copy.txt\n    source: made.txt\n",
+    );
+    t.idem(&["validate"])
+        .code(0)
+        .says("idem.yml: valid, 2 steps");
+    assert!(!t.exists("made.txt"), "validate runs no step");
+    assert_converges(&t, &[]);
+}
