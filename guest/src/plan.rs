@@ -1908,6 +1908,50 @@ steps:
         );
     }
 
+    /// Issue 18: paths that leave the root and files written twice are found at load.
+    #[test]
+    fn paths_out_of_the_root_and_double_writes_are_load_errors() {
+        assert!(check_under_root("a/../b").is_ok());
+        assert!(check_under_root("a/../../b").is_err());
+        assert!(check_under_root("/etc").is_err());
+        let e = err("steps:\n  - file: x\n    source: ../y\n");
+        assert_eq!(
+            e.loc,
+            Some(Loc {
+                line: 3,
+                column: 13
+            })
+        );
+        let e = err("steps:\n  - file: a\n    content: x\n  - file: b/../a\n    content: y\n");
+        assert!(e.message.contains("written by two steps"), "{e:?}");
+        assert_eq!(e.loc.map(|l| l.line), Some(4));
+    }
+
+    /// Issue 18: variables are interpolated in every string field, and a sub-step's value is
+    /// text, not a placeholder; steps that used a secret are marked.
+    #[test]
+    fn variables_reach_every_field_and_mark_sensitive_steps() {
+        let inputs = Inputs {
+            vars: vec![("t".into(), "{id}".into())],
+            env: vec![("IDEM_X".into(), "out".into())],
+        };
+        let src = "vars:\n  t: {sensitive: true, default: x}\n  r: \"true\"\nsteps:\n  - remove: \"${env.IDEM_X}\"\n    recursive: ${var.r}\n  - each: a.csv\n    key: id\n    steps:\n      - file: \"${env.IDEM_X}/{id}\"\n        content: \"${var.t}\"\n";
+        let loaded = parse_with(src, &inputs).unwrap();
+        let Step::Remove(r) = &loaded.plan.steps[0] else {
+            panic!("not a remove")
+        };
+        assert_eq!((r.remove.as_str(), r.recursive), ("out", true));
+        let Step::Each(e) = &loaded.plan.steps[1] else {
+            panic!("not an each")
+        };
+        let SubStep::File(f) = &e.steps[0] else {
+            panic!("not a file")
+        };
+        assert_eq!(f.content.as_deref(), Some("{{id}}"));
+        assert_eq!(loaded.sensitive_steps, vec![false, true]);
+        assert_eq!(loaded.sensitive, vec!["{id}".to_string()]);
+    }
+
     /// The fields `parse` reads must be exactly the fields of the types, which generate the
     /// schema; this is the check that the two cannot drift apart.
     #[test]
