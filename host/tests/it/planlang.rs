@@ -306,3 +306,28 @@ fn validate_catches_each_static_mistake_with_line_and_column_before_any_step_run
     assert!(!t.exists("made.txt"), "validate runs no step");
     assert_converges(&t, &[]);
 }
+
+/// Issue 18: a misspelt template field fails the step once, naming the nearest column,
+/// instead of failing every record one by one.
+#[test]
+fn a_misspelt_template_field_is_one_error_not_one_per_record() {
+    let t = Env::new();
+    let mut csv = String::from("id,name\n");
+    for i in 0..2000 {
+        csv.push_str(&format!("{i},n{i}\n"));
+    }
+    t.write("people.csv", csv);
+    t.write(
+        "idem.yml",
+        "steps:\n  - each: people.csv\n    key: id\n    steps:\n      - file: \"out/{id}.txt\"\n        content: \"{nmae}\\n\"\n",
+    );
+    let r = t.json(&["apply"], 1);
+    let step = &r["steps"][0];
+    assert_eq!(step["outcome"], "failed", "{r}");
+    assert_eq!(
+        step["error"],
+        "`{nmae}` in `content` of sub-step 1 is not a column of people.csv; did you mean `{name}`?"
+    );
+    assert_eq!(step["failures"].as_array().map(Vec::len), Some(0));
+    assert!(!t.exists("out"), "no record was processed");
+}
