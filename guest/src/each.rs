@@ -105,6 +105,9 @@ struct Progress {
 pub fn run(step: &EachStep) -> Result<StepReport, StepError> {
     let scope = scope(step);
     let mut records = open_records(&step.each, step.format)?;
+    if let Some(header) = records.header() {
+        check_fields(step, header).map_err(error)?;
+    }
     let mut progress = Progress::default();
     let mut pending: Vec<Pending> = Vec::with_capacity(BATCH);
     while let Some(r) = records.next_record()? {
@@ -147,6 +150,42 @@ pub fn run(step: &EachStep) -> Result<StepReport, StepError> {
     let mut r = report(&counters);
     r.failures = progress.failures;
     Ok(r)
+}
+
+/// Every `{field}` of the sub-steps must be a column of a CSV header: a misspelt field is one
+/// error naming it (with the nearest column), not a failure of every record.
+pub fn check_fields(step: &EachStep, header: &[String]) -> Result<(), String> {
+    let columns: Vec<&str> = header.iter().map(String::as_str).collect();
+    for (i, sub) in step.steps.iter().enumerate() {
+        let mut sub = sub.clone();
+        let mut missing = None;
+        // Only reads each template; a parse error was refused at load.
+        let _ = sub.map_templates(&mut |field, _, text| {
+            if missing.is_none()
+                && let Ok(segments) = template::parse(text)
+            {
+                missing = segments.into_iter().find_map(|s| match s {
+                    template::Segment::Field { name, .. } if !columns.contains(&name) => {
+                        Some((field, name.to_owned()))
+                    }
+                    _ => None,
+                });
+            }
+            Ok(())
+        });
+        if let Some((field, name)) = missing {
+            let near = match crate::plan::closest(&name, &columns) {
+                Some(c) => format!("; did you mean `{{{c}}}`?"),
+                None => format!("; its columns are {}", columns.join(", ")),
+            };
+            return Err(format!(
+                "`{{{name}}}` in `{field}` of sub-step {} is not a column of {}{near}",
+                i + 1,
+                step.each
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn run_batch(
@@ -545,6 +584,24 @@ mod tests {
             Step::Each(e) => e,
             _ => panic!("not each"),
         }
+    }
+
+    /// Issue 18: a misspelt field is one error naming the nearest column.
+    #[test]
+    fn template_fields_are_checked_against_the_csv_header() {
+        let step = each(
+            "steps:\n  - each: a.csv\n    key: id\n    steps:\n      - file: \"out/{id}\"\n        content: \"{nmae}\"\n",
+        );
+        let header = ["id".to_string(), "name".to_string()];
+        let e = check_fields(&step, &header).unwrap_err();
+        assert_eq!(
+            e,
+            "`{nmae}` in `content` of sub-step 1 is not a column of a.csv; did you mean `{name}`?"
+        );
+        let fine = each(
+            "steps:\n  - each: a.csv\n    key: id\n    steps:\n      - file: \"out/{path:name}\"\n        content: \"{{x}} {id}\"\n",
+        );
+        assert!(check_fields(&fine, &header).is_ok());
     }
 
     #[test]

@@ -19,11 +19,14 @@ pub mod records;
 pub mod remove;
 pub mod template;
 pub mod upsert;
+pub mod vars;
 pub mod yaml;
 
 use std::cell::RefCell;
 
-use exports::idem::plugin::plan::{Guest, Location, NetworkGrant, PlanError, PluginCall, StepInfo};
+use exports::idem::plugin::plan::{
+    Guest, LoadInput, LoadedPlan, Location, NetworkGrant, PlanError, PluginCall, ReadPath, StepInfo,
+};
 use idem::plugin::report::{StepError, StepReport};
 use plan::Step;
 
@@ -37,8 +40,12 @@ thread_local! {
 struct Component;
 
 impl Guest for Component {
-    fn load(source: String, _file_name: String) -> Result<Vec<StepInfo>, PlanError> {
-        let loaded = plan::parse(&source).map_err(|e| PlanError {
+    fn load(source: String, _file_name: String, input: LoadInput) -> Result<LoadedPlan, PlanError> {
+        let inputs = vars::Inputs {
+            vars: input.vars,
+            env: input.env,
+        };
+        let loaded = plan::parse_with(&source, &inputs).map_err(|e| PlanError {
             message: e.message,
             location: e.loc.map(location),
             hint: e.hint,
@@ -48,11 +55,28 @@ impl Guest for Component {
             .steps
             .iter()
             .zip(&loaded.locations)
-            .map(|(step, loc)| step_info(step, *loc))
+            .zip(&loaded.sensitive_steps)
+            .zip(&loaded.reads)
+            .map(|(((step, loc), sensitive), reads)| {
+                let mut info = step_info(step, *loc, *sensitive);
+                info.reads = reads
+                    .iter()
+                    .map(|r| ReadPath {
+                        path: r.path.clone(),
+                        location: Some(location(r.loc)),
+                        component: r.component,
+                    })
+                    .collect();
+                info
+            })
             .collect();
+        let sensitive = loaded.sensitive.clone();
         cleanup::remember_plan(&loaded.plan.steps);
         PLAN.with(|p| *p.borrow_mut() = Some(loaded));
-        Ok(infos)
+        Ok(LoadedPlan {
+            steps: infos,
+            sensitive,
+        })
     }
 
     fn run_step(index: u32) -> Result<StepReport, StepError> {
@@ -93,8 +117,11 @@ fn location(loc: yaml::Loc) -> Location {
     }
 }
 
-fn step_info(step: &Step, loc: yaml::Loc) -> StepInfo {
+fn step_info(step: &Step, loc: yaml::Loc, sensitive: bool) -> StepInfo {
     StepInfo {
+        tags: step.tags().to_vec(),
+        sensitive,
+        reads: Vec::new(),
         op: step.op().to_owned(),
         name: step.display_name(),
         target: step.target().into_owned(),

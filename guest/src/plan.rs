@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::glob::Glob;
 use crate::template::{self, Use};
+use crate::vars::{self, Inputs, VarDecl};
 use crate::yaml::{self, Kind, Loc, Node, Scalar};
 
 /// A whole plan.
@@ -27,6 +28,11 @@ pub struct Plan {
     /// The plan format's version; the only one is 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
+    /// Variables, used in any string as `${var.NAME}`: a default value (`region: eu`), or
+    /// `{default, sensitive, description}`. A variable without a default must be given with
+    /// `--var NAME=VALUE` or `--var-file`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, VarDecl>,
     /// The steps, run in order.
     pub steps: Vec<Step>,
 }
@@ -62,6 +68,10 @@ pub struct DirStep {
     /// Shown in reports instead of the generated name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Labels to select the step by with `--only` and `--skip` (top-level steps only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
+    pub tags: Vec<String>,
     /// The directory, relative to the root.
     pub dir: String,
     /// Permission bits the directory converges to.
@@ -76,6 +86,10 @@ pub struct FileStep {
     /// Shown in reports instead of the generated name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Labels to select the step by with `--only` and `--skip` (top-level steps only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
+    pub tags: Vec<String>,
     /// The file, relative to the root.
     pub file: String,
     /// The exact content (exactly one of `content` and `source`).
@@ -99,6 +113,10 @@ pub struct RemoveStep {
     /// Shown in reports instead of the generated name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Labels to select the step by with `--only` and `--skip` (top-level steps only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
+    pub tags: Vec<String>,
     /// The path, relative to the root.
     pub remove: String,
     /// Remove a non-empty directory with everything in it.
@@ -113,6 +131,10 @@ pub struct CleanupStep {
     /// Shown in reports instead of the generated name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Labels to select the step by with `--only` and `--skip` (top-level steps only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
+    pub tags: Vec<String>,
     /// The directory to clean, relative to the root.
     pub cleanup: String,
     /// Files modified longer ago than this are deleted.
@@ -137,6 +159,10 @@ pub struct UpsertStep {
     /// Shown in reports instead of the generated name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Labels to select the step by with `--only` and `--skip` (top-level steps only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
+    pub tags: Vec<String>,
     /// The database file, relative to the root; created when missing.
     pub upsert: String,
     /// The table; created when missing.
@@ -200,6 +226,10 @@ pub struct EachStep {
     /// Shown in reports instead of the generated name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Labels to select the step by with `--only` and `--skip` (top-level steps only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
+    pub tags: Vec<String>,
     /// The records: CSV with a header row, a JSON array of objects, or NDJSON.
     pub each: String,
     /// The field(s) naming a record in the checkpoint.
@@ -232,6 +262,10 @@ pub struct PluginStep {
     /// Shown in reports instead of the generated name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Labels to select the step by with `--only` and `--skip` (top-level steps only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
+    pub tags: Vec<String>,
     /// The component file, relative to the root.
     pub plugin: String,
     /// Handed to the plugin as JSON.
@@ -377,7 +411,7 @@ pub struct PlanError {
 }
 
 impl PlanError {
-    fn at(loc: Loc, message: impl Into<String>) -> PlanError {
+    pub(crate) fn at(loc: Loc, message: impl Into<String>) -> PlanError {
         PlanError {
             message: message.into(),
             loc: Some(loc),
@@ -385,7 +419,7 @@ impl PlanError {
         }
     }
 
-    fn hint(mut self, hint: impl Into<String>) -> PlanError {
+    pub(crate) fn hint(mut self, hint: impl Into<String>) -> PlanError {
         self.hint = Some(hint.into());
         self
     }
@@ -400,6 +434,7 @@ const SUB_OPS: &[&str] = &["dir", "file", "remove", "cleanup", "upsert"];
 /// Every field of every operation, to tell "belongs elsewhere" from "misspelt".
 const ALL_FIELDS: &[&str] = &[
     "name",
+    "tags",
     "mode",
     "content",
     "source",
@@ -443,7 +478,10 @@ fn fields_from_schema() -> Vec<(&'static str, Vec<&'static str>)> {
         if let Some(props) = props.as_object() {
             for key in props.keys() {
                 // Interned: the set of names is small and fixed, and lives for the run.
-                let known = ALL_FIELDS.iter().chain(OPS).chain(&["version", "steps"]);
+                let known = ALL_FIELDS
+                    .iter()
+                    .chain(OPS)
+                    .chain(&["version", "vars", "steps"]);
                 if let Some(k) = known.into_iter().find(|k| *k == key) {
                     out.push(*k);
                 }
@@ -483,10 +521,42 @@ pub struct Loaded {
     pub plan: Plan,
     /// Where each step starts, one per step.
     pub locations: Vec<Loc>,
+    /// Per step: the files it reads that must exist when it runs (`source`, `from`, `each`'s
+    /// records, a plugin's component), with where each is named; templated ones are left out.
+    pub reads: Vec<Vec<Read>>,
+    /// Per step: whether a field of it used a sensitive variable.
+    pub sensitive_steps: Vec<bool>,
+    /// The values of the sensitive variables, for the host to keep out of every output.
+    pub sensitive: Vec<String>,
 }
 
-/// Parse and validate a plan's source.
+/// A file a step reads, for the host to check before any step runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Read {
+    pub path: String,
+    pub loc: Loc,
+    /// A plugin's component, which must be a WebAssembly component.
+    pub component: bool,
+}
+
+/// Where the value of `field` of a step mapping is, or the step's own location.
+fn field_loc(node: &Node, field: &str) -> Loc {
+    match &node.kind {
+        Kind::Map(entries) => entries
+            .iter()
+            .find(|(k, _)| matches!(&k.kind, Kind::Scalar { text, .. } if text == field))
+            .map_or(node.loc, |(_, v)| v.loc),
+        _ => node.loc,
+    }
+}
+
+/// Parse and validate a plan's source, without variables given from outside.
 pub fn parse(source: &str) -> Result<Loaded, PlanError> {
+    parse_with(source, &Inputs::default())
+}
+
+/// Parse and validate a plan's source with the host's variable values and environment.
+pub fn parse_with(source: &str, inputs: &Inputs) -> Result<Loaded, PlanError> {
     let root = yaml::parse(source)
         .map_err(|e| PlanError {
             message: if e.limit {
@@ -506,7 +576,40 @@ pub fn parse(source: &str) -> Result<Loaded, PlanError> {
         return Err(PlanError::at(root.loc, "a plan is a mapping, not a list")
             .hint("put the steps under `steps:`"));
     }
+    // Variables first, so that what the steps are checked against is their values.
+    let vars_node = match &root.kind {
+        Kind::Map(entries) => entries
+            .iter()
+            .find(|(k, _)| matches!(&k.kind, Kind::Scalar { text, .. } if text == "vars"))
+            .map(|(_, v)| v.clone()),
+        _ => None,
+    };
+    let vars = vars::declare(vars_node.as_ref(), inputs)?;
+    // From here on an error may quote a value, so none leaves with a secret in it.
+    parse_steps(root, &vars).map_err(|e| vars.redact_error(e))
+}
+
+fn parse_steps(mut root: Node, vars: &vars::Vars) -> Result<Loaded, PlanError> {
+    let mut sensitive_steps = Vec::new();
+    if let Kind::Map(entries) = &mut root.kind {
+        for (k, v) in entries.iter_mut() {
+            match &k.kind {
+                Kind::Scalar { text, .. } if text == "vars" => {}
+                Kind::Scalar { text, .. } if text == "steps" => {
+                    if let Kind::Seq(items) = &mut v.kind {
+                        for item in items {
+                            sensitive_steps.push(vars::interpolate(item, vars, false)?);
+                        }
+                    }
+                }
+                _ => {
+                    vars::interpolate(v, vars, false)?;
+                }
+            }
+        }
+    }
     let mut obj = Obj::new(&root, "plan", false)?;
+    obj.take("vars");
     let version = match obj.take("version") {
         None => None,
         Some(node) => match node.scalar() {
@@ -537,13 +640,38 @@ pub fn parse(source: &str) -> Result<Loaded, PlanError> {
     };
     let mut steps = Vec::with_capacity(items.len());
     let mut locations = Vec::with_capacity(items.len());
+    let mut reads = Vec::with_capacity(items.len());
+    let mut written: BTreeMap<String, Loc> = BTreeMap::new();
     for item in items {
-        steps.push(parse_step(item)?);
+        let (step, read) = parse_step(item)?;
+        if let Step::File(f) = &step {
+            let loc = field_loc(item, "file");
+            if let Some(first) = written.insert(normal(&f.file), loc) {
+                return Err(PlanError::at(
+                    loc,
+                    format!("`{}` is written by two steps", f.file),
+                )
+                .hint(format!(
+                    "the step at line {} writes it too; keep one of them (the second would undo the first on every run)",
+                    first.line
+                )));
+            }
+        }
+        steps.push(step);
         locations.push(item.loc);
+        reads.push(read);
     }
+    sensitive_steps.resize(steps.len(), false);
     Ok(Loaded {
-        plan: Plan { version, steps },
+        plan: Plan {
+            version,
+            vars: BTreeMap::new(),
+            steps,
+        },
         locations,
+        reads,
+        sensitive_steps,
+        sensitive: vars.sensitive(),
     })
 }
 
@@ -606,7 +734,31 @@ fn step_op(node: &Node, allowed: &[&str]) -> Result<&'static str, PlanError> {
     }
 }
 
-fn parse_step(node: &Node) -> Result<Step, PlanError> {
+fn parse_step(node: &Node) -> Result<(Step, Vec<Read>), PlanError> {
+    let step = parse_step_only(node)?;
+    let mut reads = Vec::new();
+    let mut read = |path: &str, field: &str, component: bool| {
+        reads.push(Read {
+            path: path.to_owned(),
+            loc: field_loc(node, field),
+            component,
+        })
+    };
+    match &step {
+        Step::File(f) => {
+            if let Some(s) = &f.source {
+                read(s, "source", false);
+            }
+        }
+        Step::Upsert(u) => read(&u.from, "from", false),
+        Step::Each(e) => read(&e.each, "each", false),
+        Step::Plugin(p) => read(&p.plugin, "plugin", true),
+        _ => {}
+    }
+    Ok((step, reads))
+}
+
+fn parse_step_only(node: &Node) -> Result<Step, PlanError> {
     let op = step_op(node, OPS)?;
     let mut obj = Obj::new(node, op, false)?;
     let step = match op {
@@ -632,18 +784,21 @@ fn parse_sub_step(node: &Node) -> Result<SubStep, PlanError> {
 
 fn parse_common(obj: &mut Obj<'_>, op: &str) -> Result<SubStep, PlanError> {
     let name = obj.string("name")?;
+    let tags = obj.tags()?;
     Ok(match op {
         "dir" => SubStep::Dir(DirStep {
             name,
+            tags: tags.clone(),
             dir: obj.path("dir")?,
             mode: obj.mode("mode")?,
         }),
         "file" => {
             let step = FileStep {
                 name,
+                tags: tags.clone(),
                 file: obj.path("file")?,
                 content: obj.template("content")?,
-                source: obj.template("source")?,
+                source: obj.source()?,
                 mode: obj.mode("mode")?,
                 if_missing: obj.boolean("if-missing")?.unwrap_or(false),
             };
@@ -663,11 +818,13 @@ fn parse_common(obj: &mut Obj<'_>, op: &str) -> Result<SubStep, PlanError> {
         }
         "remove" => SubStep::Remove(RemoveStep {
             name,
+            tags: tags.clone(),
             remove: obj.path("remove")?,
             recursive: obj.boolean("recursive")?.unwrap_or(false),
         }),
         "cleanup" => SubStep::Cleanup(CleanupStep {
             name,
+            tags: tags.clone(),
             cleanup: obj.path("cleanup")?,
             older_than: obj.age("older-than")?,
             include: obj.globs("include")?,
@@ -677,6 +834,7 @@ fn parse_common(obj: &mut Obj<'_>, op: &str) -> Result<SubStep, PlanError> {
         _ => {
             let step = UpsertStep {
                 name,
+                tags: tags.clone(),
                 upsert: obj.path("upsert")?,
                 table: obj.required("table", Obj::template)?,
                 key: obj.required("key", Obj::names)?,
@@ -719,6 +877,7 @@ fn parse_common(obj: &mut Obj<'_>, op: &str) -> Result<SubStep, PlanError> {
 
 fn parse_each(obj: &mut Obj<'_>) -> Result<EachStep, PlanError> {
     let name = obj.string("name")?;
+    let tags = obj.tags()?;
     let each = obj.path("each")?;
     let key = obj.required("key", Obj::names)?;
     let id = obj.string("id")?;
@@ -742,6 +901,7 @@ fn parse_each(obj: &mut Obj<'_>) -> Result<EachStep, PlanError> {
         .collect::<Result<Vec<_>, _>>()?;
     Ok(EachStep {
         name,
+        tags: tags.clone(),
         each,
         key,
         id,
@@ -772,6 +932,7 @@ fn check_format(
 fn parse_plugin(obj: &mut Obj<'_>) -> Result<PluginStep, PlanError> {
     Ok(PluginStep {
         name: obj.string("name")?,
+        tags: obj.tags()?,
         plugin: obj.path("plugin")?,
         config: obj.take("config").map(to_json).transpose()?,
         paths: obj.names("paths")?.unwrap_or_default(),
@@ -808,6 +969,39 @@ fn to_json(node: &Node) -> Result<serde_json::Value, PlanError> {
             None => Value::Null,
         },
     })
+}
+
+/// A path must stay under the root: not absolute, and no `..` that climbs above it (the
+/// host refuses it anyway when the step runs, but by then earlier steps have applied).
+pub fn check_under_root(path: &str) -> Result<(), String> {
+    if path.starts_with('/') {
+        return Err(format!("`{path}` is an absolute path"));
+    }
+    let mut depth = 0usize;
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." if depth == 0 => return Err(format!("`{path}` climbs out of the root")),
+            ".." => depth -= 1,
+            _ => depth += 1,
+        }
+    }
+    Ok(())
+}
+
+/// The path as a canonical relative form, for comparing two steps' targets.
+fn normal(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
 }
 
 /// A table `upsert` may write: not empty, and not one of idem's (`_idem_...`) or SQLite's
@@ -1025,6 +1219,11 @@ impl<'a> Obj<'a> {
                     .hint("use `.` for the root"),
             );
         }
+        check_under_root(&path).map_err(|e| {
+            PlanError::at(self.loc_of(name), format!("`{name}`: {e}")).hint(
+                "paths are relative to the root (-C); write it from there, without `..` above it",
+            )
+        })?;
         Ok(path)
     }
 
@@ -1257,6 +1456,32 @@ impl<'a> Obj<'a> {
         Ok(out)
     }
 
+    /// `source`: a path like the others, but optional.
+    fn source(&mut self) -> Result<Option<String>, PlanError> {
+        let Some(path) = self.template("source")? else {
+            return Ok(None);
+        };
+        check_under_root(&path).map_err(|e| {
+            PlanError::at(self.loc_of("source"), format!("`source`: {e}")).hint(
+                "paths are relative to the root (-C); write it from there, without `..` above it",
+            )
+        })?;
+        Ok(Some(path))
+    }
+
+    /// `tags`: names to select top-level steps by; a sub-step of `each` is selected with it.
+    fn tags(&mut self) -> Result<Vec<String>, PlanError> {
+        let tags = self.names("tags")?.unwrap_or_default();
+        if self.templates && !tags.is_empty() {
+            return Err(PlanError::at(
+                self.loc_of("tags"),
+                "`tags` selects top-level steps; a sub-step of `each` runs with its `each`",
+            )
+            .hint("put the tags on the `each` step"));
+        }
+        Ok(tags)
+    }
+
     fn globs(&mut self, name: &'static str) -> Result<Vec<String>, PlanError> {
         let list = self.names(name)?.unwrap_or_default();
         for pattern in &list {
@@ -1326,6 +1551,19 @@ impl Step {
             Step::Upsert(_) => "upsert",
             Step::Each(_) => "each",
             Step::Plugin(_) => "plugin",
+        }
+    }
+
+    /// The step's `tags`.
+    pub fn tags(&self) -> &[String] {
+        match self {
+            Step::Dir(s) => &s.tags,
+            Step::File(s) => &s.tags,
+            Step::Remove(s) => &s.tags,
+            Step::Cleanup(s) => &s.tags,
+            Step::Upsert(s) => &s.tags,
+            Step::Each(s) => &s.tags,
+            Step::Plugin(s) => &s.tags,
         }
     }
 
@@ -1518,7 +1756,7 @@ steps:
         assert_eq!(e.message, "`content` is not a field of a `dir` step");
         assert_eq!(
             e.hint.as_deref(),
-            Some("a `dir` step takes: name, dir, mode")
+            Some("a `dir` step takes: name, tags, dir, mode")
         );
     }
 
@@ -1803,6 +2041,50 @@ steps:
             (f.file.as_str(), f.content.as_deref()),
             ("h/7", Some("hi 7"))
         );
+    }
+
+    /// Issue 18: paths that leave the root and files written twice are found at load.
+    #[test]
+    fn paths_out_of_the_root_and_double_writes_are_load_errors() {
+        assert!(check_under_root("a/../b").is_ok());
+        assert!(check_under_root("a/../../b").is_err());
+        assert!(check_under_root("/etc").is_err());
+        let e = err("steps:\n  - file: x\n    source: ../y\n");
+        assert_eq!(
+            e.loc,
+            Some(Loc {
+                line: 3,
+                column: 13
+            })
+        );
+        let e = err("steps:\n  - file: a\n    content: x\n  - file: b/../a\n    content: y\n");
+        assert!(e.message.contains("written by two steps"), "{e:?}");
+        assert_eq!(e.loc.map(|l| l.line), Some(4));
+    }
+
+    /// Issue 18: variables are interpolated in every string field, and a sub-step's value is
+    /// text, not a placeholder; steps that used a secret are marked.
+    #[test]
+    fn variables_reach_every_field_and_mark_sensitive_steps() {
+        let inputs = Inputs {
+            vars: vec![("t".into(), "{id}".into())],
+            env: vec![("IDEM_X".into(), "out".into())],
+        };
+        let src = "vars:\n  t: {sensitive: true, default: x}\n  r: \"true\"\nsteps:\n  - remove: \"${env.IDEM_X}\"\n    recursive: ${var.r}\n  - each: a.csv\n    key: id\n    steps:\n      - file: \"${env.IDEM_X}/{id}\"\n        content: \"${var.t}\"\n";
+        let loaded = parse_with(src, &inputs).unwrap();
+        let Step::Remove(r) = &loaded.plan.steps[0] else {
+            panic!("not a remove")
+        };
+        assert_eq!((r.remove.as_str(), r.recursive), ("out", true));
+        let Step::Each(e) = &loaded.plan.steps[1] else {
+            panic!("not an each")
+        };
+        let SubStep::File(f) = &e.steps[0] else {
+            panic!("not a file")
+        };
+        assert_eq!(f.content.as_deref(), Some("{{id}}"));
+        assert_eq!(loaded.sensitive_steps, vec![false, true]);
+        assert_eq!(loaded.sensitive, vec!["{id}".to_string()]);
     }
 
     /// The fields `parse` reads must be exactly the fields of the types, which generate the

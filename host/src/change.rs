@@ -113,6 +113,8 @@ pub enum Outcome {
     Removed,
     Failed,
     NotRun,
+    /// Left out by `--only` or `--skip`.
+    Skipped,
     /// A signal stopped the run during this step (its checkpoints were saved).
     Interrupted,
 }
@@ -126,6 +128,7 @@ impl Outcome {
             Outcome::Removed => "removed",
             Outcome::Failed => "failed",
             Outcome::NotRun => "not-run",
+            Outcome::Skipped => "skipped",
             Outcome::Interrupted => "interrupted",
         }
     }

@@ -154,6 +154,62 @@ struct PlanArgs {
     /// Show a unified diff of every file that changes.
     #[arg(long, env = "IDEM_DIFF")]
     diff: bool,
+    /// Set a plan variable (repeat); wins over --var-file and the plan's default.
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = valid_var)]
+    vars: Vec<(String, String)>,
+    /// Read plan variables from a YAML or JSON file of `name: value` (repeat; a later file
+    /// wins).
+    #[arg(long = "var-file", value_name = "FILE")]
+    var_files: Vec<PathBuf>,
+    /// Run only the steps with this name or tag (repeat, or separate with commas).
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    only: Vec<String>,
+    /// Leave out the steps with this name or tag (repeat, or separate with commas).
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    skip: Vec<String>,
+}
+
+/// `--var NAME=VALUE`.
+fn valid_var(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!(
+            "--var {text:?}: expected NAME=VALUE, like --var region=eu-west-1"
+        )),
+    }
+}
+
+/// The values of a `--var-file`: a mapping of names to strings, numbers or booleans.
+fn read_var_file(path: &Path) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --var-file {}", path.display()))?;
+    // YAML 1.2 reads JSON too.
+    let value: serde_json::Value = serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("--var-file {} is not valid YAML or JSON", path.display()))?;
+    let serde_json::Value::Object(map) = value else {
+        bail!(
+            "--var-file {} must be a mapping of variable names to values, like `region: eu-west-1`",
+            path.display()
+        );
+    };
+    map.into_iter()
+        .map(|(name, v)| match v {
+            serde_json::Value::String(s) => Ok((name, s)),
+            serde_json::Value::Number(n) => Ok((name, n.to_string())),
+            serde_json::Value::Bool(b) => Ok((name, b.to_string())),
+            other => bail!(
+                "--var-file {}: the value of `{name}` must be a string, number or boolean, not {}",
+                path.display(),
+                match other {
+                    serde_json::Value::Null => "null",
+                    serde_json::Value::Array(_) => "a list",
+                    _ => "a mapping",
+                }
+            ),
+        })
+        .collect()
 }
 
 #[derive(Subcommand, Debug)]
@@ -173,6 +229,13 @@ enum Command {
     },
     /// Dry run for CI: exit 0 when converged, 2 when changes are pending.
     Check {
+        #[command(flatten)]
+        args: PlanArgs,
+    },
+    /// Check the plan without running any step: variables, references, paths, the files
+    /// steps read, plugin components, `--only`/`--skip` names (the same checks every run
+    /// makes before its first step).
+    Validate {
         #[command(flatten)]
         args: PlanArgs,
     },
@@ -270,6 +333,7 @@ impl Command {
             Command::Apply { args, .. } => Some((Mode::Apply, plan(args))),
             Command::Plan { args } => Some((Mode::Plan, plan(args))),
             Command::Check { args } => Some((Mode::Check, plan(args))),
+            Command::Validate { args } => Some((Mode::Plan, plan(args))),
             Command::Run {
                 plugin,
                 dry_run,
@@ -321,7 +385,7 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let message = format!("{e:#}");
+            let message = crate::redact::text(&format!("{e:#}")).into_owned();
             // A run that could not start still gets the report's whole shape.
             let doc = match &started {
                 Some((mode, plan)) => {
@@ -371,6 +435,7 @@ fn init_tracing(g: &Global) {
     // terminal. Escaping the whole stream instead would also escape the logger's own colours.
     let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
         let text = format!("{value:?}");
+        let text = crate::redact::text(&text);
         if field.name() == "message" {
             write!(w, "{}", crate::term::escape_text(&text))
         } else {
@@ -474,6 +539,10 @@ fn base_config(g: &Global, mode: Mode, diff: bool) -> Result<RunConfig> {
         root,
         plan_source: String::new(),
         plan_name: String::new(),
+        vars: Vec::new(),
+        only: Vec::new(),
+        skip: Vec::new(),
+        validate_only: false,
         plan_file: None,
         state,
         sharing,
@@ -579,6 +648,7 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Apply { args, verify } => run_plan(g, Mode::Apply, args, verify),
         Command::Plan { args } => run_plan(g, Mode::Plan, args, false),
         Command::Check { args } => run_plan(g, Mode::Check, args, false),
+        Command::Validate { args } => validate(g, args),
         Command::Run {
             plugin,
             config,
@@ -736,6 +806,32 @@ fn run(cli: Cli) -> Result<u8> {
     }
 }
 
+/// `idem validate`: the report of a run that stops before its first step, printed as a
+/// plan error (text) or the JSON report, exit 0 or 1.
+fn validate(g: &Global, args: PlanArgs) -> Result<u8> {
+    let mut cfg = plan_config(g, Mode::Plan, args)?;
+    cfg.validate_only = true;
+    let host = Host::new(cache(g, &cfg.root))?;
+    let report = host.validate(&cfg)?;
+    if g.format != Format::Text {
+        println!("{}", report.to_json());
+    } else if report.error.is_some() {
+        let style = TextStyle {
+            color: crate::term::color(color_choice(g), true),
+            verbose: false,
+            diff: false,
+        };
+        report.render_text(&mut std::io::stderr().lock(), &style)?;
+    } else if !g.quiet {
+        println!(
+            "{}: valid, {}",
+            escape(&cfg.plan_name),
+            crate::report::count(report.steps.len() as u64, "step", "steps")
+        );
+    }
+    Ok(report.exit_code())
+}
+
 /// `idem.1` and one `idem-COMMAND.1` per subcommand (what the top page's SEE ALSO names).
 fn write_man_pages(cmd: &clap::Command, dir: &Path) -> Result<()> {
     let name = cmd.get_display_name().unwrap_or(cmd.get_name()).to_string();
@@ -753,15 +849,26 @@ fn write_man_pages(cmd: &clap::Command, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn run_plan(g: &Global, mode: Mode, args: PlanArgs, verify: bool) -> Result<u8> {
+fn plan_config(g: &Global, mode: Mode, args: PlanArgs) -> Result<RunConfig> {
     let mut cfg = base_config(g, mode, args.diff)?;
-    cfg.verify = verify;
     read_plan(&mut cfg, args.plan.as_deref())?;
     if g.state_key.is_none()
         && let Location::Postgres { key, .. } = &mut cfg.state
     {
         *key = default_state_key(&cfg.root, cfg.plan_file.as_deref());
     }
+    for f in &args.var_files {
+        cfg.vars.extend(read_var_file(f)?);
+    }
+    cfg.vars.extend(args.vars);
+    cfg.only = args.only;
+    cfg.skip = args.skip;
+    Ok(cfg)
+}
+
+fn run_plan(g: &Global, mode: Mode, args: PlanArgs, verify: bool) -> Result<u8> {
+    let mut cfg = plan_config(g, mode, args)?;
+    cfg.verify = verify;
     let host = Host::new(cache(g, &cfg.root))?;
     cfg.progress = host.progress();
     let mut live = live(g, &cfg);

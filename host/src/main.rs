@@ -16,6 +16,7 @@ mod init;
 mod live;
 mod netpolicy;
 mod policy;
+mod redact;
 mod report;
 mod run;
 mod signal;

@@ -167,6 +167,36 @@ impl StepResult {
         }
     }
 
+    /// Replace every secret in what the step's result shows or records; the file changes of
+    /// a step that used a sensitive value show no diff, only that they changed.
+    pub fn redact(&mut self, sensitive: bool) {
+        use crate::redact::in_place;
+        for c in &mut self.changes {
+            if sensitive && c.diff.is_some() {
+                c.diff = Some(format!("{} changed (sensitive)\n", c.path));
+            }
+            in_place(&mut c.path);
+            if let Some(d) = &mut c.diff {
+                in_place(d);
+            }
+        }
+        if !crate::redact::any() {
+            return;
+        }
+        in_place(&mut self.name);
+        in_place(&mut self.target);
+        for f in &mut self.failures {
+            in_place(&mut f.item);
+            in_place(&mut f.message);
+        }
+        if let Some(m) = &mut self.message {
+            in_place(m);
+        }
+        if let Some(e) = &mut self.error {
+            in_place(e);
+        }
+    }
+
     /// Take a successful step's own report and the changes the host saw.
     pub fn absorb(&mut self, r: GuestReport, changes: Vec<Change>) {
         self.outcome = Outcome::from_changes(&changes);
@@ -230,13 +260,16 @@ impl PlanErrorReport {
     pub fn from_guest(file: &str, source: &str, e: PlanError) -> Self {
         let line = e.location.map(|l| l.line);
         let column = e.location.map(|l| l.column);
+        let clean = |s: String| crate::redact::text(&s).into_owned();
         PlanErrorReport {
-            message: e.message,
+            message: clean(e.message),
             file: file.to_string(),
             line,
             column,
-            hint: e.hint,
-            excerpt: line.and_then(|l| plan_excerpt(source, l, column)),
+            hint: e.hint.map(clean),
+            excerpt: line
+                .and_then(|l| plan_excerpt(source, l, column))
+                .map(clean),
         }
     }
 }
@@ -453,6 +486,7 @@ impl Report {
                 "removed": self.count(Outcome::Removed),
                 "failed": self.count(Outcome::Failed),
                 "not_run": self.count(Outcome::NotRun),
+                "skipped": self.count(Outcome::Skipped),
                 "interrupted": self.count(Outcome::Interrupted),
                 "changes": self.change_count(),
             },
@@ -562,7 +596,7 @@ impl Report {
             s.outcome.as_str()
         };
         let code = match s.outcome {
-            Outcome::Unchanged | Outcome::NotRun => "2",
+            Outcome::Unchanged | Outcome::NotRun | Outcome::Skipped => "2",
             Outcome::Created => "32",
             Outcome::Updated => "33",
             Outcome::Removed => "35",
@@ -659,6 +693,7 @@ impl Report {
             Outcome::Failed,
             Outcome::Interrupted,
             Outcome::NotRun,
+            Outcome::Skipped,
         ] {
             let n = self.count(o);
             if n > 0 {

@@ -47,6 +47,13 @@ pub struct RunConfig {
     /// The plan's text and the name it is shown by.
     pub plan_source: String,
     pub plan_name: String,
+    /// Values for the plan's variables (`--var-file`, then `--var`), in order.
+    pub vars: Vec<(String, String)>,
+    /// `--only` and `--skip`: step names or tags.
+    pub only: Vec<String>,
+    pub skip: Vec<String>,
+    /// `idem validate`: load and check the plan, run no step.
+    pub validate_only: bool,
     /// The plan file, canonical, when it is a file (plugins may not touch it unless named).
     pub plan_file: Option<PathBuf>,
     /// Where the state lives, and how this run shares `each` steps' records.

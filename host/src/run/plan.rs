@@ -10,7 +10,7 @@ use anyhow::{Context, Result, anyhow};
 use super::failure::describe_trap;
 use super::store::{RunState, new_store};
 use super::{Events, Host, NoEvents, RunConfig, StepEnd};
-use crate::bindings::plan::{PluginCall, StepInfo};
+use crate::bindings::plan::{LoadInput, LoadedPlan, Location, PlanError, PluginCall, StepInfo};
 use crate::bindings::standard;
 use crate::cap::log::Reading;
 use crate::change::Outcome;
@@ -61,6 +61,11 @@ impl Host {
         Ok(report)
     }
 
+    /// Load and check the plan as a run would before its first step, and stop there.
+    pub fn validate(&self, cfg: &RunConfig) -> Result<Report> {
+        self.run_once(cfg, Mode::Plan, None)
+    }
+
     /// One pass over the plan; `events` (the recorded run's) is told as it goes, and the run
     /// is recorded in the state store only then.
     fn run_once(
@@ -91,14 +96,24 @@ impl Host {
         let guest = standard::Standard::instantiate(&mut store, &self.standard, &self.linker)
             .map_err(|e| anyhow!(e))
             .context("instantiating the standard operations")?;
-        let loaded =
-            guest
-                .idem_plugin_plan()
-                .call_load(&mut store, &cfg.plan_source, &cfg.plan_name);
+        let input = LoadInput {
+            vars: cfg.vars.clone(),
+            env: env_references(&cfg.plan_source),
+        };
+        let loaded = guest.idem_plugin_plan().call_load(
+            &mut store,
+            &cfg.plan_source,
+            &cfg.plan_name,
+            &input,
+        );
         let loaded = match loaded {
             Ok(l) => l,
             Err(_) if crate::signal::requested().is_some() => {
-                Ok(Vec::new()) // stopped while loading: the interruption below says so
+                // Stopped while loading: the interruption below says so.
+                Ok(LoadedPlan {
+                    steps: Vec::new(),
+                    sensitive: Vec::new(),
+                })
             }
             Err(e) => {
                 return Err(anyhow!(
@@ -106,7 +121,21 @@ impl Host {
                 ));
             }
         };
-        let steps = match loaded {
+        let selected = match loaded.map(|plan| {
+            crate::redact::add(plan.sensitive);
+            let mut steps = plan.steps;
+            for info in &mut steps {
+                // What is shown of a step; its plugin call keeps the real values.
+                crate::redact::in_place(&mut info.name);
+                crate::redact::in_place(&mut info.target);
+            }
+            check_reads(&cfg.root, &steps)?;
+            select(steps, &cfg.only, &cfg.skip)
+        }) {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) | Err(e) => Err(e),
+        };
+        let (steps, chosen) = match selected {
             Ok(steps) => steps,
             Err(e) => {
                 report.error = Some(PlanErrorReport::from_guest(
@@ -122,10 +151,23 @@ impl Host {
                 return Ok(report);
             }
         };
+        if cfg.validate_only {
+            report.steps = steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| StepResult::new(i + 1, s))
+                .collect();
+            return Ok(report);
+        }
         events.run_started(&report, steps.len());
         let mut stopped = false;
         for (i, info) in steps.iter().enumerate() {
             let mut step = StepResult::new(i + 1, info);
+            if !chosen[i] {
+                step.outcome = Outcome::Skipped;
+                report.steps.push(step);
+                continue;
+            }
             if stopped || crate::signal::requested().is_some() {
                 if !stopped {
                     report.interrupted = interruption(&report, None);
@@ -159,6 +201,7 @@ impl Host {
             };
             let run = store.data_mut().run();
             stopped |= finish_step(run, &mut step, result, t);
+            step.redact(info.sensitive);
             let last = progress.finish();
             if crate::signal::requested().is_some() && !stopped_cleanly(&step) {
                 interrupt_step(&mut step);
@@ -220,6 +263,9 @@ impl Host {
             target: call.path.clone(),
             location: None,
             plugin: Some(call.clone()),
+            tags: Vec::new(),
+            sensitive: false,
+            reads: Vec::new(),
         };
         events.run_started(&report, 1);
         let mut step = StepResult::new(1, &info);
@@ -255,6 +301,147 @@ impl Host {
         report.duration = started.elapsed();
         Ok(report)
     }
+}
+
+/// The environment variables the plan's text names as `${env.NAME}` and that are set: all
+/// the loader gets to see of the environment.
+fn env_references(source: &str) -> Vec<(String, String)> {
+    let mut names: Vec<&str> = source
+        .match_indices("${env.")
+        .filter_map(|(i, m)| {
+            let rest = &source[i + m.len()..];
+            let end = rest.find('}')?;
+            Some(rest[..end].trim())
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .filter_map(|n| Some((n.to_string(), std::env::var(n).ok()?)))
+        .collect()
+}
+
+/// Before any step runs: every file a step reads exists, or is written by an earlier step,
+/// and a plugin's file is a component. A missing one is named with the nearest existing
+/// name beside it.
+fn check_reads(root: &std::path::Path, steps: &[StepInfo]) -> std::result::Result<(), PlanError> {
+    let normal = |p: &str| {
+        p.split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    for (i, step) in steps.iter().enumerate() {
+        for read in &step.reads {
+            let path = normal(&read.path);
+            let on_disk = root.join(&path);
+            let written_before = steps[..i].iter().any(|s| {
+                let t = normal(&s.target);
+                t == path || path.starts_with(&format!("{t}/"))
+            });
+            if written_before {
+                continue;
+            }
+            let err = |message: String, hint: String| PlanError {
+                message,
+                location: read.location,
+                hint: Some(hint),
+            };
+            let Ok(meta) = std::fs::metadata(&on_disk) else {
+                return Err(err(
+                    format!("`{}` does not exist (step {}, {})", read.path, i + 1, step.name),
+                    match nearest(root, &path) {
+                        Some(near) => format!("did you mean `{near}`?"),
+                        None => "paths are relative to the root (-C); create the file, or write it in an earlier step".into(),
+                    },
+                ));
+            };
+            if read.component && meta.is_file() {
+                let mut head = [0u8; 8];
+                let n = std::fs::File::open(&on_disk)
+                    .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+                    .unwrap_or(0);
+                // `\0asm`, then a version and a layer: 1 for components, 0 for core modules.
+                let what = match (n, &head[..4], head[6..8] == [1, 0]) {
+                    (8, b"\0asm", true) => None,
+                    (8, b"\0asm", false) => Some("a core WebAssembly module, not a component"),
+                    _ => Some("not a WebAssembly component"),
+                };
+                if let Some(what) = what {
+                    return Err(err(
+                        format!("plugin `{}` is {what}", read.path),
+                        "build it for wasm32-wasip2 (a component), or wrap a module with `wasm-tools component new`".into(),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The existing entry beside a missing path whose name is nearest to the one written.
+fn nearest(root: &std::path::Path, path: &str) -> Option<String> {
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let entries = std::fs::read_dir(root.join(dir)).ok()?;
+    let names: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    let best = names
+        .iter()
+        .map(|n| (strsim::levenshtein(n, name), n))
+        .filter(|(d, n)| *d <= (name.len().max(n.len()) / 3).max(2))
+        .min()?;
+    Some(if dir.is_empty() {
+        best.1.clone()
+    } else {
+        format!("{dir}/{}", best.1)
+    })
+}
+
+/// Which steps `--only` and `--skip` leave in, by name or tag; a name or tag no step has is
+/// a plan error listing those the plan has.
+fn select(
+    steps: Vec<StepInfo>,
+    only: &[String],
+    skip: &[String],
+) -> std::result::Result<(Vec<StepInfo>, Vec<bool>), PlanError> {
+    let matches =
+        |info: &StepInfo, want: &str| info.name == want || info.tags.iter().any(|t| t == want);
+    for (flag, wanted) in [("--only", only), ("--skip", skip)] {
+        if let Some(unknown) = wanted.iter().find(|w| !steps.iter().any(|s| matches(s, w))) {
+            let mut names: Vec<String> = steps.iter().map(|s| format!("{:?}", s.name)).collect();
+            let mut tags: Vec<&str> = steps
+                .iter()
+                .flat_map(|s| s.tags.iter().map(String::as_str))
+                .collect();
+            tags.sort_unstable();
+            tags.dedup();
+            names.dedup();
+            let tags = if tags.is_empty() {
+                "no tags".to_string()
+            } else {
+                format!("tags {}", tags.join(", "))
+            };
+            return Err(PlanError {
+                message: format!("{flag} {unknown:?} names no step and no tag of the plan"),
+                location: None::<Location>,
+                hint: Some(format!(
+                    "the plan has steps {} and {tags}",
+                    names.join(", ")
+                )),
+            });
+        }
+    }
+    let chosen = steps
+        .iter()
+        .map(|s| {
+            (only.is_empty() || only.iter().any(|w| matches(s, w)))
+                && !skip.iter().any(|w| matches(s, w))
+        })
+        .collect();
+    Ok((steps, chosen))
 }
 
 /// The outcome history records.

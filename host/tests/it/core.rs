@@ -309,22 +309,22 @@ fn an_unknown_operation_or_field_is_refused_with_a_hint() {
 }
 
 #[test]
-fn a_missing_source_file_fails_the_step_and_names_it() {
+fn a_missing_source_file_is_a_plan_error_naming_it_before_any_step() {
     let t = Env::new();
     t.write(
         "idem.yml",
-        "steps:\n  - file: out.txt\n    source: nope/missing.txt\n  - dir: later\n",
+        "steps:\n  - dir: earlier\n  - file: out.txt\n    source: nope/missing.txt\n  - dir: later\n",
     );
     let r = t.json(&["apply"], 1);
     assert!(
-        r["steps"][0]["error"]
+        r["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("nope/missing.txt"),
+            .contains("`nope/missing.txt` does not exist"),
         "{r}"
     );
-    assert_eq!(r["steps"][1]["outcome"], "not-run");
-    assert!(!t.exists("out.txt") && !t.exists("later"));
+    assert_eq!(r["error"]["line"], 4);
+    assert!(!t.exists("earlier") && !t.exists("out.txt") && !t.exists("later"));
 }
 
 #[test]

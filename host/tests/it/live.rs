@@ -458,9 +458,11 @@ fn ndjson_events_validate_against_the_documented_schema() {
 fn a_control_character_in_a_record_value_is_shown_escaped() {
     let t = Env::new();
     t.write("data/x.csv", "id\n\"a\x1b[2Jb\x07\"\n");
+    // A file where the record's directory should be: each record fails at run time.
+    t.write("blocked", "a file");
     t.write(
         "idem.yml",
-        "steps:\n  - each: data/x.csv\n    key: id\n    steps:\n      - file: \"/abs/{id}\"\n        content: x\n",
+        "steps:\n  - each: data/x.csv\n    key: id\n    steps:\n      - file: \"blocked/{id}\"\n        content: x\n",
     );
     let r = t.idem(&["apply"]);
     r.code(1);
@@ -583,8 +585,10 @@ fn history_stores_why_a_run_failed_and_filters_by_failed_since_and_limit_zero() 
     let t = Env::new();
     t.write(
         "idem.yml",
-        "steps:\n  - dir: out\n  - file: /etc/nope\n    content: x\n",
+        "steps:\n  - dir: out\n  - file: out/nope\n    content: x\n",
     );
+    // A directory in the file's way: the second step fails when it runs.
+    t.mkdir("out/nope");
     t.idem(&["apply"]).code(1);
     t.write("idem.yml", "steps:\n  - dir: out\n");
     t.idem(&["apply"]).code(0);
@@ -595,12 +599,12 @@ fn history_stores_why_a_run_failed_and_filters_by_failed_since_and_limit_zero() 
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["outcome"], "failed");
     assert_eq!(failed[0]["failure"]["step"], 2);
-    assert_eq!(failed[0]["failure"]["step_name"], "file /etc/nope");
+    assert_eq!(failed[0]["failure"]["step_name"], "file out/nope");
     assert!(
         failed[0]["failure"]["error"]
             .as_str()
             .unwrap()
-            .contains("/etc/nope")
+            .contains("out/nope")
     );
     assert_eq!(
         all[0]["failure"],
@@ -610,7 +614,7 @@ fn history_stores_why_a_run_failed_and_filters_by_failed_since_and_limit_zero() 
     let text = t.idem(&["history", "--failed"]);
     text.code(0)
         .says("-> failed")
-        .says("    step 2 (file /etc/nope): ");
+        .says("    step 2 (file out/nope): ");
     assert_eq!(
         t.json(&["history", "--since", "1h"], 0)
             .as_array()

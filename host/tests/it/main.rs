@@ -14,6 +14,7 @@ mod http;
 mod live;
 mod pg;
 mod pgstate;
+mod planlang;
 mod plugins;
 mod postgres;
 mod sandbox;

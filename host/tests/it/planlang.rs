@@ -1,0 +1,333 @@
+//! The plan language (issue 18): variables from the plan, `--var`, `--var-file` and the
+//! environment; secrets kept out of every output and record; `--only` and `--skip`.
+
+use crate::support::*;
+
+const SECRET: &str = "s3cr3t-Zq9-token";
+
+/// The example in docs/plan.md, copied into a fresh root.
+fn example() -> Env {
+    let t = Env::new();
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plan-language/idem.yml");
+    t.write("idem.yml", std::fs::read(src).unwrap());
+    t
+}
+
+fn idem_env(t: &Env, env: &[(&str, &str)], args: &[&str]) -> Run {
+    let mut c = t.cmd();
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    Run::from(c.args(args).output().unwrap())
+}
+
+#[test]
+fn a_variable_from_var_and_from_the_environment_reach_content_and_paths() {
+    let t = example();
+    let site = [("IDEM_EXAMPLE_SITE", "shop")];
+    let args = [
+        "apply",
+        "--var",
+        "region=us-east-1",
+        "--var",
+        &format!("api_token={SECRET}"),
+        "--format",
+        "json",
+    ];
+    let r = idem_env(&t, &site, &args);
+    r.code(0);
+    assert_eq!(
+        t.read("out/shop/service.toml"),
+        format!(
+            "region = \"us-east-1\"\ntoken = \"{SECRET}\"\n# ${{var.region}} is written literally\n"
+        )
+    );
+    assert_eq!(t.read("out/shop/README"), "site shop in us-east-1\n");
+    // A second run with the same inputs changes nothing.
+    let again = idem_env(&t, &site, &args).json();
+    assert_eq!(changes(&again), vec![]);
+    // The environment is read only where the plan names it, and a default gives way to it.
+    let other = idem_env(&t, &[("IDEM_EXAMPLE_SITE", "blog")], &args);
+    other.code(0);
+    assert!(t.exists("out/blog/README"));
+}
+
+#[test]
+fn var_file_values_are_used_and_var_wins_over_them() {
+    let t = Env::new();
+    t.write(
+        "idem.yml",
+        "vars:\n  a: from-default\n  b: from-default\n  n: 1\nsteps:\n  - file: out.txt\n    content: \"${var.a} ${var.b} ${var.n}\\n\"\n",
+    );
+    t.write("vars.yml", "a: from-yaml\nb: from-yaml\n");
+    t.write("vars.json", "{\"n\": 42}");
+    assert_converges(
+        &t,
+        &[
+            "--var-file",
+            "vars.yml",
+            "--var-file",
+            "vars.json",
+            "--var",
+            "b=from-flag",
+        ],
+    );
+    assert_eq!(t.read("out.txt"), "from-yaml from-flag 42\n");
+    // A value for a variable the plan does not declare is refused, naming it.
+    t.idem(&["plan", "--var", "c=1"])
+        .code(1)
+        .says("variable `c` is given a value but the plan does not declare it");
+    t.write("bad.yml", "- a\n");
+    t.idem(&["plan", "--var-file", "bad.yml"])
+        .code(1)
+        .says("--var-file bad.yml must be a mapping");
+}
+
+#[test]
+fn unset_and_unknown_references_are_load_errors_before_any_step() {
+    let t = Env::new();
+    t.write(
+        "idem.yml",
+        "vars:\n  name: x\nsteps:\n  - dir: first\n  - file: b.txt\n    content: hi ${var.nmae}\n",
+    );
+    let r = t.json(&["apply"], 1);
+    assert_eq!(r["error"]["line"], 6);
+    assert_eq!(r["error"]["column"], 17);
+    assert_eq!(r["error"]["hint"], "did you mean `${var.name}`?");
+    assert!(
+        !t.exists("first"),
+        "no step may run when the plan has an error"
+    );
+
+    t.write(
+        "idem.yml",
+        "vars:\n  token:\n    sensitive: true\nsteps:\n  - dir: first\n",
+    );
+    let r = t.json(&["apply"], 1);
+    assert_eq!(r["error"]["line"], 2);
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("variable `token` has no value"),
+        "{r}"
+    );
+    assert!(!t.exists("first"));
+
+    t.write(
+        "idem.yml",
+        "steps:\n  - dir: \"${env.IDEM_SURELY_UNSET_X}\"\n",
+    );
+    t.idem(&["plan"])
+        .code(1)
+        .says("environment variable IDEM_SURELY_UNSET_X is not set");
+    t.write("idem.yml", "steps:\n  - dir: \"${HOME}\"\n");
+    t.idem(&["plan"])
+        .code(1)
+        .says("`${HOME}` is not a reference idem knows");
+}
+
+/// Every byte a run writes where a person or a tool can read it: both streams of each run,
+/// the state database and its side files.
+fn assert_no_secret(t: &Env, outputs: &[Run]) {
+    for r in outputs {
+        assert!(
+            !r.all().contains(SECRET),
+            "the secret was shown:\n{}",
+            r.all()
+        );
+    }
+    for (name, bytes) in t.state_files() {
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains(SECRET), "the secret is in .idem/{name}");
+    }
+}
+
+#[test]
+fn a_sensitive_value_is_absent_from_every_output_history_and_the_journal() {
+    let t = Env::new();
+    t.write(
+        "idem.yml",
+        "vars:\n  token: {sensitive: true}\nsteps:\n  - name: secret config\n    file: app.conf\n    content: \"token=${var.token}\\n\"\n  - each: users.csv\n    key: id\n    steps:\n      - file: \"users/{id}\"\n        content: \"{id} ${var.token}\\n\"\n",
+    );
+    t.write("users.csv", "id\nann\n");
+    let var = format!("token={SECRET}");
+    let mut runs = Vec::new();
+    for args in [
+        vec!["plan", "--diff", "-vvv"],
+        vec!["plan", "--diff", "--format", "json"],
+        vec!["apply", "--diff", "-vv", "--format", "ndjson"],
+        vec!["check", "--diff", "--format", "json"],
+    ] {
+        let mut a = args.clone();
+        a.extend(["--var", &var]);
+        runs.push(t.idem(&a));
+    }
+    assert_eq!(t.read("app.conf"), format!("token={SECRET}\n"));
+    // An update, with its diff, under a second secret.
+    let var2 = format!("token={SECRET}-2");
+    let r = t.idem(&["apply", "--diff", "-v", "--var", &var2]);
+    r.code(0).says("app.conf changed (sensitive)");
+    runs.push(r);
+    let j = t.json(&["plan", "--diff", "--var", &var], 0);
+    let diff = j["steps"][0]["changes"][0]["diff"].as_str().unwrap();
+    assert_eq!(diff, "app.conf changed (sensitive)\n");
+    // An error that would quote the value.
+    t.write(
+        "bad.yml",
+        "vars:\n  token: {sensitive: true}\nsteps:\n  - dir: d\n    mode: \"${var.token}\"\n",
+    );
+    let r = t.idem(&["plan", "bad.yml", "--var", &var]);
+    r.code(1).says("(sensitive)");
+    runs.push(r);
+    runs.push(t.idem(&["history", "--limit", "0"]));
+    runs.push(t.idem(&["history", "--limit", "0", "--format", "json"]));
+    assert_no_secret(&t, &runs);
+}
+
+#[test]
+fn only_and_skip_select_steps_by_name_or_tag_and_the_report_says_which_were_left_out() {
+    let t = example();
+    let site = [("IDEM_EXAMPLE_SITE", "shop")];
+    let token = format!("api_token={SECRET}");
+    let run = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--var", &token, "--format", "json"]);
+        idem_env(&t, &site, &a)
+    };
+    let r = run(&["apply", "--only", "docs,config", "--skip", "service config"]);
+    r.code(0);
+    let r = r.json();
+    let got: Vec<String> = outcomes(&r).into_iter().map(|o| o.0).collect();
+    assert_eq!(got, ["created", "skipped", "created"]);
+    assert_eq!(r["summary"]["skipped"], 1);
+    assert!(!t.exists("out/shop/service.toml"));
+    // `check` with targeting checks only those: the skipped step's drift does not count.
+    run(&["check", "--skip", "secrets"]).code(0);
+    let r = run(&["check", "--only", "service config"]);
+    r.code(2);
+    let text = idem_env(&t, &site, &["plan", "--only", "docs", "--var", &token]);
+    text.code(0).says("skipped");
+    // An unknown name or tag is an error listing those the plan has.
+    run(&["plan", "--only", "doc"])
+        .code(1)
+        .says("--only \\\"doc\\\" names no step and no tag")
+        .says("tags config, docs, secrets");
+    assert!(!t.exists("out/shop/service.toml"));
+}
+
+/// Issue 18, section 4: each static mistake is found by `validate` and by the checks at the
+/// start of every run, with its line and column, before the first step applies anything.
+#[test]
+fn validate_catches_each_static_mistake_with_line_and_column_before_any_step_runs() {
+    let t = Env::new();
+    t.write("data/customers.csv", "id,name\n1,ann\n");
+    t.write("plugins/module.wasm", b"\0asm\x01\0\0\0");
+    t.write("plugins/text.wasm", "not wasm at all");
+    let first = "steps:\n  - dir: first\n";
+    let cases: &[(&str, u64, u64, &str, &str)] = &[
+        (
+            "  - file: /etc/app.conf\n    content: x\n",
+            3,
+            11,
+            "`file`: `/etc/app.conf` is an absolute path",
+            "paths are relative to the root",
+        ),
+        (
+            "  - dir: a/../../out\n",
+            3,
+            10,
+            "climbs out of the root",
+            "without `..`",
+        ),
+        (
+            "  - file: copy.csv\n    source: data/custmers.csv\n",
+            4,
+            13,
+            "`data/custmers.csv` does not exist",
+            "did you mean `data/customers.csv`?",
+        ),
+        (
+            "  - file: a.txt\n    content: x\n  - file: ./a.txt\n    content: y\n",
+            5,
+            11,
+            "`./a.txt` is written by two steps",
+            "the step at line 3 writes it too",
+        ),
+        (
+            "  - plugin: plugins/module.wasm\n",
+            3,
+            13,
+            "is a core WebAssembly module, not a component",
+            "wasm-tools component new",
+        ),
+        (
+            "  - plugin: plugins/text.wasm\n",
+            3,
+            13,
+            "is not a WebAssembly component",
+            "wasm32-wasip2",
+        ),
+    ];
+    for (mistake, line, column, message, hint) in cases {
+        t.write("idem.yml", format!("{first}{mistake}"));
+        for cmd in ["validate", "apply"] {
+            let r = t.json(&[cmd], 1);
+            let e = &r["error"];
+            assert_eq!(
+                (e["line"].as_u64(), e["column"].as_u64()),
+                (Some(*line), Some(*column)),
+                "{mistake}: {r}"
+            );
+            assert!(
+                e["message"].as_str().unwrap().contains(message),
+                "{mistake}: {r}"
+            );
+            assert!(e["hint"].as_str().unwrap().contains(hint), "{mistake}: {r}");
+            assert!(
+                !t.exists("first"),
+                "{cmd} applied a step of an invalid plan"
+            );
+        }
+        t.idem(&["validate"])
+            .code(1)
+            .says(message)
+            .says(&format!("idem.yml:{line}:{column}"));
+    }
+    // A source an earlier step writes is not missing.
+    t.write(
+        "idem.yml",
+        "steps:\n  - file: made.txt\n    content: x\n  - file: copy.txt\n    source: made.txt\n",
+    );
+    t.idem(&["validate"])
+        .code(0)
+        .says("idem.yml: valid, 2 steps");
+    assert!(!t.exists("made.txt"), "validate runs no step");
+    assert_converges(&t, &[]);
+}
+
+/// Issue 18: a misspelt template field fails the step once, naming the nearest column,
+/// instead of failing every record one by one.
+#[test]
+fn a_misspelt_template_field_is_one_error_not_one_per_record() {
+    let t = Env::new();
+    let mut csv = String::from("id,name\n");
+    for i in 0..2000 {
+        csv.push_str(&format!("{i},n{i}\n"));
+    }
+    t.write("people.csv", csv);
+    t.write(
+        "idem.yml",
+        "steps:\n  - each: people.csv\n    key: id\n    steps:\n      - file: \"out/{id}.txt\"\n        content: \"{nmae}\\n\"\n",
+    );
+    let r = t.json(&["apply"], 1);
+    let step = &r["steps"][0];
+    assert_eq!(step["outcome"], "failed", "{r}");
+    assert_eq!(
+        step["error"],
+        "`{nmae}` in `content` of sub-step 1 is not a column of people.csv; did you mean `{name}`?"
+    );
+    assert_eq!(step["failures"].as_array().map(Vec::len), Some(0));
+    assert!(!t.exists("out"), "no record was processed");
+}
