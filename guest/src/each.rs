@@ -217,14 +217,15 @@ fn run_batch(
             keys.len()
         )));
     }
-    // First what needs work, then which of that this runner takes, then the work: runners
-    // that cooperate each take a part (the host answers), a runner alone takes it all.
+    // Render every record first, so that the outputs of all the records whose marks are to
+    // be checked are stat'ed in one host call; then what needs work, then which of that this
+    // runner takes (runners that cooperate each take a part, a runner alone takes it all),
+    // then the work.
     let mut answers = marks.into_iter();
     // Records skipped because their fingerprint matched: `checkpoint.values` cannot tell the
     // live display, as `done` does for `once`.
     let matched_before = progress.skipped;
-    let mut work: Vec<(String, String, OwnedRecord, Vec<SubStep>)> = Vec::new();
-    let mut offered: Vec<(String, Option<String>)> = Vec::new();
+    let mut ready: Vec<Ready> = Vec::with_capacity(pending.len());
     for p in pending.drain(..) {
         let (key, label) = match p.key {
             Ok(k) => k,
@@ -240,8 +241,7 @@ fn run_batch(
         if step.prune {
             progress.seen.insert(key.clone());
         }
-        let record = p.record.as_record();
-        let subs = match rendered(step, record) {
+        let subs = match rendered(step, p.record.as_record()) {
             Ok(s) => s,
             Err(message) => {
                 progress.failures.push(Failure {
@@ -251,21 +251,35 @@ fn run_batch(
                 continue;
             }
         };
+        ready.push(Ready {
+            record: p.record,
+            key,
+            label,
+            mark_now,
+            subs,
+        });
+    }
+    let to_check: Vec<&Ready> = ready
+        .iter()
+        .filter(|r| !step.once && r.mark_now.as_deref().is_some_and(|m| !m.is_empty()))
+        .collect();
+    let mut now = mark_values_now(step, &to_check)?.into_iter();
+    let mut work: Vec<Ready> = Vec::new();
+    let mut offered: Vec<(String, Option<String>)> = Vec::new();
+    for r in ready {
         if step.once {
-            if mark_now.is_some() {
+            if r.mark_now.is_some() {
                 progress.skipped += 1;
                 continue;
             }
-        } else if let Some(was) = &mark_now
-            && !was.is_empty()
-            && *was
-                == mark_value(step, record, &subs).map_err(|m| error(format!("{label}: {m}")))?
+        } else if let Some(was) = r.mark_now.as_deref().filter(|m| !m.is_empty())
+            && now.next().as_deref() == Some(was)
         {
             progress.skipped += 1;
             continue;
         }
-        offered.push((key.clone(), mark_now));
-        work.push((key, label, p.record, subs));
+        offered.push((r.key.clone(), r.mark_now.clone()));
+        work.push(r);
     }
     let taken = if offered.is_empty() {
         Vec::new()
@@ -281,34 +295,40 @@ fn run_batch(
             offered.len()
         )));
     }
-    for ((key, label, owned, subs), mine) in work.into_iter().zip(taken) {
+    let bare = step.once && !step.prune;
+    let mut done: Vec<Ready> = Vec::new();
+    for (r, mine) in work.into_iter().zip(taken) {
         if !mine {
             progress.elsewhere += 1;
             continue;
         }
-        let record = owned.as_record();
-        match run_subs(&subs) {
+        match run_subs(&r.subs) {
             Ok(()) => {
                 progress.processed += 1;
-                if step.once && !step.prune {
-                    progress.to_mark.push(key);
+                if bare {
+                    progress.to_mark.push(r.key.clone());
                     if progress.to_mark.len() >= BATCH {
                         mark(scope, &mut progress.to_mark)?;
                     }
                 } else {
-                    // What the record left, as it is now: the next run compares with this.
-                    let fp = mark_value(step, record, &subs)
-                        .map_err(|m| error(format!("{label}: {m}")))?;
-                    progress.to_mark_values.push((key, fp));
-                    if progress.to_mark_values.len() >= BATCH {
-                        mark_values(scope, &mut progress.to_mark_values)?;
-                    }
+                    done.push(r);
                 }
             }
             Err(message) => progress.failures.push(Failure {
-                item: label,
+                item: r.label,
                 message,
             }),
+        }
+    }
+    if !bare {
+        // What the records left, as it is now, after all their sub-steps returned: the next
+        // run compares with this.
+        let left: Vec<&Ready> = done.iter().collect();
+        for (r, value) in left.iter().zip(mark_values_now(step, &left)?) {
+            progress.to_mark_values.push((r.key.clone(), value));
+        }
+        if progress.to_mark_values.len() >= BATCH {
+            mark_values(scope, &mut progress.to_mark_values)?;
         }
     }
     if !step.once && progress.skipped > matched_before {
@@ -318,6 +338,48 @@ fn run_batch(
         progress.processed + progress.skipped + progress.elsewhere + progress.failures.len() as u64;
     log::progress(done, total);
     Ok(())
+}
+
+/// A record rendered and with its checkpoint answer, ready to be skipped or run.
+struct Ready {
+    record: OwnedRecord,
+    key: String,
+    label: String,
+    /// Its mark: `Some("")` for a key marked without values (or under `once`).
+    mark_now: Option<String>,
+    subs: Vec<SubStep>,
+}
+
+/// The fingerprint of each record as it is now, its outputs stat'ed in one host call.
+fn fingerprints(records: &[&Ready]) -> Result<Vec<String>, StepError> {
+    let paths: Vec<String> = records
+        .iter()
+        .flat_map(|r| output_paths(&r.subs).map(str::to_string))
+        .collect();
+    if paths.is_empty() && records.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stats = if paths.is_empty() {
+        Vec::new()
+    } else {
+        fs::stat_many(&paths)
+    };
+    if stats.len() != paths.len() {
+        return Err(error(format!(
+            "the host answered {} of {} stats",
+            stats.len(),
+            paths.len()
+        )));
+    }
+    let mut stats = stats.into_iter();
+    records
+        .iter()
+        .map(|r| {
+            let mine: Vec<_> = stats.by_ref().take(output_paths(&r.subs).count()).collect();
+            fingerprint(r.record.as_record(), &r.subs, mine)
+                .map_err(|m| error(format!("{}: {m}", r.label)))
+        })
+        .collect()
 }
 
 fn mark(scope: &str, keys: &mut Vec<String>) -> Result<(), StepError> {
@@ -357,27 +419,33 @@ fn rendered(step: &EachStep, record: Record<'_>) -> Result<Vec<SubStep>, String>
         .collect()
 }
 
-/// What a done record is marked with: its fingerprint (`once` needs none), and with `prune`
-/// a newline and its outputs as JSON (`[["f", "out/1.html"], ["d", "out/1"]]`).
-fn mark_value(step: &EachStep, record: Record<'_>, subs: &[SubStep]) -> Result<String, String> {
-    let mut value = if step.once {
-        String::from("once")
+/// What each done record is marked with, as it is now: its fingerprint (`once` needs none),
+/// and with `prune` a newline and its outputs as JSON (`[["f", "out/1.html"], ["d", "out/1"]]`).
+fn mark_values_now(step: &EachStep, records: &[&Ready]) -> Result<Vec<String>, StepError> {
+    let mut values = if step.once {
+        vec![String::from("once"); records.len()]
     } else {
-        fingerprint(record, subs)?
+        fingerprints(records)?
     };
     if step.prune {
-        let outputs: Vec<(&str, &str)> = subs
-            .iter()
-            .filter_map(|sub| match sub {
-                SubStep::Dir(s) => Some(("d", s.dir.as_str())),
-                SubStep::File(s) => Some(("f", s.file.as_str())),
-                _ => None,
-            })
-            .collect();
-        value.push('\n');
-        value.push_str(&serde_json::to_string(&outputs).map_err(|e| e.to_string())?);
+        for (value, r) in values.iter_mut().zip(records) {
+            let outputs: Vec<(&str, &str)> = r
+                .subs
+                .iter()
+                .filter_map(|sub| match sub {
+                    SubStep::Dir(s) => Some(("d", s.dir.as_str())),
+                    SubStep::File(s) => Some(("f", s.file.as_str())),
+                    _ => None,
+                })
+                .collect();
+            value.push('\n');
+            value.push_str(
+                &serde_json::to_string(&outputs)
+                    .map_err(|e| error(format!("{}: {e}", r.label)))?,
+            );
+        }
     }
-    Ok(value)
+    Ok(values)
 }
 
 /// Marks read per `list` call while pruning.
@@ -482,10 +550,25 @@ fn key_label(key: &str, fields: &[String]) -> String {
     format!("record {}", parts.join(", "))
 }
 
+/// The paths a record's `dir`, `file` and `remove` sub-steps name: its outputs.
+fn output_paths(subs: &[SubStep]) -> impl Iterator<Item = &str> {
+    subs.iter().filter_map(|sub| match sub {
+        SubStep::Dir(s) => Some(s.dir.as_str()),
+        SubStep::File(s) => Some(s.file.as_str()),
+        SubStep::Remove(s) => Some(s.remove.as_str()),
+        SubStep::Cleanup(_) | SubStep::Upsert(_) => None,
+    })
+}
+
 /// A fingerprint of a record as done: every field's value, and the state of each path its
 /// `dir`, `file` and `remove` sub-steps name (kind, size, mode, modification time; or
-/// absent). Two 64-bit FNV-1a hashes of the same bytes with different offsets, in hex.
-fn fingerprint(record: Record<'_>, subs: &[SubStep]) -> Result<String, String> {
+/// absent), given in `stats` in the order of [`output_paths`]. Two 64-bit FNV-1a hashes of
+/// the same bytes with different offsets, in hex.
+fn fingerprint(
+    record: Record<'_>,
+    subs: &[SubStep],
+    stats: Vec<Result<Option<fs::Metadata>, fs::Error>>,
+) -> Result<String, String> {
     let mut bytes: Vec<u8> = Vec::new();
     for name in record.names() {
         bytes.extend_from_slice(name.as_bytes());
@@ -495,18 +578,10 @@ fn fingerprint(record: Record<'_>, subs: &[SubStep]) -> Result<String, String> {
         }
         bytes.push(0x1e);
     }
-    for sub in subs {
-        let path = match sub {
-            SubStep::Dir(s) => &s.dir,
-            SubStep::File(s) => &s.file,
-            SubStep::Remove(s) => &s.remove,
-            SubStep::Cleanup(_) | SubStep::Upsert(_) => continue,
-        };
+    for (path, stat) in output_paths(subs).zip(stats) {
         bytes.extend_from_slice(path.as_bytes());
         bytes.push(0);
-        match fs::stat(path)
-            .map_err(|e| format!("checking {path}: {}", crate::host::describe(&e)))?
-        {
+        match stat.map_err(|e| format!("checking {path}: {}", crate::host::describe(&e)))? {
             None => bytes.extend_from_slice(b"absent"),
             Some(m) => {
                 let kind = match m.kind {

@@ -65,6 +65,14 @@ impl Host for FsView<'_> {
         Ok(self.path(&path).and_then(|p| self.fs.stat(&p)))
     }
 
+    fn stat_many(
+        &mut self,
+        paths: Vec<String>,
+    ) -> wasmtime::Result<Vec<CapResult<Option<Metadata>>>> {
+        let resolved: Vec<CapResult<RelPath>> = paths.iter().map(|p| self.path(p)).collect();
+        Ok(self.fs.stat_many(&resolved))
+    }
+
     fn read(&mut self, path: String) -> R<Vec<u8>> {
         let p = match self.path(&path) {
             Ok(p) => p,

@@ -429,6 +429,37 @@ impl FsCap {
         Ok(self.found(path)?.metadata())
     }
 
+    /// `stat-many`: [`FsCap::stat`] of each path, in order, opening each parent directory
+    /// once for the consecutive paths under it (a batch of `each` records names its outputs
+    /// side by side) and asking it about the leaf only: one `fstatat` per path instead of a
+    /// walk from the root. A parent that cannot be opened takes [`FsCap::stat`]'s way, so its
+    /// error or absence is the same one.
+    pub fn stat_many(&self, paths: &[CapResult<RelPath>]) -> Vec<CapResult<Option<Metadata>>> {
+        let mut parent: Option<(RelPath, Option<Dir>)> = None;
+        paths
+            .iter()
+            .map(|path| {
+                let path = path.as_ref().map_err(Clone::clone)?;
+                if self.gate.planned(path).is_some() {
+                    return self.stat(path);
+                }
+                let Some(up) = path.parent() else {
+                    return self.stat(path);
+                };
+                if parent.as_ref().is_none_or(|(p, _)| *p != up) {
+                    let handle = self.root.open_dir(up.as_fs()).ok();
+                    parent = Some((up, handle));
+                }
+                match parent.as_ref().and_then(|(_, d)| d.as_ref()) {
+                    Some(dir) => {
+                        Ok(real_state(path, dir.symlink_metadata(path.file_name()))?.metadata())
+                    }
+                    None => self.stat(path),
+                }
+            })
+            .collect()
+    }
+
     /// `read`: the whole content of a file.
     pub fn read(&self, path: &RelPath) -> CapResult<Vec<u8>> {
         let found = self.found(path)?;
@@ -1227,6 +1258,61 @@ mod tests {
             .into_iter()
             .map(|e| e.name)
             .collect()
+    }
+
+    /// `stat-many` answers each path exactly as `stat` does, in order, under either sink:
+    /// files, directories, links, absent paths, a path under a file, one leading out of the
+    /// root, the root, paths planned by an earlier call of a dry run, and a refused path.
+    #[test]
+    fn stat_many_answers_each_path_as_stat_does() {
+        for dry in [false, true] {
+            let (_t, mut fs) = cap(dry);
+            fs.create_dir(&p("d/planned"), None).unwrap();
+            fs.write_atomic(&p("d/planned/x"), b"x".to_vec(), None)
+                .unwrap();
+            let names = [
+                "d/f",
+                "d/sub",
+                "d/missing",
+                "top",
+                "top/under",
+                "out",
+                "out/passwd",
+                "",
+                "d/planned",
+                "d/planned/x",
+                "d/f",
+                "nowhere/deep/x",
+                "d/sub",
+            ];
+            let paths: Vec<CapResult<RelPath>> = names
+                .iter()
+                .map(|n| Ok(p(n)))
+                .chain([Err(Error::Denied("refused".into()))])
+                .collect();
+            let many = fs.stat_many(&paths);
+            let one: Vec<_> = paths
+                .iter()
+                .map(|r| r.clone().and_then(|rel| fs.stat(&rel)))
+                .collect();
+            assert_eq!(format!("{many:?}"), format!("{one:?}"), "dry run: {dry}");
+            assert!(matches!(
+                many[0],
+                Ok(Some(Metadata {
+                    kind: Kind::File,
+                    ..
+                }))
+            ));
+            assert!(matches!(many[2], Ok(None)));
+            assert!(matches!(
+                many[9],
+                Ok(Some(Metadata {
+                    kind: Kind::File,
+                    ..
+                }))
+            ));
+            assert!(matches!(many[13], Err(Error::Denied(_))));
+        }
     }
 
     /// The same calls give the same answers and the same changes under either sink, and
