@@ -18,8 +18,10 @@ done < <(find examples tests/fidelity -name 'idem.yml' -o -name '*.idem.yml' | L
 n=0
 while IFS= read -r f; do
   n=$((n + 1))
-  case $f in *.csv) b='\000' ;; *.json) b='\001' ;; *) b='\002' ;; esac
-  { printf "$b\\003"; cat "$f"; } >"$out/records/$n"
+  {
+    case $f in *.csv) printf '\000\003' ;; *.json) printf '\001\003' ;; *) printf '\002\003' ;; esac
+    cat "$f"
+  } >"$out/records/$n"
 done < <(find examples tests/fidelity \( -name '*.csv' -o -name '*.json' -o -name '*.ndjson' \) | LC_ALL=C sort)
 
 # glob: PATTERN NUL PATH.
