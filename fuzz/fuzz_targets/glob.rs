@@ -44,6 +44,8 @@ fn in_class(class: &[u8], c: u8) -> bool {
 fn naive_component(p: &[u8], s: &[u8]) -> bool {
     match p.first() {
         None => s.is_empty(),
+        // A run of stars is one star (else the naive search is exponential in the run).
+        Some(b'*') if p.get(1) == Some(&b'*') => naive_component(&p[1..], s),
         Some(b'*') => (0..=s.len()).any(|k| naive_component(&p[1..], &s[k..])),
         Some(b'?') => !s.is_empty() && naive_component(&p[1..], &s[1..]),
         Some(b'[') => {
