@@ -22,7 +22,15 @@ repo=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../.." && pwd -P)
 [[ $target =~ ^(x86_64|aarch64)-(unknown-linux-(gnu|musl)|apple-darwin)$ ]] ||
   die "TARGET '$target' is not one the action installs: x86_64 or aarch64, unknown-linux-musl, unknown-linux-gnu or apple-darwin"
 [[ $version =~ ^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.]+)?$ ]] || die "VERSION '$3' is not a version like 1.2.3"
-said=$("$binary" --version 2>&1) || die "BINARY '$binary' does not run here ($said): package it on a machine of its own platform"
+# A cross-built aarch64 Linux binary runs here under qemu-user (Debian's qemu-user).
+run=()
+machine=$(uname -m)
+if [[ $target == aarch64-unknown-linux-* && $machine != aarch64 && $machine != arm64 ]]; then
+  command -v qemu-aarch64 >/dev/null ||
+    die "BINARY '$binary' is for $target: install qemu-user (apt-get install qemu-user) to check it runs here"
+  run=(qemu-aarch64)
+fi
+said=$(${run[@]+"${run[@]}"} "$binary" --version 2>&1) || die "BINARY '$binary' does not run here ($said): package it on a machine of its own platform"
 [[ $said == "idem $version" ]] || die "BINARY '$binary' says '$said', not 'idem $version': build the version being released"
 
 name="idem-v$version-$target"
