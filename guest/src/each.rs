@@ -440,8 +440,7 @@ fn mark_values_now(step: &EachStep, records: &[&Ready]) -> Result<Vec<String>, S
                 .collect();
             value.push('\n');
             value.push_str(
-                &serde_json::to_string(&outputs)
-                    .map_err(|e| error(format!("{}: {e}", r.label)))?,
+                &serde_json::to_string(&outputs).map_err(|e| error(format!("{}: {e}", r.label)))?,
             );
         }
     }

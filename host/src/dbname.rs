@@ -81,8 +81,20 @@ pub fn is_postgres_url(text: &str) -> bool {
 }
 
 /// Resolves a database name, reading `env:NAME` from the process environment.
+///
+/// A PostgreSQL password (from the URL or `PGPASSWORD`) joins the secrets every output is
+/// redacted of ([`crate::redact`]), so even a message that quotes a server's words verbatim
+/// cannot show it. (Passwords under 4 characters are left out: hiding every `pw` in a report
+/// would mangle it; [`PgTarget::shown`] and scrubbed errors still never show them.)
 pub fn resolve(text: &str) -> Result<DbName, DbNameError> {
-    resolve_with(text, &|k| std::env::var(k).ok())
+    let name = resolve_with(text, &|k| std::env::var(k).ok())?;
+    if let DbName::Postgres(t) = &name
+        && let Some(pw) = t.config.get_password()
+        && pw.len() >= 4
+    {
+        crate::redact::add([String::from_utf8_lossy(pw).into_owned()]);
+    }
+    Ok(name)
 }
 
 /// [`resolve`] with the environment given, for tests.

@@ -8,9 +8,7 @@
 mod bindings;
 mod cap;
 mod change;
-// Used by the PostgreSQL target and state store, landing next.
 mod cli;
-#[allow(dead_code)]
 mod dbname;
 mod init;
 mod live;

@@ -253,6 +253,11 @@ impl Policy {
         self
     }
 
+    /// Whether `rel` is a path reserved from the step (the plan file, `.git`) itself.
+    pub fn is_reserved(&self, rel: &RelPath) -> bool {
+        self.reserved.contains(rel)
+    }
+
     /// Turn a guest's path into a normalised path inside the root, or say why not. Purely
     /// lexical: symbolic links are checked by the file capability when it opens the path.
     pub fn resolve(&self, path: &str) -> Result<RelPath, PathDenied> {

@@ -7,6 +7,7 @@ const IDEM: &[&str] = &[
     "types",
     "fs",
     "sqlite",
+    "postgres",
     "checkpoint",
     "log",
     "clock",
@@ -95,6 +96,28 @@ fn refusal(name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The list above is the `host-api` world's imports plus `report` (which `step` uses):
+    /// an interface added to wit/ and not here would refuse every plugin built against it.
+    #[test]
+    fn idems_interfaces_are_the_host_api_worlds() {
+        let worlds = include_str!("../../../wit/worlds.wit");
+        let body = worlds
+            .split("world host-api {")
+            .nth(1)
+            .and_then(|rest| rest.split('}').next())
+            .expect("wit/worlds.wit has a host-api world");
+        let mut imported: Vec<&str> = body
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("import "))
+            .map(|l| l.trim_end_matches(';'))
+            .collect();
+        imported.push("report");
+        imported.sort();
+        let mut ours = IDEM.to_vec();
+        ours.sort();
+        assert_eq!(ours, imported);
+    }
 
     #[test]
     fn imports_are_checked_by_name_and_version() {

@@ -19,7 +19,7 @@ use crate::report::{
     FailureKind, Interrupted, PlanErrorReport, Report, StepFailure, StepResult, Verify,
     VerifyChange, VerifyError,
 };
-use crate::state::Location;
+use crate::state::Location as StateLocation;
 use crate::state::lock::{RunLock, lock_path};
 use crate::state::pg::LockMode;
 
@@ -92,6 +92,16 @@ impl Host {
         }
         let mut policy = Policy::new(mode);
         policy.limits.memory = cfg.memory;
+        // The standard operations may name the plan file (a `file` step may even write it),
+        // but a `cleanup` never removes it as stale.
+        if let Some(plan) = cfg
+            .plan_file
+            .as_ref()
+            .and_then(|f| f.strip_prefix(&cfg.root).ok())
+            .and_then(|rel| Policy::new(mode).resolve(&rel.to_string_lossy()).ok())
+        {
+            policy = policy.reserve(plan);
+        }
         let mut store = new_store(&self.engine, run, policy);
         let guest = standard::Standard::instantiate(&mut store, &self.standard, &self.linker)
             .map_err(|e| anyhow!(e))
@@ -500,7 +510,7 @@ fn interruption(report: &Report, last: Option<Reading>) -> Option<Interrupted> {
 /// PostgreSQL, shared among applies that share their records (`--cooperate`, `--shard`).
 fn lock(cfg: &RunConfig) -> Result<RunLock> {
     match &cfg.state {
-        Location::File(state_path) => {
+        StateLocation::File(state_path) => {
             super::store::refuse_linked_state_dir(&cfg.root, state_path)?;
             let lock_file = lock_path(state_path);
             if cfg.mode.dry_run() {
@@ -509,7 +519,7 @@ fn lock(cfg: &RunConfig) -> Result<RunLock> {
                 RunLock::exclusive(&lock_file, cfg.lock_timeout, &cfg.root)
             }
         }
-        Location::Postgres { target, key } => {
+        StateLocation::Postgres { target, key } => {
             let mode = if cfg.mode.dry_run() {
                 LockMode::DryRun
             } else if cfg.sharing.shared() {

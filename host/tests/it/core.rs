@@ -124,6 +124,23 @@ fn cleanup_deletes_old_matching_files_once() {
     assert!(t.exists("logs/new.log") && t.exists("logs/old.txt") && t.exists("logs/keep/old.log"));
 }
 
+/// Found by the generator (seed 0x1de400199e3779b9): a `cleanup` of the root removed the
+/// plan file itself, and the next run had no plan.
+#[test]
+fn cleanup_of_the_root_keeps_the_plan_file() {
+    let t = Env::new();
+    t.write("old.log", "x").age("old.log", 40);
+    t.write(
+        "idem.yml",
+        "steps:\n  - cleanup: \".\"\n    older-than: 0s\n",
+    );
+    t.age("idem.yml", 40);
+    assert_converges(&t, &[]);
+    assert!(t.exists("idem.yml"), "the plan file was removed");
+    assert!(!t.exists("old.log"));
+    t.idem(&["apply"]).code(0);
+}
+
 #[test]
 fn cleanup_of_a_missing_directory_is_unchanged() {
     let t = Env::new();

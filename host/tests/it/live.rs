@@ -765,7 +765,8 @@ fn a_plugin_s_message_is_shown_under_its_line_in_the_text_report() {
 fn a_converged_each_rerun_shows_its_skipped_records_in_the_heartbeat() {
     let t = Env::new();
     let mut csv = String::from("id,name\n");
-    for i in 0..80_000 {
+    // Enough records that the re-run outlasts a 1 s heartbeat even with batched stats.
+    for i in 0..400_000 {
         csv.push_str(&format!("{i},n{i}\n"));
     }
     t.write("data.csv", &csv);
@@ -775,7 +776,7 @@ fn a_converged_each_rerun_shows_its_skipped_records_in_the_heartbeat() {
     );
     t.idem(&["apply"]).code(0);
     let r = t.idem(&["apply", "--progress-interval", "1"]);
-    r.code(0).says("skipped 80,000");
+    r.code(0).says("skipped 400,000");
     let beats: Vec<&str> = r
         .stderr
         .lines()

@@ -172,6 +172,31 @@ impl Host for FsView<'_> {
         older_than: crate::bindings::types::Datetime,
     ) -> R<Vec<Done>> {
         let resolved: CapResult<Vec<RelPath>> = paths.iter().map(|p| self.path(p)).collect();
-        Ok(resolved.and_then(|ps| self.fs.remove_stale_files(&ps, older_than)))
+        let resolved = match resolved {
+            Ok(ps) => ps,
+            Err(e) => return Ok(Err(e)),
+        };
+        // The plan file is never stale: a `cleanup` over the root keeps it, as it keeps
+        // `.idem`, so the next run still has its plan.
+        let (kept, stale): (Vec<&RelPath>, Vec<&RelPath>) =
+            resolved.iter().partition(|p| self.policy.is_reserved(p));
+        if kept.is_empty() {
+            return Ok(self.fs.remove_stale_files(&resolved, older_than));
+        }
+        let stale: Vec<RelPath> = stale.into_iter().cloned().collect();
+        let mut done = match self.fs.remove_stale_files(&stale, older_than) {
+            Ok(d) => d.into_iter(),
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(Ok(resolved
+            .iter()
+            .map(|p| {
+                if self.policy.is_reserved(p) {
+                    Done::Unchanged
+                } else {
+                    done.next().unwrap_or(Done::Unchanged)
+                }
+            })
+            .collect()))
     }
 }
