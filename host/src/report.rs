@@ -283,7 +283,8 @@ pub struct VerifyChange {
     pub change: Change,
 }
 
-/// A step of the second run of `apply --verify` that failed instead of reporting.
+/// A step of the second run of `apply --verify` that failed instead of reporting, or (step
+/// 0) a second run that could not start: its plan failed the checks made before any step.
 #[derive(Clone, Debug, Serialize)]
 pub struct VerifyError {
     pub step: usize,
@@ -743,19 +744,21 @@ impl Report {
                     )?;
                 }
                 for e in &v.errors {
-                    writeln!(
-                        out,
-                        "{}",
-                        paint(
-                            "31;1",
-                            &format!(
-                                "NOT VERIFIED: the second run failed at step {} ({}): {}",
-                                e.step,
-                                escape(&e.name),
-                                escape_text(&e.message)
-                            )
+                    let what = if e.step == 0 {
+                        format!(
+                            "NOT VERIFIED: the second run could not start ({}): {}",
+                            escape(&e.name),
+                            escape_text(&e.message)
                         )
-                    )?;
+                    } else {
+                        format!(
+                            "NOT VERIFIED: the second run failed at step {} ({}): {}",
+                            e.step,
+                            escape(&e.name),
+                            escape_text(&e.message)
+                        )
+                    };
+                    writeln!(out, "{}", paint("31;1", &what))?;
                 }
                 for c in &v.changes {
                     writeln!(

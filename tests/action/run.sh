@@ -151,11 +151,12 @@ count_log() { grep -c -- "$1" "$CASE/log" || true; }
 
 SAMPLE='steps: [{dir: out}, {file: out/a.txt, content: "hi\n"}]
 '
-# A plan whose third step fails: its source is missing. The step starts on line 4.
+# A plan whose second step fails when it runs: its source is a directory (which the checks
+# made before any step cannot know: step 1 makes it). The step starts on line 3.
 FAILING='steps:
   - dir: out
   - file: out/a.txt
-    source: missing.txt
+    source: out
 '
 
 # --- apply, plan, check -------------------------------------------------------------------
@@ -333,13 +334,14 @@ fi
 
 if want verify_fails_on_a_plan_that_fights_itself; then
   begin verify_fails_on_a_plan_that_fights_itself
-  # Two steps writing one file differently: every run changes it twice.
+  # Step 1 copies b.txt, which step 2 then changes: every run changes a.txt again.
   plan 'steps:
   - file: a.txt
-    content: "one\n"
-  - file: a.txt
+    source: b.txt
+  - file: b.txt
     content: "two\n"
 '
+  printf 'one\n' >"$WS/b.txt"
   input verify true
   action
   expect_rc 3

@@ -35,6 +35,15 @@ impl Host {
             let second = self.run_once(cfg, Mode::Plan, None)?;
             let mut changes = Vec::new();
             let mut errors = Vec::new();
+            // A second run that cannot start (the first removed an input the checks before
+            // any step require) fails as surely as one whose step fails: say so.
+            if let Some(e) = &second.error {
+                errors.push(VerifyError {
+                    step: 0,
+                    name: cfg.plan_name.clone(),
+                    message: e.message.clone(),
+                });
+            }
             for step in &second.steps {
                 for c in &step.changes {
                     changes.push(VerifyChange {

@@ -143,6 +143,29 @@ fn verify_passes_on_an_idempotent_plan() {
     assert_eq!(r["verify"]["ok"], true);
 }
 
+/// Found by the generator: a plan whose cleanup removes its own input passed `--verify`, yet
+/// the next apply could not start (the input no longer exists), because the second run's
+/// plan error was not looked at.
+#[test]
+fn verify_fails_when_the_second_run_could_not_start() {
+    let t = Env::new();
+    t.write("in/r.csv", "id,name\n1,a\n").age("in/r.csv", 40);
+    t.write(
+        "idem.yml",
+        "steps:\n  - file: copy.csv\n    source: in/r.csv\n  - cleanup: in\n    older-than: 1d\n",
+    );
+    let r = t.json(&["apply", "--verify"], 3);
+    assert_eq!(r["verify"]["ok"], false, "{r:#}");
+    let errors = r["verify"]["errors"].as_array().unwrap();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["step"] == 0 && e["message"].as_str().unwrap().contains("in/r.csv")),
+        "{r:#}"
+    );
+    t.idem(&["apply"]).code(1).says("in/r.csv");
+}
+
 #[test]
 fn verify_fails_with_exit_3_naming_the_step_that_is_not_idempotent() {
     let t = Env::new();
