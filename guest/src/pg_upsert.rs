@@ -17,7 +17,7 @@ use crate::idem::plugin::postgres::{self, Connection, PgError};
 use crate::idem::plugin::report::{StepError, StepReport};
 use crate::idem::plugin::sqlite::Value;
 use crate::plan::{ColumnType, UpsertStep};
-use crate::records::{Field, OwnedRecord, Pos, Record};
+use crate::records::{Field, Pos, Record};
 use crate::upsert::{Inferred, quote};
 
 /// Records per `COPY` call.
@@ -180,48 +180,8 @@ fn load(conn: &Connection, shown: &str, step: &UpsertStep) -> Result<StepReport,
     let label = records.labeler();
     let table = &step.table;
     let qtable = qualified(table);
-    let mut first: Vec<(OwnedRecord, Pos)> = Vec::new();
-    while first.len() < INFER {
-        let owned = match records.next_record()? {
-            Some(r) => r.to_owned(),
-            None => break,
-        };
-        first.push((owned, records.position()));
-    }
-    if step.delete_missing && first.is_empty() {
-        return Err(error(format!(
-            "{}: the source has no records, and with `delete-missing` that would delete every row of {}; \
-             refusing, in case the export that wrote it failed (delete the rows with SQL if that is meant)",
-            step.from, step.table
-        )));
-    }
-    let names: Vec<String> = match (&step.columns, records.header(), first.first()) {
-        (Some(c), _, _) => c.clone(),
-        (None, Some(header), _) => header.to_vec(),
-        (None, None, Some((r, _))) => r.as_record().names(),
-        (None, None, None) => step.key.clone(),
-    };
-    let columns_unknown = step.columns.is_none() && records.header().is_none() && first.is_empty();
-    if let Some(k) = step.key.iter().find(|k| !names.contains(k)) {
-        return Err(error(format!(
-            "{file}: the key `{k}` is not among the fields ({})",
-            names.join(", ")
-        )));
-    }
-    if let Some(header) = records.header()
-        && let Some(c) = names.iter().find(|c| !header.contains(c))
-    {
-        return Err(error(format!(
-            "{file} has no column `{c}`; its header is {}",
-            header.join(", ")
-        )));
-    }
-    if let Some(t) = step.types.keys().find(|t| !names.contains(t)) {
-        return Err(error(format!(
-            "`types` names `{t}`, which is not among the columns loaded from {file} ({})",
-            names.join(", ")
-        )));
-    }
+    let first = crate::upsert::first_records(step, &mut records, INFER)?;
+    let (names, columns_unknown) = crate::upsert::loaded_columns(step, &records, &first)?;
     let new_type = |c: &String| -> (String, Option<Inferred>) {
         match step.types.get(c) {
             Some(t) => (declared_sql(*t).to_owned(), None),

@@ -306,21 +306,7 @@ pub fn run(step: &UpsertStep) -> Result<StepReport, StepError> {
     let mut records = open_records(&step.from, step.format)?;
     // The first batch is read before the database is opened, so that a file that is bad from
     // the start does not leave a new, empty database behind.
-    let mut first: Vec<(OwnedRecord, Pos)> = Vec::new();
-    while first.len() < BATCH {
-        let owned = match records.next_record()? {
-            Some(r) => r.to_owned(),
-            None => break,
-        };
-        first.push((owned, records.position()));
-    }
-    if step.delete_missing && first.is_empty() {
-        return Err(error(format!(
-            "{}: the source has no records, and with `delete-missing` that would delete every row of {}; \
-             refusing, in case the export that wrote it failed (delete the rows with SQL if that is meant)",
-            step.from, step.table
-        )));
-    }
+    let first = first_records(step, &mut records, BATCH)?;
     // Like `file`, a database in a directory that is not there yet gets its directory.
     if let Some(dir) = crate::host::parent(&step.upsert) {
         let there = fs::stat(dir).map_err(|e| fail(format!("checking {dir}"), e))?;
@@ -351,25 +337,47 @@ pub fn run(step: &UpsertStep) -> Result<StepReport, StepError> {
     }
 }
 
-fn load(
-    db: &Database,
+/// The source's first records (at most `n`), with their positions: what decides the columns
+/// and, for a new table, their types. An empty source with `delete-missing` is refused here,
+/// before any database is touched.
+pub(crate) fn first_records(
     step: &UpsertStep,
     records: &mut HostRecords,
-    first: Vec<(OwnedRecord, Pos)>,
-) -> Result<StepReport, StepError> {
-    let file = records.file().to_owned();
-    let table = &step.table;
-    let db_path = &step.upsert;
-    let label = records.labeler();
+    n: usize,
+) -> Result<Vec<(OwnedRecord, Pos)>, StepError> {
+    let mut first: Vec<(OwnedRecord, Pos)> = Vec::new();
+    while first.len() < n {
+        let owned = match records.next_record()? {
+            Some(r) => r.to_owned(),
+            None => break,
+        };
+        first.push((owned, records.position()));
+    }
+    if step.delete_missing && first.is_empty() {
+        return Err(error(format!(
+            "{}: the source has no records, and with `delete-missing` that would delete every row of {}; \
+             refusing, in case the export that wrote it failed (delete the rows with SQL if that is meant)",
+            step.from, step.table
+        )));
+    }
+    Ok(first)
+}
 
-    // The first batch decides the columns (when not given) and, for a new table, their types.
+/// The columns the step loads (`columns`, else the header, else the first record's fields,
+/// else the key), checked against the key, the header and `types`; and whether they are known
+/// only as "the key" (a JSON or NDJSON source with no records and no `columns`).
+pub(crate) fn loaded_columns(
+    step: &UpsertStep,
+    records: &HostRecords,
+    first: &[(OwnedRecord, Pos)],
+) -> Result<(Vec<String>, bool), StepError> {
+    let file = records.file();
     let columns: Vec<String> = match (&step.columns, records.header(), first.first()) {
         (Some(c), _, _) => c.clone(),
         (None, Some(header), _) => header.to_vec(),
         (None, None, Some((r, _))) => r.as_record().names(),
         (None, None, None) => step.key.clone(),
     };
-    // Known only as "the key": a JSON or NDJSON source with no records and no `columns`.
     let columns_unknown = step.columns.is_none() && records.header().is_none() && first.is_empty();
     if let Some(k) = step.key.iter().find(|k| !columns.contains(k)) {
         return Err(error(format!(
@@ -391,6 +399,21 @@ fn load(
             columns.join(", ")
         )));
     }
+    Ok((columns, columns_unknown))
+}
+
+fn load(
+    db: &Database,
+    step: &UpsertStep,
+    records: &mut HostRecords,
+    first: Vec<(OwnedRecord, Pos)>,
+) -> Result<StepReport, StepError> {
+    let file = records.file().to_owned();
+    let table = &step.table;
+    let db_path = &step.upsert;
+    let label = records.labeler();
+
+    let (columns, columns_unknown) = loaded_columns(step, records, &first)?;
     // Declared, or inferred from the first batch; only used for columns this step creates.
     let inferred = |c: &String| {
         first
