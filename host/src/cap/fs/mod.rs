@@ -559,13 +559,7 @@ impl FsCap {
         after: Option<&str>,
         limit: usize,
     ) -> CapResult<Vec<Entry>> {
-        let found = self.found(path)?;
-        if found.kind().is_none() {
-            return Err(Error::NotFound(format!("{path} does not exist")));
-        }
-        if !self.is_dir(path, &found)? {
-            return Err(Error::WrongKind(format!("{path} is not a directory")));
-        }
+        let real = self.listable(path)?;
         let beyond = |name: &str| after.is_none_or(|a| name > a);
         // Under a dry run: what the run planned here, overriding the disk.
         let planned: HashMap<String, Option<Metadata>> = self
@@ -583,47 +577,13 @@ impl FsCap {
                 names.pop_last();
             }
         };
-        let real = !matches!(
-            found,
-            Found::Planned(Planned::Dir {
-                hide_real: true,
-                ..
-            })
-        );
         if real {
-            let real_dir = (!self.protected.is_empty())
-                .then(|| self.real_location(path, true))
-                .flatten();
-            let dir = self
-                .root
-                .read_dir(path.as_fs())
-                .map_err(|e| io_error(path, e))?;
-            for entry in dir {
-                let entry = entry.map_err(|e| io_error(path, e))?;
-                let name = match entry.file_name().into_string() {
-                    Ok(name) => name,
-                    Err(raw) => {
-                        use std::os::unix::ffi::OsStrExt;
-                        let name = escape_name(raw.as_bytes());
-                        self.unreadable.borrow_mut().insert(if path.is_root() {
-                            name
-                        } else {
-                            format!("{path}/{name}")
-                        });
-                        continue;
-                    }
-                };
-                if !beyond(&name)
-                    || planned.contains_key(&name)
-                    || (path.is_root() && name == crate::policy::STATE_DIR)
-                    || real_dir
-                        .as_ref()
-                        .is_some_and(|r| self.protected.contains(&r.join(&name)))
-                {
-                    continue;
+            self.visible_entries(path, |name, _| {
+                if beyond(&name) && !planned.contains_key(&name) {
+                    keep(&mut names, name);
                 }
-                keep(&mut names, name);
-            }
+                Ok(())
+            })?;
         }
         for (name, meta) in &planned {
             if meta.is_some() {
@@ -658,9 +618,10 @@ impl FsCap {
             .collect()
     }
 
-    /// [`FsCap::list_dir`], and how many names on disk it left out for not being UTF-8.
-    fn list_dir_counting(&self, path: &RelPath) -> CapResult<(Vec<Entry>, usize)> {
-        let mut unreadable = 0;
+    /// Check that `path` can be listed (it exists and is a directory, on disk or as planned);
+    /// returns whether its entries on disk count (not when the run planned a new directory
+    /// in place of what is there).
+    fn listable(&self, path: &RelPath) -> CapResult<bool> {
         let found = self.found(path)?;
         if found.kind().is_none() {
             return Err(Error::NotFound(format!("{path} does not exist")));
@@ -668,49 +629,68 @@ impl FsCap {
         if !self.is_dir(path, &found)? {
             return Err(Error::WrongKind(format!("{path} is not a directory")));
         }
-        let mut entries: BTreeMap<String, Metadata> = BTreeMap::new();
-        let real = !matches!(
+        Ok(!matches!(
             found,
             Found::Planned(Planned::Dir {
                 hide_real: true,
                 ..
             })
-        );
+        ))
+    }
+
+    /// Hand `visit` each entry on disk in directory `path` that a step may see, by name. Left
+    /// out: `.idem` at the root, protected paths (idem's state store, however it is reached),
+    /// and names that are not UTF-8, which are recorded (escaped) for the step's warning and
+    /// counted in the return value.
+    fn visible_entries(
+        &self,
+        path: &RelPath,
+        mut visit: impl FnMut(String, &cap_std::fs::DirEntry) -> CapResult<()>,
+    ) -> CapResult<usize> {
+        let mut unreadable = 0;
+        let real_dir = (!self.protected.is_empty())
+            .then(|| self.real_location(path, true))
+            .flatten();
+        let dir = self
+            .root
+            .read_dir(path.as_fs())
+            .map_err(|e| io_error(path, e))?;
+        for entry in dir {
+            let entry = entry.map_err(|e| io_error(path, e))?;
+            let name = match entry.file_name().into_string() {
+                Ok(name) => name,
+                Err(raw) => {
+                    use std::os::unix::ffi::OsStrExt;
+                    unreadable += 1;
+                    let name = escape_name(raw.as_bytes());
+                    self.unreadable.borrow_mut().insert(if path.is_root() {
+                        name
+                    } else {
+                        format!("{path}/{name}")
+                    });
+                    continue;
+                }
+            };
+            if (path.is_root() && name == crate::policy::STATE_DIR)
+                || real_dir
+                    .as_ref()
+                    .is_some_and(|r| self.protected.contains(&r.join(&name)))
+            {
+                continue;
+            }
+            visit(name, &entry)?;
+        }
+        Ok(unreadable)
+    }
+
+    /// [`FsCap::list_dir`], and how many names on disk it left out for not being UTF-8.
+    fn list_dir_counting(&self, path: &RelPath) -> CapResult<(Vec<Entry>, usize)> {
+        let mut unreadable = 0;
+        let real = self.listable(path)?;
+        let mut entries: BTreeMap<String, Metadata> = BTreeMap::new();
         if real {
-            let real_dir = (!self.protected.is_empty())
-                .then(|| self.real_location(path, true))
-                .flatten();
             let mut kinds = self.gate.disk_is_frozen().then(HashMap::new);
-            let dir = self
-                .root
-                .read_dir(path.as_fs())
-                .map_err(|e| io_error(path, e))?;
-            for entry in dir {
-                let entry = entry.map_err(|e| io_error(path, e))?;
-                let name = match entry.file_name().into_string() {
-                    Ok(name) => name,
-                    Err(raw) => {
-                        use std::os::unix::ffi::OsStrExt;
-                        unreadable += 1;
-                        let name = escape_name(raw.as_bytes());
-                        self.unreadable.borrow_mut().insert(if path.is_root() {
-                            name
-                        } else {
-                            format!("{path}/{name}")
-                        });
-                        continue;
-                    }
-                };
-                if path.is_root() && name == crate::policy::STATE_DIR {
-                    continue;
-                }
-                if !self.protected.is_empty()
-                    && real_dir
-                        .as_ref()
-                        .is_some_and(|r| self.protected.contains(&r.join(&name)))
-                {
-                    continue;
-                }
+            unreadable = self.visible_entries(path, |name, entry| {
                 let meta = metadata_of(
                     &entry
                         .metadata()
@@ -720,7 +700,8 @@ impl FsCap {
                     k.insert(name.clone(), meta);
                 }
                 entries.insert(name, meta);
-            }
+                Ok(())
+            })?;
             if let Some(kinds) = kinds {
                 let mut listed = self.listed.borrow_mut();
                 if listed.len() >= LISTED_DIRS {
