@@ -72,6 +72,15 @@ pub struct RunConfig {
     pub verify: bool,
 }
 
+impl RunConfig {
+    /// The plan file as a path under the root, when it is there: reserved from plugins, and
+    /// never removed by a `cleanup` as stale.
+    fn plan_in_root(&self) -> Option<crate::policy::RelPath> {
+        let rel = self.plan_file.as_ref()?.strip_prefix(&self.root).ok()?;
+        Policy::new(self.mode).resolve(&rel.to_string_lossy()).ok()
+    }
+}
+
 /// What the plan loop tells as it goes, for output a person or a tool can follow live. Each
 /// call comes from the thread running the plan; none may fail the run. Only the recorded run
 /// tells (not the second, checking run of `apply --verify`).

@@ -103,12 +103,7 @@ impl Host {
         policy.limits.memory = cfg.memory;
         // The standard operations may name the plan file (a `file` step may even write it),
         // but a `cleanup` never removes it as stale.
-        if let Some(plan) = cfg
-            .plan_file
-            .as_ref()
-            .and_then(|f| f.strip_prefix(&cfg.root).ok())
-            .and_then(|rel| Policy::new(mode).resolve(&rel.to_string_lossy()).ok())
-        {
+        if let Some(plan) = cfg.plan_in_root() {
             policy = policy.reserve(plan);
         }
         let mut store = new_store(&self.engine, run, policy);

@@ -40,12 +40,7 @@ impl Host {
             Ok(n) => policy = policy.with_network(n),
             Err(e) => return (run, Err(load(format!("{what}: {e}")))),
         }
-        if let Some(plan) = cfg
-            .plan_file
-            .as_ref()
-            .and_then(|f| f.strip_prefix(&cfg.root).ok())
-            .and_then(|rel| Policy::new(cfg.mode).resolve(&rel.to_string_lossy()).ok())
-        {
+        if let Some(plan) = cfg.plan_in_root() {
             policy = policy.reserve(plan);
         }
         // The component is read as the standard operations would read it: through the run's
