@@ -57,8 +57,12 @@ impl Guest for Component {
             .zip(&loaded.locations)
             .zip(&loaded.sensitive_steps)
             .zip(&loaded.reads)
-            .map(|(((step, loc), sensitive), reads)| {
+            .zip(&loaded.host_locations)
+            .map(|((((step, loc), sensitive), reads), hosts)| {
                 let mut info = step_info(step, *loc, *sensitive);
+                if let Some(call) = &mut info.plugin {
+                    call.network.host_locations = hosts.iter().map(|l| location(*l)).collect();
+                }
                 info.reads = reads
                     .iter()
                     .map(|r| ReadPath {
@@ -137,6 +141,7 @@ fn step_info(step: &Step, loc: yaml::Loc, sensitive: bool) -> StepInfo {
                 databases: p.databases.clone(),
                 network: NetworkGrant {
                     hosts: p.hosts.clone(),
+                    host_locations: Vec::new(),
                     headers: p.headers.clone().into_iter().collect(),
                     max_requests: p.http_limits.as_ref().and_then(|l| l.requests),
                     max_bytes_out: p.http_limits.as_ref().and_then(|l| l.bytes_out),

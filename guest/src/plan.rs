@@ -524,6 +524,9 @@ pub struct Loaded {
     /// Per step: the files it reads that must exist when it runs (`source`, `from`, `each`'s
     /// records, a plugin's component), with where each is named; templated ones are left out.
     pub reads: Vec<Vec<Read>>,
+    /// Per step: where each of its `hosts:` entries is (a plugin's; empty for the others),
+    /// for the host to point at an entry whose form it refuses.
+    pub host_locations: Vec<Vec<Loc>>,
     /// Per step: whether a field of it used a sensitive variable.
     pub sensitive_steps: Vec<bool>,
     /// The values of the sensitive variables, for the host to keep out of every output.
@@ -547,6 +550,24 @@ fn field_loc(node: &Node, field: &str) -> Loc {
             .find(|(k, _)| matches!(&k.kind, Kind::Scalar { text, .. } if text == field))
             .map_or(node.loc, |(_, v)| v.loc),
         _ => node.loc,
+    }
+}
+
+/// Where each item of a step's list field `field` is: one per item of a sequence, the
+/// value's own place for a single value, none when the field is absent.
+fn item_locs(node: &Node, field: &str) -> Vec<Loc> {
+    let Kind::Map(entries) = &node.kind else {
+        return Vec::new();
+    };
+    match entries
+        .iter()
+        .find(|(k, _)| matches!(&k.kind, Kind::Scalar { text, .. } if text == field))
+    {
+        Some((_, v)) => match &v.kind {
+            Kind::Seq(items) => items.iter().map(|i| i.loc).collect(),
+            _ => vec![v.loc],
+        },
+        None => Vec::new(),
     }
 }
 
@@ -641,6 +662,7 @@ fn parse_steps(mut root: Node, vars: &vars::Vars) -> Result<Loaded, PlanError> {
     let mut steps = Vec::with_capacity(items.len());
     let mut locations = Vec::with_capacity(items.len());
     let mut reads = Vec::with_capacity(items.len());
+    let mut host_locations = Vec::with_capacity(items.len());
     let mut written: BTreeMap<String, Loc> = BTreeMap::new();
     for item in items {
         let (step, read) = parse_step(item)?;
@@ -657,6 +679,10 @@ fn parse_steps(mut root: Node, vars: &vars::Vars) -> Result<Loaded, PlanError> {
                 )));
             }
         }
+        host_locations.push(match &step {
+            Step::Plugin(_) => item_locs(item, "hosts"),
+            _ => Vec::new(),
+        });
         steps.push(step);
         locations.push(item.loc);
         reads.push(read);
@@ -670,6 +696,7 @@ fn parse_steps(mut root: Node, vars: &vars::Vars) -> Result<Loaded, PlanError> {
         },
         locations,
         reads,
+        host_locations,
         sensitive_steps,
         sensitive: vars.sensitive(),
     })

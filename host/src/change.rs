@@ -70,10 +70,11 @@ pub struct Change {
 pub struct HttpInfo {
     pub method: String,
     pub url: String,
-    /// SHA-256 of the request body, when the host read it whole (a dry run's requests).
+    /// SHA-256 of the request body (what a dry run read and did not send; what an apply
+    /// sent).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body_sha256: Option<String>,
-    /// The request body's size, when the host read it whole.
+    /// The request body's size in bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body_bytes: Option<u64>,
     /// The response status, under apply.
@@ -82,12 +83,21 @@ pub struct HttpInfo {
 }
 
 impl Change {
-    /// How the journal names the target: the path, and for a request sent its status.
+    /// How the journal names the target: the path, and for a request sent its status and
+    /// its body's size and SHA-256 (`PUT https://x/a -> 200 (8 bytes, sha256 9f86…)`).
     pub fn journal_target(&self) -> String {
-        match self.http.as_ref().and_then(|h| h.status) {
-            Some(status) => format!("{} -> {status}", self.path),
-            None => self.path.clone(),
+        let Some(h) = &self.http else {
+            return self.path.clone();
+        };
+        let mut out = self.path.clone();
+        if let Some(status) = h.status {
+            out.push_str(&format!(" -> {status}"));
         }
+        if let (Some(n), Some(sha)) = (h.body_bytes, &h.body_sha256) {
+            let unit = if n == 1 { "byte" } else { "bytes" };
+            out.push_str(&format!(" ({n} {unit}, sha256 {sha})"));
+        }
+        out
     }
 
     pub fn new(kind: ChangeKind, path: impl Into<String>) -> Self {

@@ -700,6 +700,7 @@ fn run(cli: Cli) -> Result<u8> {
                 databases,
                 network: crate::bindings::plan::NetworkGrant {
                     hosts: Vec::new(),
+                    host_locations: Vec::new(),
                     headers: Vec::new(),
                     max_requests: None,
                     max_bytes_out: None,

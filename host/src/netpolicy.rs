@@ -42,6 +42,10 @@ impl Scheme {
     }
 }
 
+/// How to write a `hosts:` entry, for the message of one that is malformed.
+pub const HOSTS_HINT: &str = "write `[http://|https://]host[:port]`, for example \
+     `api.example.com`, `*.s3.amazonaws.com:443` or `http://127.0.0.1:8080`";
+
 #[derive(Clone, Debug, PartialEq)]
 enum HostPat {
     /// One name, lowercased.
@@ -65,12 +69,13 @@ impl HostRule {
     /// Parse `[scheme://]host[:port]`. Without a scheme the entry is `https`; without a port,
     /// the scheme's default.
     pub fn parse(text: &str) -> Result<HostRule, String> {
-        let bad = |why: &str| {
-            format!(
-                "`{text}` in `hosts:` {why}; write `[http://|https://]host[:port]`, \
-                 for example `api.example.com`, `*.s3.amazonaws.com:443` or `http://127.0.0.1:8080`"
-            )
-        };
+        HostRule::parse_entry(text).map_err(|why| format!("{why}; {HOSTS_HINT}"))
+    }
+
+    /// [`HostRule::parse`], its error saying only what is wrong with the entry (the plan
+    /// checks before any step runs give [`HOSTS_HINT`] as the hint).
+    pub fn parse_entry(text: &str) -> Result<HostRule, String> {
+        let bad = |why: &str| format!("`{text}` in `hosts:` {why}");
         let (scheme, rest) = match text.split_once("://") {
             Some(("http", r)) => (Scheme::Http, r),
             Some(("https", r)) => (Scheme::Https, r),
@@ -412,7 +417,19 @@ mod tests {
     #[test]
     fn bad_entries_and_headers_are_refused_with_the_input_named() {
         for bad in [
-            "ftp://x", "x:0", "x:99999", "a/b", "*x.com", "a.*.com", "::1", "",
+            "ftp://x",
+            "x:0",
+            "x:99999",
+            "x:65536",
+            "a/b",
+            "*x.com",
+            "a.*.com",
+            "::1",
+            "",
+            "http://",
+            "*.",
+            "https://*.",
+            "http://a.example.com/v1",
         ] {
             let e = HostRule::parse(bad).unwrap_err();
             assert!(e.contains(&format!("`{bad}`")), "{e}");

@@ -37,9 +37,41 @@ pub struct NetRecord {
     /// Why requests were denied, in the user's words.
     pub denials: Vec<String>,
     /// Non-safe requests: planned (dry run) or sent with their status (apply).
-    pub changes: Vec<Change>,
+    changes: Vec<Change>,
+    /// For requests sent under apply, by index in `changes`: the digest of their body as it
+    /// streams out, which may end after the response has come.
+    digests: Vec<(usize, Arc<Mutex<BodyDigest>>)>,
     /// A wait on the network ran into the step's deadline.
     pub timed_out: bool,
+    /// The tasks reading away the bodies of denied requests; they end with the step.
+    discards: Vec<wasmtime_wasi::runtime::AbortOnDropJoinHandle<()>>,
+}
+
+impl NetRecord {
+    /// The step's non-safe requests, each with its body's SHA-256 and size (as far as it was
+    /// sent), leaving none behind.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        let mut changes = std::mem::take(&mut self.changes);
+        for (i, digest) in std::mem::take(&mut self.digests) {
+            let d = digest.lock().unwrap_or_else(|e| e.into_inner());
+            let sha = format!("{:x}", d.hasher.clone().finalize());
+            if let Some(c) = changes.get_mut(i) {
+                c.after = Some(sha.clone());
+                if let Some(h) = &mut c.http {
+                    h.body_sha256 = Some(sha);
+                    h.body_bytes = Some(d.bytes);
+                }
+            }
+        }
+        changes
+    }
+}
+
+/// The SHA-256 and size of a request body, taken as its frames go out.
+#[derive(Default)]
+struct BodyDigest {
+    hasher: Sha256,
+    bytes: u64,
 }
 
 /// One plugin step's network: its policy, mode and deadline, and the record of its requests.
@@ -68,11 +100,33 @@ impl NetCap {
         self.record.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn deny(&self, why: String) -> Pending {
+    fn deny(&self, why: String, body: WasiBody) -> Pending {
         tracing::warn!("{why}");
-        self.record().denials.push(why);
+        let mut r = self.record();
+        r.denials.push(why);
+        r.discards.push(discard(body));
         Box::new(async { Err(HttpError::HttpRequestDenied) })
     }
+}
+
+/// A denied request's body, read and dropped as the plugin writes it, so its writes succeed
+/// and it learns of the denial from the response, as from any failed request. (Dropping the
+/// body at once fails those writes, and StarlingMonkey's `fetch`, componentize-js's, then
+/// aborts its whole event loop instead of rejecting the promise the plugin catches.)
+fn discard(mut body: WasiBody) -> wasmtime_wasi::runtime::AbortOnDropJoinHandle<()> {
+    wasmtime_wasi::runtime::spawn(async move { while let Some(Ok(_)) = body.frame().await {} })
+}
+
+/// `e`, for a request that fails before its body is handed to the connection: the body is
+/// [discarded](discard) meanwhile, for the same reason as a denied request's.
+fn discard_then(record: &Mutex<NetRecord>, body: WasiBody, e: HttpError) -> HttpError {
+    let task = discard(body);
+    record
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .discards
+        .push(task);
+    e
 }
 
 fn is_safe(m: &http::Method) -> bool {
@@ -95,30 +149,44 @@ impl WasiHttpHooks for NetCap {
             if r.requests > self.policy.max_requests {
                 let max = self.policy.max_requests;
                 drop(r);
-                return self.deny(format!(
-                    "{method} {url}: the step's limit of {max} requests is spent (raise it \
-                     with `http-limits: {{requests: N}}`)"
-                ));
+                return self.deny(
+                    format!(
+                        "{method} {url}: the step's limit of {max} requests is spent (raise \
+                         it with `http-limits: {{requests: N}}`)"
+                    ),
+                    request.into_body(),
+                );
             }
         }
         let scheme = match request.uri().scheme_str() {
             Some("http") => Scheme::Http,
             Some("https") => Scheme::Https,
-            _ => return self.deny(format!("{method} {url}: only http and https are allowed")),
+            _ => {
+                return self.deny(
+                    format!("{method} {url}: only http and https are allowed"),
+                    request.into_body(),
+                );
+            }
         };
         let Some(host) = request.uri().host().map(|h| h.to_ascii_lowercase()) else {
-            return self.deny(format!("{method} {url}: the request names no host"));
+            return self.deny(
+                format!("{method} {url}: the request names no host"),
+                request.into_body(),
+            );
         };
         let port = request
             .uri()
             .port_u16()
             .unwrap_or(if scheme == Scheme::Https { 443 } else { 80 });
         if self.policy.rule_for(scheme, &host, port).is_none() {
-            return self.deny(format!(
-                "{method} {url}: {}://{host}:{port} is not in the step's `hosts:` ({})",
-                scheme.as_str(),
-                self.policy.listed()
-            ));
+            return self.deny(
+                format!(
+                    "{method} {url}: {}://{host}:{port} is not in the step's `hosts:` ({})",
+                    scheme.as_str(),
+                    self.policy.listed()
+                ),
+                request.into_body(),
+            );
         }
         let deadline = self.deadline.map(tokio::time::Instant::from_std);
         let record = self.record.clone();
@@ -190,6 +258,7 @@ async fn planned(
         policy.max_bytes_out,
         record.clone(),
         None,
+        None,
     );
     let bytes = body.collect().await?.to_bytes();
     let sha = format!("{:x}", Sha256::digest(&bytes));
@@ -227,14 +296,12 @@ struct Target {
     url: String,
 }
 
-/// Resolve, check the addresses, connect to a checked one, and send.
-async fn send(
-    mut request: http::Request<WasiBody>,
-    t: Target,
-    policy: Arc<NetPolicy>,
-    record: Arc<Mutex<NetRecord>>,
-    deadline: Option<tokio::time::Instant>,
-) -> Result<(http::Response<WasiBody>, Sent), HttpError> {
+/// Resolve `t`'s host, check each address against the policy and connect to a checked one.
+async fn connect(
+    t: &Target,
+    policy: &NetPolicy,
+    record: &Mutex<NetRecord>,
+) -> Result<tokio::net::TcpStream, HttpError> {
     let deny = |why: String| {
         tracing::warn!("{why}");
         record
@@ -283,14 +350,26 @@ async fn send(
             Err(e) => last = Some(e),
         }
     }
-    let Some(stream) = stream else {
-        return Err(match last {
-            Some(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                HttpError::ConnectionRefused
-            }
-            Some(e) => HttpError::Connect(e),
-            None => HttpError::DestinationUnavailable,
-        });
+    stream.ok_or_else(|| match last {
+        Some(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            HttpError::ConnectionRefused
+        }
+        Some(e) => HttpError::Connect(e),
+        None => HttpError::DestinationUnavailable,
+    })
+}
+
+/// Resolve, check the addresses, connect to a checked one, and send.
+async fn send(
+    mut request: http::Request<WasiBody>,
+    t: Target,
+    policy: Arc<NetPolicy>,
+    record: Arc<Mutex<NetRecord>>,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<(http::Response<WasiBody>, Sent), HttpError> {
+    let stream = match connect(&t, &policy, &record).await {
+        Ok(s) => s,
+        Err(e) => return Err(discard_then(&record, request.into_body(), e)),
     };
     *request.uri_mut() = http::Uri::builder()
         .path_and_query(
@@ -302,33 +381,24 @@ async fn send(
         )
         .build()
         .map_err(|e| HttpError::InternalError(Some(e.to_string())))?;
+    let digest: Arc<Mutex<BodyDigest>> = Arc::default();
     let request = request.map(|b| {
-        Counted::new(b, Dir::Out, policy.max_bytes_out, record.clone(), None).boxed_unsync()
+        Counted::new(
+            b,
+            Dir::Out,
+            policy.max_bytes_out,
+            record.clone(),
+            None,
+            Some(digest.clone()),
+        )
+        .boxed_unsync()
     });
     let response = match t.scheme {
         Scheme::Http => exchange(stream, request).await?,
-        Scheme::Https => {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.into(),
-            };
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| HttpError::InternalError(Some(e.to_string())))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-            let name = match host_ip(&t.host) {
-                Some(ip) => rustls::pki_types::ServerName::from(ip),
-                None => rustls::pki_types::ServerName::try_from(t.host.clone())
-                    .map_err(|_| HttpError::HttpRequestUriInvalid)?,
-            };
-            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-                .connect(name, stream)
-                .await
-                .map_err(HttpError::Tls)?;
-            exchange(tls, request).await?
-        }
+        Scheme::Https => match tls(&t, stream).await {
+            Ok(tls) => exchange(tls, request).await?,
+            Err(e) => return Err(discard_then(&record, request.into_body(), e)),
+        },
     };
     let (response, conn) = response;
     if !is_safe(&t.method) {
@@ -340,11 +410,12 @@ async fn send(
             body_bytes: None,
             status: Some(response.status().as_u16()),
         });
-        record
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .changes
-            .push(change);
+        // The body's digest is read when the step's changes are taken: it may still be going
+        // out now (a server may answer before it has read the whole body).
+        let mut r = record.lock().unwrap_or_else(|e| e.into_inner());
+        let i = r.changes.len();
+        r.changes.push(change);
+        r.digests.push((i, digest));
     }
     let response = response.map(|b| {
         Counted::new(
@@ -353,10 +424,37 @@ async fn send(
             policy.max_bytes_in,
             record.clone(),
             deadline,
+            None,
         )
         .boxed_unsync()
     });
     Ok((response, conn))
+}
+
+/// A TLS session over `stream` with `t`'s host, checked against the Mozilla roots.
+async fn tls(
+    t: &Target,
+    stream: tokio::net::TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, HttpError> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| HttpError::InternalError(Some(e.to_string())))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = match host_ip(&t.host) {
+        Some(ip) => rustls::pki_types::ServerName::from(ip),
+        None => rustls::pki_types::ServerName::try_from(t.host.clone())
+            .map_err(|_| HttpError::HttpRequestUriInvalid)?,
+    };
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, stream)
+        .await
+        .map_err(HttpError::Tls)
 }
 
 /// One HTTP/1.1 exchange on `io`: the connection driven by a task that ends with the
@@ -392,6 +490,8 @@ struct Counted<B> {
     limit: u64,
     record: Arc<Mutex<NetRecord>>,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// For a request sent under apply: its body's digest, for the journal.
+    digest: Option<Arc<Mutex<BodyDigest>>>,
 }
 
 impl<B> Counted<B> {
@@ -401,6 +501,7 @@ impl<B> Counted<B> {
         limit: u64,
         record: Arc<Mutex<NetRecord>>,
         deadline: Option<tokio::time::Instant>,
+        digest: Option<Arc<Mutex<BodyDigest>>>,
     ) -> Self {
         Counted {
             inner,
@@ -408,6 +509,7 @@ impl<B> Counted<B> {
             limit,
             record,
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            digest,
         }
     }
 }
@@ -442,6 +544,11 @@ where
         if let Some(Ok(f)) = &frame
             && let Some(data) = f.data_ref()
         {
+            if let Some(d) = &this.digest {
+                let mut d = d.lock().unwrap_or_else(|e| e.into_inner());
+                d.hasher.update(data);
+                d.bytes += data.len() as u64;
+            }
             let mut r = this.record.lock().unwrap_or_else(|e| e.into_inner());
             let (total, why) = match this.dir {
                 Dir::Out => (&mut r.bytes_out, "sent (bytes-out)"),

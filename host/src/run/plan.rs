@@ -144,6 +144,7 @@ impl Host {
                 crate::redact::in_place(&mut info.target);
             }
             check_reads(&cfg.root, &steps)?;
+            check_hosts(&steps)?;
             select(steps, &cfg.only, &cfg.skip)
         }) {
             Ok(Ok(s)) => Ok(s),
@@ -388,6 +389,26 @@ fn check_reads(root: &std::path::Path, steps: &[StepInfo]) -> std::result::Resul
                         "build it for wasm32-wasip2 (a component), or wrap a module with `wasm-tools component new`".into(),
                     ));
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every plugin step's `hosts:` entries have the form the network policy takes: a
+/// malformed one (`http://`, `*.`, port 0, a path) is a plan error at the entry, before any
+/// step runs, rather than the failure of its step mid-run.
+fn check_hosts(steps: &[StepInfo]) -> std::result::Result<(), PlanError> {
+    for step in steps {
+        let Some(call) = &step.plugin else { continue };
+        let net = &call.network;
+        for (i, host) in net.hosts.iter().enumerate() {
+            if let Err(why) = crate::netpolicy::HostRule::parse_entry(host) {
+                return Err(PlanError {
+                    message: why,
+                    location: net.host_locations.get(i).copied().or(step.location),
+                    hint: Some(crate::netpolicy::HOSTS_HINT.to_owned()),
+                });
             }
         }
     }

@@ -103,7 +103,7 @@ impl Host {
         let (net_changes, denials, net_timed_out) = {
             let mut r = store.data().net.record();
             (
-                std::mem::take(&mut r.changes),
+                r.take_changes(),
                 std::mem::take(&mut r.denials),
                 r.timed_out,
             )

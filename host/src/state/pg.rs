@@ -282,7 +282,7 @@ impl PgStore {
                     &(step as i64),
                     &step_name,
                     &ch.kind.as_str(),
-                    &ch.path,
+                    &ch.journal_target(),
                     &ch.rows.map(|r| r as i64),
                     &ch.before,
                     &ch.after,

@@ -474,3 +474,124 @@ fn component_importing_what_idem_does_not_provide_is_refused_before_compiling() 
     let compiled = std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
     assert_eq!(compiled, 0, "nothing was compiled");
 }
+
+/// Issue 16: under apply, each request sent that is not GET, HEAD or OPTIONS is journaled with
+/// its status and its body's SHA-256 and size, as a dry run reports them.
+#[test]
+fn apply_journals_each_request_sent_with_its_status_and_body_digest() {
+    let s = Server::start(Behaviour::Api);
+    let t = release_env(&s.url(), &hosts(&[s.url()]));
+    let applied = t.json(&["apply"], 0);
+    let u = s.url();
+    let post_body = br#"{"tag":"v1"}"#;
+    let put = &http_changes(&applied)[1]["http"];
+    assert_eq!(put["status"], 200, "{applied:#}");
+    assert_eq!(put["body_bytes"], 8);
+    assert_eq!(put["body_sha256"], sha(b"the app\n"));
+    let history = t.json(&["history"], 0);
+    let journal: Vec<(String, String)> = history[0]["journal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["target"].as_str().unwrap().to_owned(),
+                j["hash_after"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let entry = |what: &str, status: u16, body: &[u8]| {
+        let n = body.len();
+        (
+            format!("{what} -> {status} ({n} bytes, sha256 {})", sha(body)),
+            sha(body),
+        )
+    };
+    assert_eq!(
+        journal,
+        [
+            entry(&format!("POST {u}/releases"), 201, post_body),
+            entry(
+                &format!("PUT {u}/releases/v1/assets/app.txt"),
+                200,
+                b"the app\n"
+            ),
+            entry(
+                &format!("PUT {u}/releases/v1/assets/notes.md"),
+                200,
+                b"# notes\n"
+            ),
+        ]
+    );
+    t.idem(&["history"]).code(0).says(&format!(
+        "PUT {u}/releases/v1/assets/app.txt -> 200 (8 bytes, sha256 {})",
+        sha(b"the app\n")
+    ));
+}
+
+/// Issue 16: a malformed `hosts:` entry is a plan error at the entry (file, line and column,
+/// with how to write one), from `validate` and before any step of a run, not the failure of
+/// the plugin's step once it runs.
+#[test]
+fn a_malformed_hosts_entry_is_refused_at_its_line_and_column_before_any_step_runs() {
+    let t = Env::new();
+    t.write("plugins/release.wasm", &built().release);
+    let cases: &[(&str, &str)] = &[
+        ("http://", "is not a host with an optional port"),
+        ("*.", "has a wildcard that is not `*.` before a domain"),
+        (
+            "api.example.com:0",
+            "has the port `0`, not a number from 1 to 65535",
+        ),
+        ("api.example.com:65536", "has the port `65536`"),
+        (
+            "https://api.example.com/v1",
+            "is not a host with an optional port",
+        ),
+        ("ftp://api.example.com", "has the scheme `ftp`"),
+    ];
+    for (entry, why) in cases {
+        // The bad entry is the second of a flow list on line 6, after `"http://127.0.0.1:8080", `.
+        t.write(
+            "idem.yml",
+            format!(
+                "steps:\n  - dir: first\n  - plugin: plugins/release.wasm\n    paths: [dist]\n    config: {{api: \"http://127.0.0.1:8080\", tag: v1}}\n    hosts: [\"http://127.0.0.1:8080\", \"{entry}\"]\n"
+            ),
+        );
+        for cmd in ["validate", "apply", "plan"] {
+            let r = t.json(&[cmd], 1);
+            let e = &r["error"];
+            assert_eq!(
+                (e["line"].as_u64(), e["column"].as_u64()),
+                (Some(6), Some(38)),
+                "{entry}: {r}"
+            );
+            let message = e["message"].as_str().unwrap();
+            assert!(
+                message.contains(&format!("`{entry}` in `hosts:` {why}")),
+                "{entry}: {r}"
+            );
+            assert!(
+                e["hint"]
+                    .as_str()
+                    .unwrap()
+                    .contains("write `[http://|https://]host[:port]`"),
+                "{entry}: {r}"
+            );
+            assert!(!t.exists("first"), "{cmd} ran a step of an invalid plan");
+        }
+        t.idem(&["validate"])
+            .code(1)
+            .says(why)
+            .says("idem.yml:6:38");
+    }
+    // A single entry, not a list, is pointed at too.
+    t.write(
+        "idem.yml",
+        "steps:\n  - plugin: plugins/release.wasm\n    hosts: \"http://\"\n",
+    );
+    t.idem(&["validate"])
+        .code(1)
+        .says("`http://` in `hosts:` is not a host with an optional port")
+        .says("idem.yml:3:12");
+}
