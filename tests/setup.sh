@@ -14,6 +14,19 @@ command -v script >/dev/null || { apt-get update -qq && apt-get install -y -qq b
 # componentize-py; host/tests/it/plugins.rs fails, naming this script, when it is missing.
 command -v componentize-py >/dev/null || pip install --quiet "componentize-py==0.25.1"
 
+# The JavaScript example plugin (examples/plugins/release-js) is built by componentize-js,
+# pinned with jco in its package.json and package-lock.json and installed there by `npm ci`;
+# host/tests/it/plugins.rs fails, naming this script, when it is missing.
+if [[ ! -x examples/plugins/release-js/node_modules/.bin/componentize-js ]]; then
+  if ! command -v npm >/dev/null; then
+    sudo=()
+    ((EUID == 0)) || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  (cd examples/plugins/release-js && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 # The kill-point explorer (host/tests/it/generated.rs) kills apply at chosen system calls with
 # strace's fault injection.
 if ! command -v strace >/dev/null; then

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::plugins::built;
+use crate::plugins::{built, component_imports, js_release_plugin};
 use crate::support::*;
 
 /// One request as the server received it.
@@ -177,8 +177,13 @@ fn api(
 /// A tree with the release plugin and two assets, and a plan step ensuring release v1 at
 /// `api` with `extra` YAML lines added to the step.
 fn release_env(api: &str, extra: &str) -> Env {
+    release_env_with(&built().release, api, extra)
+}
+
+/// [`release_env`] with another build of the release plugin (the JavaScript one).
+fn release_env_with(plugin: &[u8], api: &str, extra: &str) -> Env {
     let t = Env::new();
-    t.write("plugins/release.wasm", &built().release)
+    t.write("plugins/release.wasm", plugin)
         .write("dist/app.txt", "the app\n")
         .write("dist/notes.md", "# notes\n");
     t.write(
@@ -594,4 +599,175 @@ fn a_malformed_hosts_entry_is_refused_at_its_line_and_column_before_any_step_run
         .code(1)
         .says("`http://` in `hosts:` is not a host with an optional port")
         .says("idem.yml:3:12");
+}
+
+/// Issue 16: the JavaScript release plugin is built by componentize-js with its default
+/// flags, so it imports wasi:http (its `fetch`) and the rest of what StarlingMonkey asks for
+/// (clocks, random, stdio), and idem takes it: nothing is refused before compiling.
+#[test]
+fn the_js_release_plugin_is_built_with_componentize_js_defaults_and_idem_takes_its_imports() {
+    let js = js_release_plugin();
+    let imports = component_imports(js);
+    for want in [
+        "wasi:http/outgoing-handler@0.2.",
+        "wasi:http/types@0.2.",
+        "wasi:clocks/monotonic-clock@0.2.",
+        "wasi:random/random@0.2.",
+        "wasi:cli/stdout@0.2.",
+        "idem:plugin/fs@0.1.0",
+    ] {
+        assert!(
+            imports.iter().any(|i| i.starts_with(want)),
+            "no {want}* among the imports (a --disable'd build?): {imports:?}"
+        );
+    }
+    // It runs: with no `hosts:` its GET is denied and the step fails as the plugin says.
+    let t = release_env_with(js, "http://127.0.0.1:9", "");
+    let r = t.json(&["apply"], 1);
+    let step = &r["steps"][0];
+    assert_eq!(step["error_kind"], "guest", "{r:#}");
+    assert!(
+        step["error"]
+            .as_str()
+            .unwrap()
+            .contains("the step has no `hosts:`, so no network"),
+        "{r:#}"
+    );
+}
+
+/// Issue 16: the JavaScript release plugin converges against the API as the Rust one does:
+/// plan sends the GET only and reports the POST and PUTs as `http-request` changes (the same
+/// ones, with the same body digests, as the Rust plugin's plan); apply creates; a second
+/// apply sends one GET and is unchanged; one changed file sends one PUT.
+#[test]
+fn the_js_release_plugin_converges_like_the_rust_one() {
+    let js = js_release_plugin();
+    let s = Server::start(Behaviour::Api);
+    let t = release_env_with(js, &s.url(), &hosts(&[s.url()]));
+    let planned = t.json(&["plan"], 0);
+    assert_eq!(
+        s.methods(),
+        ["GET /releases/v1"],
+        "only the safe request is sent"
+    );
+    assert!(s.releases.lock().unwrap().is_empty());
+    let u = s.url();
+    let shown = |report: &Value, base: &str| -> Vec<(String, Value, Value)> {
+        http_changes(report)
+            .iter()
+            .map(|c| {
+                (
+                    c["path"].as_str().unwrap().replace(base, "API"),
+                    c["http"]["body_sha256"].clone(),
+                    c["http"]["body_bytes"].clone(),
+                )
+            })
+            .collect()
+    };
+    let js_plan = shown(&planned, &u);
+    assert_eq!(js_plan[0].0, "POST API/releases", "{planned:#}");
+    assert_eq!(js_plan[0].1, sha(br#"{"tag":"v1"}"#));
+    assert!(
+        planned["steps"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("would be created with 2 assets"),
+        "the plugin tells the host's answer apart: {planned:#}"
+    );
+    // The Rust plugin plans exactly the same requests.
+    let rust_server = Server::start(Behaviour::Api);
+    let rust = release_env(&rust_server.url(), &hosts(&[rust_server.url()]));
+    let rust_plan = rust.json(&["plan"], 0);
+    assert_eq!(js_plan, shown(&rust_plan, &rust_server.url()));
+    assert_eq!(
+        planned["steps"][0]["counters"],
+        rust_plan["steps"][0]["counters"]
+    );
+    // Plan, apply, apply again, check: as the Rust plugin does.
+    s.clear();
+    let applied = assert_converges(&t, &[]);
+    let sent_changes = http_changes(&applied);
+    let sent: Vec<(&str, Option<u64>)> = sent_changes
+        .iter()
+        .map(|c| (c["path"].as_str().unwrap(), c["http"]["status"].as_u64()))
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            (format!("POST {u}/releases").as_str(), Some(201)),
+            (
+                format!("PUT {u}/releases/v1/assets/app.txt").as_str(),
+                Some(200)
+            ),
+            (
+                format!("PUT {u}/releases/v1/assets/notes.md").as_str(),
+                Some(200)
+            ),
+        ]
+    );
+    assert_eq!(applied["steps"][0]["outcome"], "updated", "{applied:#}");
+    let rel = s.releases.lock().unwrap()["v1"].clone();
+    assert_eq!(rel["app.txt"], sha(b"the app\n"));
+    assert_eq!(rel["notes.md"], sha(b"# notes\n"));
+    s.clear();
+    let again = t.json(&["apply"], 0);
+    assert_eq!(again["steps"][0]["outcome"], "unchanged");
+    assert_eq!(again["steps"][0]["message"], "release v1 up to date");
+    assert_eq!(s.methods(), ["GET /releases/v1"]);
+    t.write("dist/notes.md", "# notes, revised\n");
+    s.clear();
+    t.json(&["apply"], 0);
+    assert_eq!(
+        s.methods(),
+        ["GET /releases/v1", "PUT /releases/v1/assets/notes.md"]
+    );
+}
+
+/// Issue 16: the JavaScript plugin fails its step by throwing: an idem error (a missing
+/// asset file, `not-found`) and a request the host denies mid-run (past `requests: 1`, a POST
+/// with a body) each end the step with the plugin's own message, as a `guest` failure. The
+/// denied POST crashed StarlingMonkey's event loop (a `trap`) while the host dropped the
+/// denied request's body at once.
+#[test]
+fn the_js_release_plugin_fails_its_step_by_throwing_with_its_own_message() {
+    let js = js_release_plugin();
+    let s = Server::start(Behaviour::Api);
+    let t = release_env_with(
+        js,
+        &s.url(),
+        &format!("{}    http-limits: {{requests: 1}}\n", hosts(&[s.url()])),
+    );
+    let r = t.json(&["apply"], 1);
+    let step = &r["steps"][0];
+    assert_eq!(step["error_kind"], "guest", "{r:#}");
+    let error = step["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("POST {}/releases", s.url()))
+            && error.contains("the step's limit of 1 requests is spent"),
+        "{error}"
+    );
+    assert_eq!(s.methods(), ["GET /releases/v1"]);
+    // A missing asset: the host's `not-found`, in the plugin's words.
+    s.releases
+        .lock()
+        .unwrap()
+        .insert("v1".into(), BTreeMap::new());
+    t.write(
+        "idem.yml",
+        format!(
+            "steps:\n  - plugin: plugins/release.wasm\n    paths: [dist]\n{}    config: {{api: \"{}\", tag: v1, assets: {{gone.txt: dist/gone.txt}}}}\n",
+            hosts(&[s.url()]),
+            s.url()
+        ),
+    );
+    let r = t.json(&["apply"], 1);
+    let step = &r["steps"][0];
+    assert_eq!(step["error_kind"], "guest", "{r:#}");
+    assert!(
+        step["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("reading dist/gone.txt: not-found: "),
+        "{r:#}"
+    );
 }

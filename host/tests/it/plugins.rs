@@ -119,6 +119,83 @@ fn python_plugin() -> &'static Vec<u8> {
     })
 }
 
+/// examples/plugins/release-js, built by componentize-js with its default flags (its
+/// `build.sh`), once per test run. The component is kept under `target/js-plugins/`, named by
+/// the SHA-256 of what it is built from (the example's sources and lock file, and `wit/`), so
+/// a run whose sources did not change does not rebuild it (a build takes half a minute).
+/// Fails (never skips) when componentize-js is not installed.
+pub fn js_release_plugin() -> &'static [u8] {
+    static BUILT: OnceLock<Vec<u8>> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        use sha2::Digest;
+        let src = workspace().join("examples/plugins/release-js");
+        let mut inputs: Vec<PathBuf> = ["app.js", "build.sh", "package.json", "package-lock.json"]
+            .iter()
+            .map(|f| src.join(f))
+            .collect();
+        let mut wit: Vec<PathBuf> = std::fs::read_dir(workspace().join("wit"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        wit.sort();
+        inputs.extend(wit);
+        let mut h = sha2::Sha256::new();
+        for p in &inputs {
+            h.update(p.file_name().unwrap().as_encoded_bytes());
+            h.update([0]);
+            h.update(std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())));
+            h.update([0]);
+        }
+        let key: String = format!("{:x}", h.finalize()).chars().take(16).collect();
+        let dir = workspace().join("target/js-plugins");
+        let out = dir.join(format!("release-js-{key}.wasm"));
+        // Checked even when a build is at hand: a machine that cannot build the example must
+        // say so, not pass on a leftover.
+        assert!(
+            src.join("node_modules/.bin/componentize-js").exists(),
+            "componentize-js is not installed, so the JavaScript example plugin cannot be \
+             built: run `bash tests/setup.sh` (it runs `npm ci` in examples/plugins/release-js, \
+             installing the pinned version)"
+        );
+        if !out.exists() {
+            std::fs::create_dir_all(&dir).unwrap();
+            let partial = dir.join(format!("release-js-{key}.{}.partial", std::process::id()));
+            let run = Command::new("bash")
+                .arg(src.join("build.sh"))
+                .arg(&partial)
+                .output()
+                .unwrap();
+            assert!(
+                run.status.success(),
+                "building the JavaScript plugin failed:\n{}{}",
+                String::from_utf8_lossy(&run.stdout),
+                String::from_utf8_lossy(&run.stderr)
+            );
+            std::fs::rename(&partial, &out).unwrap();
+        }
+        std::fs::read(&out).unwrap()
+    })
+}
+
+/// The names a component imports, at its top level.
+pub fn component_imports(bytes: &[u8]) -> Vec<String> {
+    let mut depth = 0usize;
+    let mut names = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload.expect("a valid component") {
+            wasmparser::Payload::Version { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::ComponentImportSection(section) if depth == 1 => {
+                for import in section {
+                    names.push(import.unwrap().name.name.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    names
+}
+
 /// A temporary directory holding a root (`root/`, with the hostile plugin in it) and, beside
 /// it, files that no plugin may reach (`outside/`).
 struct Sandbox {
