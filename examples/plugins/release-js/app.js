@@ -21,8 +21,9 @@ import { read } from "idem:plugin/fs@0.1.0";
 
 const FIELDS = ["api", "tag", "assets"];
 
-/// A step error: thrown as a plain object (not an `Error`), componentize-js returns it as
-/// the `err` of `run`'s result, a WIT `step-error` record.
+// A step error: thrown (or the promise rejected with it), componentize-js returns it as the
+// `err` of `run`'s result, a WIT `step-error` record read from its `message` and `cause`
+// properties (an `Error` thrown works alike, with no cause).
 class StepError {
   constructor(message) {
     this.message = message;
@@ -34,8 +35,8 @@ function fail(message) {
   return new StepError(message);
 }
 
-/// The host's error of a failed idem import call, in words: componentize-js throws an
-/// `Error` whose `payload` is the WIT `error` variant, `{tag: "not-found", val: "..."}`.
+// The host's error of a failed idem import call, in words: componentize-js throws an
+// object whose `payload` is the WIT `error` variant, `{tag: "not-found", val: "..."}`.
 function hostError(e) {
   const p = e && e.payload;
   return p && typeof p.tag === "string" ? `${p.tag}: ${p.val ?? ""}` : String(e);
@@ -72,7 +73,7 @@ function hex(buffer) {
   return Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-/// Send `method url` with `body`, following up to 5 redirects; the whole response.
+// Send `method url` with `body`, following up to 5 redirects; the whole response.
 async function send(method, url, body) {
   for (let hop = 0; hop <= 5; hop++) {
     const what = `${method} ${url}`;
@@ -173,9 +174,8 @@ async function ensureRelease(configText) {
 }
 
 export const step = {
-  /// `run: func(config: string) -> result<step-report, step-error>`: the report returned is
-  /// the `ok`; a `StepError` thrown (or the promise rejected with one) is the `err`. Any other
-  /// exception, an `Error` included, traps, and idem reports the step as failed with it.
+  // `run: func(config: string) -> result<step-report, step-error>`: the report returned is
+  // the `ok`; a `StepError` thrown (or the promise rejected with one) is the `err`.
   async run(config) {
     return await ensureRelease(config);
   },
