@@ -292,6 +292,37 @@ enum Command {
     },
 }
 
+/// The command line as parsed and shown: the global options are listed once, in `idem
+/// --help`, and each subcommand's help points there instead of repeating them. They still
+/// parse after the subcommand (`idem apply -C dir`): each subcommand carries a hidden copy,
+/// still global, which clap fills and hands up to the top level as it does for any global
+/// option (it propagates a global option only where a subcommand has none of that name).
+/// Completions use [`Cli::command`], which offers them everywhere.
+fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    let globals: Vec<clap::Arg> = cmd
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .cloned()
+        .collect();
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    for name in names {
+        cmd = cmd.mut_subcommand(name, |mut sub| {
+            for a in &globals {
+                sub = sub.arg(a.clone().hide(true));
+            }
+            sub.after_help(
+                "Global options (the root, the state store, output format and colour, limits, \
+                 logging) go before or after the command: see `idem --help`.",
+            )
+        });
+    }
+    cmd
+}
+
 /// `--now` must be a time now, so a bad one is a usage error (exit 64) naming the input.
 fn valid_now(text: &str) -> Result<String, String> {
     crate::cap::clock::parse_now(text).map(|_| text.to_string())
@@ -364,7 +395,10 @@ pub fn main() -> ExitCode {
         // kill the run silently.
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
-    let cli = match Cli::try_parse() {
+    let cli = match command()
+        .try_get_matches()
+        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m))
+    {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -793,13 +827,13 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(exit::OK)
         }
         Command::Man { dir: None } => {
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            clap_mangen::Man::new(command()).render(&mut std::io::stdout())?;
             Ok(exit::OK)
         }
         Command::Man { dir: Some(dir) } => {
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("creating the man page directory {}", dir.display()))?;
-            let mut cmd = Cli::command();
+            let mut cmd = command();
             cmd.build();
             write_man_pages(&cmd, &dir)?;
             Ok(exit::OK)

@@ -4,9 +4,10 @@
 //! The plan loop tells [`Live`] of steps through [`Events`]; progress within a step is read
 //! from the run's meter ([`Progress`]) by a thread of its own, every tenth of a second, so a
 //! bar moves and a heartbeat comes on time even while the guest sits in one long host call or
-//! a plugin compiles. Both sides take one lock ([`Display`]) around what they print, so a
-//! progress line never lands after its step's result, and a bar is cleared before a result
-//! line is printed. Result lines are rendered by [`Report::render_step`], the same code as the
+//! a plugin compiles. On a terminal a plugin's compile (a cold cache) gets a line of its own
+//! under its step's bar while it lasts. Both sides take one lock ([`Display`]) around what
+//! they print, so a progress line never lands after its step's result, and a bar is cleared
+//! before a result line is printed. Result lines are rendered by [`Report::render_step`], the same code as the
 //! report at the end, so the two never differ.
 
 use std::io::{IsTerminal, Write};
@@ -15,11 +16,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use crate::bindings::plan::StepInfo;
-use crate::cap::log::{Progress, Reading};
+use crate::cap::log::{Compiling, Progress, Reading};
 use crate::report::{Report, TextStyle, count, thousands};
 use crate::run::Events;
 use crate::term::escape;
@@ -53,7 +54,10 @@ struct Display {
     steps: usize,
     /// Each step's operation, by index, to name what it counts.
     ops: Vec<String>,
+    /// The terminal's lines: the running step's bar, and under it a compile under way.
+    multi: MultiProgress,
     bar: Option<(usize, ProgressBar)>,
+    compile: Option<ProgressBar>,
     /// The next heartbeat: (step, elapsed time it is due at).
     next_beat: (usize, Duration),
     /// The last progress event: (step, done, whole seconds elapsed).
@@ -111,10 +115,13 @@ impl Drop for LogLine {
             let _ = err.flush();
         };
         match DISPLAY.get() {
-            Some(d) => match &lock(d).bar {
-                Some((_, bar)) => bar.suspend(write),
-                None => write(),
-            },
+            Some(d) => {
+                let d = lock(d);
+                match &d.bar {
+                    Some(_) => d.multi.suspend(write),
+                    None => write(),
+                }
+            }
             None => write(),
         }
     }
@@ -138,7 +145,9 @@ impl Live {
             finished: 0,
             steps: 0,
             ops: Vec::new(),
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
             bar: None,
+            compile: None,
             next_beat: (0, Duration::ZERO),
             last_event: (0, u64::MAX, 0),
             verify: false,
@@ -193,9 +202,7 @@ impl Live {
         if let Some(t) = self.ticker.take() {
             let _ = t.join();
         }
-        if let Some((_, bar)) = lock(&self.display).bar.take() {
-            bar.finish_and_clear();
-        }
+        clear_bars(&mut lock(&self.display));
         // Stdout is line-buffered: a report of 100,000 removals would be 100,000 writes.
         let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
         match self.settings.output {
@@ -283,9 +290,7 @@ impl Events for Live {
         d.finished = 0;
         d.next_beat = (0, Duration::ZERO);
         d.last_event = (0, u64::MAX, 0);
-        if let Some((_, bar)) = d.bar.take() {
-            bar.finish_and_clear();
-        }
+        clear_bars(&mut d);
     }
 
     fn step_finished(&mut self, report: &Report) {
@@ -294,9 +299,7 @@ impl Events for Live {
         };
         let mut d = lock(&self.display);
         d.finished = step.index;
-        if let Some((_, bar)) = d.bar.take() {
-            bar.finish_and_clear();
-        }
+        clear_bars(&mut d);
         match self.settings.output {
             Output::Text { quiet: false } => {
                 let mut buf = Vec::new();
@@ -337,9 +340,7 @@ fn secs(d: Duration) -> String {
 /// The words shown for a running step: counts, percentage, rate, elapsed, ETA.
 fn describe(r: &Reading, op: &str) -> String {
     let mut parts = Vec::new();
-    if let Some(note) = r.note {
-        parts.push(note.to_string());
-    } else if r.done > 0 || r.total > 0 {
+    if r.done > 0 || r.total > 0 {
         if r.total > 0 {
             let pct = (r.done as f64 / r.total as f64 * 100.0).min(100.0);
             parts.push(format!(
@@ -374,36 +375,79 @@ fn step_label(d: &Display, index: usize) -> String {
     format!("{verify}step {index}/{}", d.steps)
 }
 
+/// `compiling plugins/x.wasm (first run; cached afterwards), 12s`: the line of a compile.
+fn compile_line(c: &Compiling) -> String {
+    let why = if c.cached {
+        "first run; cached afterwards"
+    } else {
+        "not cached"
+    };
+    format!("compiling {} ({why}), {}", escape(&c.path), secs(c.elapsed))
+}
+
+/// Take the terminal's lines away (a step ended, or the run).
+fn clear_bars(d: &mut Display) {
+    for bar in [d.compile.take(), d.bar.take().map(|(_, b)| b)]
+        .into_iter()
+        .flatten()
+    {
+        bar.finish_and_clear();
+        d.multi.remove(&bar);
+    }
+}
+
 /// The terminal's bar for the running step, made once it has run 300 ms (quick steps never
-/// flicker one).
+/// flicker one), and under it, while the step's plugin compiles, a line saying so.
 fn draw_bar(d: &mut Display, r: &Reading, color: bool) {
     if r.elapsed < Duration::from_millis(300) {
         return;
     }
     let op = op_of(d, r.index);
     if d.bar.as_ref().is_none_or(|(i, _)| *i != r.index) {
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        clear_bars(d);
+        let bar = d.multi.add(ProgressBar::hidden());
         bar.set_prefix(format!("{} {}", step_label(d, r.index), escape(&r.name)));
-        if let Some((_, old)) = d.bar.take() {
-            old.finish_and_clear();
-        }
         d.bar = Some((r.index, bar));
     }
-    let Some((_, bar)) = &d.bar else { return };
-    let template = match (r.total > 0, color) {
-        (true, true) => "{prefix} [{bar:25.cyan/blue}] {msg}",
-        (true, false) => "{prefix} [{bar:25}] {msg}",
-        (false, _) => "{spinner} {prefix} {msg}",
-    };
-    if let Ok(style) = ProgressStyle::with_template(template) {
-        bar.set_style(style.progress_chars("=> "));
+    if let Some((_, bar)) = &d.bar {
+        let template = match (r.total > 0, color) {
+            (true, true) => "{prefix} [{bar:25.cyan/blue}] {msg}",
+            (true, false) => "{prefix} [{bar:25}] {msg}",
+            (false, _) => "{spinner} {prefix} {msg}",
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        if r.total > 0 {
+            bar.set_length(r.total);
+            bar.set_position(r.done.min(r.total));
+        }
+        bar.set_message(describe(r, &op));
     }
-    if r.total > 0 {
-        bar.set_length(r.total);
-        bar.set_position(r.done.min(r.total));
+    match (&r.compiling, &d.compile) {
+        (Some(c), Some(line)) => line.set_message(compile_line(c)),
+        (Some(c), None) => {
+            let line = d.multi.add(ProgressBar::hidden());
+            if let Ok(style) = ProgressStyle::with_template("  {spinner} {msg}") {
+                line.set_style(style);
+            }
+            line.set_message(compile_line(c));
+            d.compile = Some(line);
+        }
+        (None, Some(_)) => {
+            if let Some(line) = d.compile.take() {
+                line.finish_and_clear();
+                d.multi.remove(&line);
+            }
+        }
+        (None, None) => {}
     }
-    bar.set_message(describe(r, &op));
-    bar.tick();
+    if let Some((_, bar)) = &d.bar {
+        bar.tick();
+    }
+    if let Some(line) = &d.compile {
+        line.tick();
+    }
 }
 
 /// One plain line on standard error every `interval` of a running step, so a CI log is never
@@ -417,13 +461,16 @@ fn heartbeat(d: &mut Display, r: &Reading, interval: Duration) {
     }
     d.next_beat.1 += interval;
     let op = op_of(d, r.index);
+    let doing = match &r.compiling {
+        Some(c) => format!("{}, elapsed {}", compile_line(c), secs(r.elapsed)),
+        None => describe(r, &op),
+    };
     let mut err = std::io::stderr().lock();
     let _ = writeln!(
         err,
-        "idem: {} {}: {}",
+        "idem: {} {}: {doing}",
         step_label(d, r.index),
         escape(&r.name),
-        describe(r, &op)
     );
     let _ = err.flush();
 }
@@ -451,6 +498,7 @@ fn progress_event(d: &mut Display, r: &Reading) {
             "checkpointed": r.checkpointed,
             "elapsed_ms": r.elapsed.as_millis() as u64,
             "eta_ms": r.eta().map(|e| e.as_millis() as u64),
+            "compiling": r.compiling.as_ref().map(|c| &c.path),
         })
         .to_string(),
     );
@@ -466,7 +514,9 @@ mod tests {
             finished: 0,
             steps: 3,
             ops: Vec::new(),
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::hidden()),
             bar: None,
+            compile: None,
             next_beat: (0, Duration::ZERO),
             last_event: (0, 0, 0),
             verify: false,
@@ -486,7 +536,7 @@ mod tests {
             total: 3_500,
             skipped: 1_000,
             checkpointed: 500,
-            note: None,
+            compiling: None,
         };
         assert_eq!(
             describe(&r, "each"),
@@ -499,10 +549,20 @@ mod tests {
             ..r
         };
         assert_eq!(describe(&idle, "plugin"), "running, elapsed 10s");
-        let loading = Reading {
-            note: Some("loading"),
-            ..idle
+    }
+
+    #[test]
+    fn a_compile_is_named_with_what_it_compiles_and_for_how_long() {
+        let mut c = Compiling {
+            path: "plugins/x\x1b.wasm".into(),
+            cached: true,
+            elapsed: Duration::from_secs(75),
         };
-        assert_eq!(describe(&loading, "plugin"), "loading, elapsed 10s");
+        assert_eq!(
+            compile_line(&c),
+            "compiling plugins/x\\u{1b}.wasm (first run; cached afterwards), 1m15s"
+        );
+        c.cached = false;
+        assert!(compile_line(&c).contains("(not cached)"));
     }
 }

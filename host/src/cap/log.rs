@@ -30,7 +30,7 @@ struct StepMeter {
     total: u64,
     skipped: u64,
     checkpointed: u64,
-    note: Option<&'static str>,
+    compiling: Option<(String, bool, Instant)>,
 }
 
 /// What the meter says of the running step at one moment.
@@ -48,9 +48,20 @@ pub struct Reading {
     pub skipped: u64,
     /// Keys marked done by this step so far (what an interrupt keeps).
     pub checkpointed: u64,
-    /// What the host is doing for the step, when that is what takes the time (loading a
-    /// plugin's component, which may mean compiling it).
-    pub note: Option<&'static str>,
+    /// A plugin's component being compiled for the step (a cold cache: its first run), and
+    /// for how long so far: the display shows it on a line of its own.
+    pub compiling: Option<Compiling>,
+}
+
+/// A compile under way, as shown.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Compiling {
+    /// The component, as the plan names it (`plugins/x.wasm`).
+    pub path: String,
+    /// Its compiled code will be cached (a later run loads it), or not (`--no-cache`, or a
+    /// cache idem does not use).
+    pub cached: bool,
+    pub elapsed: Duration,
 }
 
 impl Reading {
@@ -90,7 +101,7 @@ impl Progress {
                 total: 0,
                 skipped: 0,
                 checkpointed: 0,
-                note: None,
+                compiling: None,
             })
         });
     }
@@ -113,7 +124,11 @@ impl Progress {
                 total: s.total,
                 skipped: s.skipped,
                 checkpointed: s.checkpointed,
-                note: s.note,
+                compiling: s.compiling.as_ref().map(|(path, cached, at)| Compiling {
+                    path: path.clone(),
+                    cached: *cached,
+                    elapsed: at.elapsed(),
+                }),
             })
         })
     }
@@ -128,11 +143,12 @@ impl Progress {
         });
     }
 
-    /// Say what the host is doing for the running step (`None`: that is over).
-    pub fn note(&self, note: Option<&'static str>) {
+    /// The running step's component `path` is being compiled, its result cached or not;
+    /// `None`: the compile is over.
+    pub fn compiling(&self, what: Option<(&str, bool)>) {
         self.with(|m| {
             if let Some(s) = m {
-                s.note = note;
+                s.compiling = what.map(|(path, cached)| (path.to_owned(), cached, Instant::now()));
             }
         });
     }
@@ -186,7 +202,7 @@ mod tests {
             total: 3_500,
             skipped: 1_000,
             checkpointed: 500,
-            note: None,
+            compiling: None,
         };
         assert_eq!(r.rate(), 50.0);
         assert_eq!(r.eta(), Some(Duration::from_secs(40)));

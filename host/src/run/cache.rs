@@ -198,14 +198,18 @@ enum Lookup {
     Rejected(String),
 }
 
-/// Compile a component, or load it from `cache`.
+/// Compile a component, or load it from `cache`. `compiling` is told just before a compile
+/// starts (with whether its result will be cached), so a display can say what the time goes
+/// to; a load from the cache never calls it.
 pub fn load_component(
     engine: &Engine,
     cache: Option<&Cache>,
     bytes: &[u8],
     content_hash: &str,
+    compiling: &dyn Fn(bool),
 ) -> Result<Component> {
     let Some(cache) = cache else {
+        compiling(false);
         return compile(engine, bytes);
     };
     let name = artefact_name(engine, content_hash);
@@ -231,6 +235,7 @@ pub fn load_component(
             cache.path.join(&name).display()
         ),
     }
+    compiling(true);
     let component = compile(engine, bytes)?;
     let stored = component
         .serialize()

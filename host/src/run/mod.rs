@@ -125,6 +125,7 @@ impl Host {
             cache.as_ref(),
             STANDARD_GUEST,
             STANDARD_GUEST_HASH.trim(),
+            &|_| {},
         )
         .context("loading the standard operations component")?;
         Ok(Host {
@@ -142,14 +143,18 @@ impl Host {
         self.progress.clone()
     }
 
-    fn load_component(&self, bytes: &[u8], content_hash: &str) -> Result<Component> {
-        // A cold compile of a large component (Python, JS) takes seconds to a minute: say so
-        // rather than show a step that seems stuck.
-        self.progress.note(Some(
-            "loading the component (compiled on its first run; cached afterwards)",
-        ));
-        let loaded = cache::load_component(&self.engine, self.cache.as_ref(), bytes, content_hash);
-        self.progress.note(None);
+    /// A plugin's component `path`, from the cache or compiled. A cold compile of a large
+    /// component (Python, JS) takes seconds to a minute: the display shows it on a line of
+    /// its own while it lasts, rather than a step that seems stuck.
+    fn load_component(&self, path: &str, bytes: &[u8], content_hash: &str) -> Result<Component> {
+        let loaded = cache::load_component(
+            &self.engine,
+            self.cache.as_ref(),
+            bytes,
+            content_hash,
+            &|cached| self.progress.compiling(Some((path, cached))),
+        );
+        self.progress.compiling(None);
         loaded
     }
 

@@ -59,7 +59,8 @@ impl Host {
         if let Some(problem) = super::imports::unprovided_import(&bytes) {
             return (run, Err(load(format!("{what} {problem}"))));
         }
-        let component = match self.load_component(&bytes, &crate::cap::fs::hash(&bytes)) {
+        let component = match self.load_component(&call.path, &bytes, &crate::cap::fs::hash(&bytes))
+        {
             Ok(c) => c,
             Err(e) => {
                 return (

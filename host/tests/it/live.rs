@@ -808,3 +808,209 @@ fn thousands(n: u64) -> String {
     }
     out
 }
+
+/// Issue 17: the global options are listed once, in `idem --help`; a subcommand's help
+/// points there instead of repeating them, and they still parse after the subcommand.
+#[test]
+fn global_options_are_listed_once_in_help_and_still_parse_after_the_command() {
+    let t = Env::new();
+    let top = t.idem(&["--help"]);
+    top.code(0)
+        .says("Global options:")
+        .says("--plugin-timeout <SECS>")
+        .says("--lock-timeout <SECS>");
+    for sub in [
+        "apply", "plan", "check", "validate", "run", "history", "man",
+    ] {
+        let r = t.idem(&[sub, "--help"]);
+        r.code(0).says("see `idem --help`");
+        for global in [
+            "--plugin-timeout",
+            "--lock-timeout",
+            "--state-key",
+            "--color",
+        ] {
+            assert!(
+                !r.stdout.contains(global),
+                "`idem {sub} --help` lists {global}:\n{}",
+                r.stdout
+            );
+        }
+    }
+    // `apply`'s own options are still shown.
+    t.idem(&["apply", "--help"])
+        .code(0)
+        .says("--verify")
+        .says("--var <NAME=VALUE>");
+    // After the subcommand, a global option is taken as before the subcommand.
+    t.write("sub/idem.yml", "steps:\n  - dir: out\n");
+    let r = t.json(&["apply", "-C", "sub", "--now", "1700000000"], 0);
+    assert_eq!(r["steps"][0]["outcome"], "created", "{r}");
+    assert!(t.exists("sub/out"));
+    t.idem(&["plan", "--now", "tomorrow"]).code(64);
+    t.idem(&["apply", "--plugin-timeout", "x"]).code(64);
+    let before = t.json(&["-C", "sub", "check"], 0);
+    assert_eq!(before["steps"][0]["outcome"], "unchanged");
+}
+
+/// A compile cache outside `t`'s root that is warm for everything the shared one holds (the
+/// standard guest) but cold for `component`: its artefact is left out, so the next run
+/// compiles it. The cache is in the returned directory, `cache/`.
+fn cache_cold_for(t: &Env, component: &[u8]) -> tempfile::TempDir {
+    use sha2::Digest;
+    use std::os::unix::fs::DirBuilderExt;
+    // The shared cache holds the standard guest once any run has used it.
+    t.idem(&["schema"]).code(0);
+    let dir = tempfile::tempdir().unwrap();
+    let cold = dir.path().join("cache");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&cold)
+        .unwrap();
+    let sha = format!("{:x}", sha2::Sha256::digest(component));
+    for e in std::fs::read_dir(cache_dir()).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        if name.starts_with(&sha[..32]) || !(name == "key" || name.ends_with(".cwasm")) {
+            continue;
+        }
+        std::fs::copy(e.path(), cold.join(&name)).unwrap();
+    }
+    dir
+}
+
+/// Issue 17: on a terminal, while a plugin step compiles its component (a cold cache), a
+/// second line under the step's bar says so, with the time it has taken; once the compile
+/// is over the line goes and the step's bar is drawn alone while the plugin runs.
+#[test]
+fn on_a_terminal_a_plugin_compile_is_a_line_of_its_own_while_it_lasts() {
+    let t = Env::new();
+    let plugin = &crate::plugins::built().hostile;
+    t.write("plugins/sleepy.wasm", plugin);
+    t.write(
+        "idem.yml",
+        "steps:\n  - plugin: plugins/sleepy.wasm\n    config: {mode: sleep, size: 2}\n",
+    );
+    let dir = cache_cold_for(&t, plugin);
+    let cold = dir.path().join("cache");
+    let cmdline = format!("{} apply", bin());
+    let c = t.cmd();
+    let out = Command::new("script")
+        .args(["-qefc", &cmdline, "/dev/null"])
+        .current_dir(t.root())
+        .envs(
+            c.get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        )
+        .env("IDEM_CACHE_DIR", &cold)
+        .env("TERM", "xterm")
+        .env("COLUMNS", "160")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1), from util-linux (tests/setup.sh installs it)");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    let line = "compiling plugins/sleepy.wasm (first run; cached afterwards), ";
+    let last = screen
+        .rfind(line)
+        .unwrap_or_else(|| panic!("no compile line was drawn:\n{screen:?}"));
+    let first = screen.find(line).unwrap();
+    assert!(
+        screen[..first].contains("step 1/1 plugin plugins/sleepy.wasm"),
+        "the compile line is under the step's bar: {screen:?}"
+    );
+    // After the compile, the step's bar is drawn again, without the compile line.
+    let after = &screen[last..];
+    let bar = after
+        .find("step 1/1 plugin plugins/sleepy.wasm")
+        .unwrap_or_else(|| panic!("the bar was not drawn after the compile: {after:?}"));
+    assert!(
+        !after[bar..].contains("compiling "),
+        "the compile line came back: {after:?}"
+    );
+    assert!(
+        screen.contains("unchanged     plugin plugins/sleepy.wasm"),
+        "{screen}"
+    );
+    // Warm, the next run compiles nothing and draws no compile line.
+    let again = Command::new("script")
+        .args(["-qefc", &cmdline, "/dev/null"])
+        .current_dir(t.root())
+        .envs(
+            c.get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        )
+        .env("IDEM_CACHE_DIR", &cold)
+        .env("TERM", "xterm")
+        .env("COLUMNS", "160")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success(), "{screen}");
+    assert!(!screen.contains("compiling "), "{screen:?}");
+    assert!(
+        screen.contains("step 1/1 plugin plugins/sleepy.wasm"),
+        "{screen:?}"
+    );
+}
+
+/// Issue 17: in a pipe (CI logs), the heartbeat of a step whose plugin compiles says that it
+/// is compiling, and what; so do NDJSON progress events (`compiling`). The component here is
+/// the standard operations guest, a megabyte that takes seconds to compile in a debug build,
+/// with a custom section added so that its hash is not the standard guest's own (which every
+/// run loads first, from the cache); it is of another world, so the step then fails to
+/// instantiate it, as it should.
+#[test]
+fn in_a_pipe_the_heartbeat_says_a_plugin_is_compiling() {
+    let t = Env::new();
+    let mut plugin = crate::plugins::built().standard.clone();
+    // A custom section (id 0): its size, then its name's length and name, then no payload.
+    plugin.extend([0, 4, 3, b'p', b'a', b'd']);
+    let plugin = &plugin;
+    t.write("plugins/big.wasm", plugin);
+    t.write("idem.yml", "steps:\n  - plugin: plugins/big.wasm\n");
+    let dir = cache_cold_for(&t, plugin);
+    let cold = dir.path().join("cache");
+    let r = Run::from(
+        t.cmd()
+            .args(["apply", "--progress-interval", "1"])
+            .env("IDEM_CACHE_DIR", &cold)
+            .output()
+            .unwrap(),
+    );
+    r.code(1).says("does not fit idem's contract");
+    let beat = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("idem: step 1/1 plugin plugins/big.wasm: compiling "))
+        .unwrap_or_else(|| panic!("no heartbeat said it was compiling:\n{}", r.stderr));
+    assert!(
+        beat.contains("compiling plugins/big.wasm (first run; cached afterwards), ")
+            && beat.contains(", elapsed "),
+        "{beat}"
+    );
+    // NDJSON: the progress events of the compile name the component; warm, none does.
+    let dir = cache_cold_for(&t, plugin);
+    let cold = dir.path().join("cache");
+    let r = Run::from(
+        t.cmd()
+            .args(["apply", "--format", "ndjson"])
+            .env("IDEM_CACHE_DIR", &cold)
+            .output()
+            .unwrap(),
+    );
+    r.code(1);
+    let events: Vec<Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "progress" && e["compiling"] == "plugins/big.wasm"),
+        "{}",
+        r.stdout
+    );
+}
