@@ -771,3 +771,34 @@ fn the_js_release_plugin_fails_its_step_by_throwing_with_its_own_message() {
         "{r:#}"
     );
 }
+
+/// Issue 16: with the state in PostgreSQL, the journal keeps the same entry for a request
+/// sent (status, body size and SHA-256) as with SQLite; it kept the bare request line.
+#[test]
+fn with_the_state_in_postgres_the_journal_keeps_each_request_s_status_and_digest() {
+    let url = crate::pg::server().url_of(&crate::pg::fresh_db("http_journal"));
+    let s = Server::start(Behaviour::Api);
+    let t = release_env(&s.url(), &hosts(&[s.url()]));
+    t.json(&["apply", "--state", &url], 0);
+    let history = t.json(&["history", "--state", &url], 0);
+    let targets: Vec<&str> = history[0]["journal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["target"].as_str().unwrap())
+        .collect();
+    let u = s.url();
+    assert_eq!(
+        targets[0],
+        format!(
+            "POST {u}/releases -> 201 (12 bytes, sha256 {})",
+            sha(br#"{"tag":"v1"}"#)
+        ),
+        "{history:#}"
+    );
+    assert_eq!(
+        history[0]["journal"][1]["hash_after"],
+        sha(b"the app\n"),
+        "{history:#}"
+    );
+}
