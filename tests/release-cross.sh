@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Cross-builds the aarch64 Linux release archive on an x86_64 machine and runs it under
 # qemu-user: the same commands as the release workflow's aarch64 job (.github/workflows/
-# release.yml). Installs Debian's gcc-aarch64-linux-gnu and qemu-user when missing.
+# release.yml). Installs Debian's gcc-aarch64-linux-gnu and qemu-user, and zig's C compiler
+# (PyPI's ziglang, for musl's headers: action/release/zig-cc.sh), when missing.
 #
 #   tests/release-cross.sh [OUTDIR]     default: target/cross/dist
 #
@@ -17,6 +18,7 @@ if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64 >/
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user >/dev/null
 fi
+python3 -m ziglang version >/dev/null 2>&1 || pip install --quiet "ziglang==0.13.0.post1"
 version=$(sed -n 's/^version[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' Cargo.toml | head -n 1)
 start=$SECONDS
 binary=$(bash action/release/build.sh "$target" target/cross)

@@ -30,7 +30,15 @@ if [[ $target == aarch64-unknown-linux-* && $machine != aarch64 ]]; then
   upper=$(printf '%s' "$target" | tr 'a-z-' 'A-Z_')
   lower=$(printf '%s' "$target" | tr '-' '_')
   export "CARGO_TARGET_${upper}_LINKER=aarch64-linux-gnu-gcc"
-  export "CC_${lower}=aarch64-linux-gnu-gcc" "AR_${lower}=aarch64-linux-gnu-ar"
+  export "AR_${lower}=aarch64-linux-gnu-ar"
+  if [[ $target == *-musl ]]; then
+    # C code must see musl's headers, not glibc's (action/release/zig-cc.sh says why).
+    python3 -m ziglang version >/dev/null 2>&1 ||
+      die "cross-compiling $target needs zig's C compiler for musl's headers: pip install ziglang==0.13.0.post1"
+    export "CC_${lower}=$repo/action/release/zig-cc.sh"
+  else
+    export "CC_${lower}=aarch64-linux-gnu-gcc"
+  fi
   # A static binary, also for -gnu, so that it runs under qemu-user and on any distribution.
   export "CARGO_TARGET_${upper}_RUSTFLAGS=-C target-feature=+crt-static"
 elif [[ $target == x86_64-* && $machine != x86_64 ]]; then
