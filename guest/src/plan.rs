@@ -28,13 +28,81 @@ pub struct Plan {
     /// The plan format's version; the only one is 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
+    /// Other plan files to take in, relative to this file: their `vars` and `groups` join
+    /// this plan's, and their `steps` run before this plan's own, in the order listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
+    pub include: Vec<String>,
+    /// Named lists of steps with parameters, run where a step says `use: NAME` (with
+    /// `with: {PARAM: VALUE}`); inside them, `${param.NAME}` is the value given.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, Group>,
     /// Variables, used in any string as `${var.NAME}`: a default value (`region: eu`), or
     /// `{default, sensitive, description}`. A variable without a default must be given with
     /// `--var NAME=VALUE` or `--var-file`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub vars: BTreeMap<String, VarDecl>,
     /// The steps, run in order.
+    #[schemars(with = "Vec<StepOrUse>")]
     pub steps: Vec<Step>,
+}
+
+/// A reusable list of steps (under `groups:`).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    /// What the group is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Its parameters: a mapping of names to default values (`~` for a parameter that
+    /// must be given), or a list of names that must all be given.
+    #[serde(default)]
+    #[schemars(with = "Params")]
+    pub params: BTreeMap<String, Option<String>>,
+    /// The steps a `use` of the group runs, in order.
+    #[schemars(with = "Vec<StepOrUse>")]
+    pub steps: Vec<Step>,
+}
+
+/// A group's parameters (schema only).
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum Params {
+    Defaults(BTreeMap<String, Option<ScalarValue>>),
+    Names(Vec<String>),
+}
+
+/// A string, number or boolean (schema only).
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum ScalarValue {
+    Text(String),
+    Number(f64),
+    Bool(bool),
+}
+
+/// A step, or a `use` of a group (schema only: groups are expanded when the plan loads).
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code, clippy::large_enum_variant)]
+enum StepOrUse {
+    Step(Step),
+    Use(UseStep),
+}
+
+/// Run a group's steps here.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct UseStep {
+    /// The group's name, from `groups:`.
+    #[serde(rename = "use")]
+    group: String,
+    /// Values for the group's parameters.
+    #[serde(default)]
+    with: BTreeMap<String, ScalarValue>,
 }
 
 /// One step: a mapping with exactly one operation key.
@@ -528,6 +596,8 @@ pub struct Loaded {
     pub sensitive_steps: Vec<bool>,
     /// The values of the sensitive variables, for the host to keep out of every output.
     pub sensitive: Vec<String>,
+    /// The files the plan included, under the root.
+    pub included: Vec<String>,
 }
 
 /// A file a step reads, for the host to check before any step runs.
@@ -555,8 +625,22 @@ pub fn parse(source: &str) -> Result<Loaded, PlanError> {
     parse_with(source, &Inputs::default())
 }
 
-/// Parse and validate a plan's source with the host's variable values and environment.
+/// Parse and validate a plan's source with the host's variable values and environment; it
+/// can include no file.
 pub fn parse_with(source: &str, inputs: &Inputs) -> Result<Loaded, PlanError> {
+    parse_composed(source, inputs, None, &mut |_| {
+        Err("no file can be read here".to_string())
+    })
+}
+
+/// Parse and validate a plan whose file is at `plan_path` under the root, reading the files
+/// it includes with `read`.
+pub fn parse_composed(
+    source: &str,
+    inputs: &Inputs,
+    plan_path: Option<&str>,
+    read: crate::include::Reader<'_>,
+) -> Result<Loaded, PlanError> {
     let root = yaml::parse(source)
         .map_err(|e| PlanError {
             message: if e.limit {
@@ -576,6 +660,8 @@ pub fn parse_with(source: &str, inputs: &Inputs) -> Result<Loaded, PlanError> {
         return Err(PlanError::at(root.loc, "a plan is a mapping, not a list")
             .hint("put the steps under `steps:`"));
     }
+    let composed = crate::include::compose(root, plan_path, read)?;
+    let root = composed.root;
     // Variables first, so that what the steps are checked against is their values.
     let vars_node = match &root.kind {
         Kind::Map(entries) => entries
@@ -586,7 +672,9 @@ pub fn parse_with(source: &str, inputs: &Inputs) -> Result<Loaded, PlanError> {
     };
     let vars = vars::declare(vars_node.as_ref(), inputs)?;
     // From here on an error may quote a value, so none leaves with a secret in it.
-    parse_steps(root, &vars).map_err(|e| vars.redact_error(e))
+    let mut loaded = parse_steps(root, &vars).map_err(|e| vars.redact_error(e))?;
+    loaded.included = composed.included;
+    Ok(loaded)
 }
 
 fn parse_steps(mut root: Node, vars: &vars::Vars) -> Result<Loaded, PlanError> {
@@ -665,6 +753,8 @@ fn parse_steps(mut root: Node, vars: &vars::Vars) -> Result<Loaded, PlanError> {
     Ok(Loaded {
         plan: Plan {
             version,
+            include: Vec::new(),
+            groups: BTreeMap::new(),
             vars: BTreeMap::new(),
             steps,
         },
@@ -672,6 +762,7 @@ fn parse_steps(mut root: Node, vars: &vars::Vars) -> Result<Loaded, PlanError> {
         reads,
         sensitive_steps,
         sensitive: vars.sensitive(),
+        included: Vec::new(),
     })
 }
 
@@ -1739,7 +1830,14 @@ steps:
         let e = err("steps:\n  - file: a\n    contnet: x\n");
         assert_eq!(e.message, "unknown field `contnet` in a `file` step");
         assert_eq!(e.hint.as_deref(), Some("did you mean `content`?"));
-        assert_eq!(e.loc, Some(Loc { line: 3, column: 5 }));
+        assert_eq!(
+            e.loc,
+            Some(Loc {
+                line: 3,
+                column: 5,
+                file: None
+            })
+        );
     }
 
     #[test]
@@ -1767,7 +1865,14 @@ steps:
         assert_eq!(e.hint.as_deref(), Some("did you mean `file`?"));
         let e = err("steps:\n  - copy: a\n");
         assert_eq!(e.message, "the step names no operation");
-        assert_eq!(e.loc, Some(Loc { line: 2, column: 5 }));
+        assert_eq!(
+            e.loc,
+            Some(Loc {
+                line: 2,
+                column: 5,
+                file: None
+            })
+        );
     }
 
     #[test]
@@ -1789,7 +1894,8 @@ steps:
             e.loc,
             Some(Loc {
                 line: 3,
-                column: 11
+                column: 11,
+                file: None
             })
         );
         let e = err("steps:\n  - dir: a\n    mode: \"0855\"\n");
@@ -1835,7 +1941,8 @@ steps:
             e.loc,
             Some(Loc {
                 line: 3,
-                column: 17
+                column: 17,
+                file: None
             })
         );
     }
@@ -1936,7 +2043,8 @@ steps:
                 e.loc,
                 Some(Loc {
                     line: 3,
-                    column: 12
+                    column: 12,
+                    file: None
                 }),
                 "{table}"
             );
@@ -1979,10 +2087,31 @@ steps:
     fn json_plans_have_locations() {
         let src = "{\n  \"steps\": [\n    {\"dir\": \"a\"},\n    {\"file\": \"b\", \"content\": \"x\"}\n  ]\n}\n";
         let loaded = parse(src).unwrap();
-        assert_eq!(loaded.locations[0], Loc { line: 3, column: 5 });
-        assert_eq!(loaded.locations[1], Loc { line: 4, column: 5 });
+        assert_eq!(
+            loaded.locations[0],
+            Loc {
+                line: 3,
+                column: 5,
+                file: None
+            }
+        );
+        assert_eq!(
+            loaded.locations[1],
+            Loc {
+                line: 4,
+                column: 5,
+                file: None
+            }
+        );
         let e = err("{\"steps\": [\n {\"dir\": \"a\",\n  \"contnt\": \"x\"}]}");
-        assert_eq!(e.loc, Some(Loc { line: 3, column: 3 }));
+        assert_eq!(
+            e.loc,
+            Some(Loc {
+                line: 3,
+                column: 3,
+                file: None
+            })
+        );
     }
 
     #[test]
@@ -1994,7 +2123,8 @@ steps:
             loaded.locations[0],
             Loc {
                 line: 1,
-                column: 10
+                column: 10,
+                file: None
             }
         );
         assert_eq!(loaded.locations[2].line, 2);
@@ -2003,7 +2133,8 @@ steps:
             e.loc,
             Some(Loc {
                 line: 1,
-                column: 25
+                column: 25,
+                file: None
             })
         );
     }
@@ -2054,7 +2185,8 @@ steps:
             e.loc,
             Some(Loc {
                 line: 3,
-                column: 13
+                column: 13,
+                file: None
             })
         );
         let e = err("steps:\n  - file: a\n    content: x\n  - file: b/../a\n    content: y\n");
@@ -2134,9 +2266,17 @@ steps:
         let mut known: Vec<String> = ALL_FIELDS.iter().map(|s| s.to_string()).collect();
         known.sort();
         assert_eq!(all, known);
+        // A step may also be a `use` of a group, expanded when the plan loads.
         assert_eq!(
             schema["properties"]["steps"]["items"]["$ref"],
-            "#/$defs/Step"
+            "#/$defs/StepOrUse"
         );
+        let either: Vec<&str> = schema["$defs"]["StepOrUse"]["anyOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["$ref"].as_str().unwrap())
+            .collect();
+        assert_eq!(either, ["#/$defs/Step", "#/$defs/UseStep"]);
     }
 }

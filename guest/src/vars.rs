@@ -302,6 +302,7 @@ fn interpolate_scalar(
         } else {
             loc.column
         },
+        file: loc.file,
     };
     interpolate_at(text, &at, vars, template)
 }
@@ -388,6 +389,10 @@ fn lookup(reference: &str, vars: &Vars) -> Result<(String, bool), PlanError> {
             ),
         };
     }
+    if let Some(name) = reference.strip_prefix("param.") {
+        return Err(err(format!("`${{param.{name}}}` is used outside a group"))
+            .hint("a param is known only in the steps of a group (under `groups:`); use `${var.NAME}` elsewhere"));
+    }
     Err(err(format!("`${{{reference}}}` is not a reference idem knows"))
         .hint(format!(
             "write `${{var.{reference}}}` for a variable, `${{env.{reference}}}` for the environment, or `$${{` for a literal `${{`"
@@ -405,7 +410,16 @@ mod tests {
     }
 
     fn run(text: &str, v: &Vars, template: bool) -> Result<(String, bool), PlanError> {
-        interpolate_at(text, &|_| Loc { line: 1, column: 1 }, v, template)
+        interpolate_at(
+            text,
+            &|_| Loc {
+                line: 1,
+                column: 1,
+                file: None,
+            },
+            v,
+            template,
+        )
     }
 
     #[test]
@@ -467,7 +481,14 @@ mod tests {
                 .contains("unclosed")
         );
         let e = vars("token: {sensitive: true}\n", &Inputs::default()).unwrap_err();
-        assert_eq!(e.loc, Some(Loc { line: 1, column: 1 }));
+        assert_eq!(
+            e.loc,
+            Some(Loc {
+                line: 1,
+                column: 1,
+                file: None
+            })
+        );
         assert!(e.message.contains("has no value"));
         let e = vars(
             "a: b\n",
@@ -485,6 +506,13 @@ mod tests {
         let v = vars("a: b\n", &Inputs::default()).unwrap();
         let mut node = yaml::parse("k: x ${var.zz}\n").unwrap().unwrap();
         let e = interpolate(&mut node, &v, false).unwrap_err();
-        assert_eq!(e.loc, Some(Loc { line: 1, column: 6 }));
+        assert_eq!(
+            e.loc,
+            Some(Loc {
+                line: 1,
+                column: 6,
+                file: None
+            })
+        );
     }
 }

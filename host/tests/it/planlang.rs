@@ -331,3 +331,196 @@ fn a_misspelt_template_field_is_one_error_not_one_per_record() {
     assert_eq!(step["failures"].as_array().map(Vec::len), Some(0));
     assert!(!t.exists("out"), "no record was processed");
 }
+
+// Saved plans (issue 18, item 3).
+
+/// The saved-plan example of docs/plan.md, copied into a fresh root.
+fn saved_example() -> Env {
+    let t = Env::new();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plan-language");
+    for f in ["saved.yml", "users.csv"] {
+        t.write(f, std::fs::read(dir.join(f)).unwrap());
+    }
+    t
+}
+
+const TOKEN: &str = "--var=api_token=s3cr3t-Zq9-token";
+
+/// `plan --out plan.json`: exit 0, and the saved file (which must hold no secret).
+fn save(t: &Env, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["plan", "saved.yml", "--out", "plan.json", TOKEN];
+    args.extend(extra);
+    t.idem(&args).code(0).says("saved the plan");
+    let text = t.read("plan.json");
+    assert!(
+        !text.contains(SECRET),
+        "the saved plan holds the secret:\n{text}"
+    );
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The tree and the database as they are, to show a refused apply touched nothing.
+fn world(t: &Env) -> (String, Vec<String>) {
+    let rows = if t.exists("out/app.db") {
+        t.rows(
+            "out/app.db",
+            "SELECT id || ' ' || name FROM users ORDER BY id",
+        )
+    } else {
+        Vec::new()
+    };
+    (format!("{:?}", t.snapshot()), rows)
+}
+
+#[test]
+fn a_saved_plan_is_applied_unchanged_and_holds_no_secret() {
+    let t = saved_example();
+    let saved = save(&t, &[]);
+    assert_eq!(saved["format"], "idem-saved-plan");
+    assert_eq!(saved["version"], 1);
+    // The dry run changed nothing; the saved list is what it reported.
+    assert!(!t.exists("out"));
+    let kinds: Vec<(&str, &str)> = saved["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["kind"].as_str().unwrap(), c["path"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("create-dir", "out"),
+            ("create-database", "out/app.db"),
+            ("alter-schema", "out/app.db"),
+            ("write-rows", "out/app.db"),
+            ("create-file", "out/settings.ini"),
+            ("create-file", "out/users.csv"),
+        ]
+    );
+    // The sensitive variable is a fingerprint only; the other keeps its value for review.
+    let vars = saved["vars"].as_array().unwrap();
+    let token = vars.iter().find(|v| v["name"] == "api_token").unwrap();
+    assert_eq!(token["sensitive"], true);
+    assert!(token.get("value").is_none());
+    let r = t.idem(&["apply", "plan.json", TOKEN, "--format", "json"]);
+    r.code(0);
+    let applied = r.json();
+    let made: Vec<(String, String)> = changes(&applied)
+        .into_iter()
+        .map(|(_, k, p, _)| (k, p))
+        .collect();
+    let want: Vec<(String, String)> = kinds
+        .iter()
+        .map(|(k, p)| (k.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(made, want);
+    assert_eq!(
+        t.read("out/settings.ini"),
+        format!("env = staging\ntoken = {SECRET}\n")
+    );
+    assert_eq!(
+        t.rows("out/app.db", "SELECT name FROM users ORDER BY id"),
+        ["ada", "grace"]
+    );
+    // Applied once: the same file applied again finds the world changed (it was applied).
+    t.idem(&["apply", "plan.json", TOKEN])
+        .code(1)
+        .says("nothing was applied")
+        .says("`out` was created since the plan");
+}
+
+#[test]
+fn a_saved_plan_is_refused_after_a_source_file_changed() {
+    let t = saved_example();
+    save(&t, &[]);
+    t.write("users.csv", "id,name\n1,ada\n2,grace\n3,edsger\n");
+    let before = world(&t);
+    t.idem(&["apply", "plan.json", TOKEN])
+        .code(1)
+        .says("the saved plan no longer matches the world, so nothing was applied")
+        .says("`users.csv` changed (its content)");
+    assert_eq!(world(&t), before);
+}
+
+#[test]
+fn a_saved_plan_is_refused_after_a_database_row_changed() {
+    let t = saved_example();
+    t.idem(&["apply", "saved.yml", TOKEN]).code(0);
+    t.write("users.csv", "id,name\n1,ada\n2,grace\n3,edsger\n");
+    save(&t, &[]);
+    let c = rusqlite::Connection::open(t.path("out/app.db")).unwrap();
+    c.execute("UPDATE users SET name = 'Ada' WHERE id = '1'", [])
+        .unwrap();
+    drop(c);
+    let before = world(&t);
+    t.idem(&["apply", "plan.json", TOKEN])
+        .code(1)
+        .says("table `users` of `out/app.db` changed (its rows)");
+    assert_eq!(world(&t), before);
+}
+
+#[test]
+fn a_saved_plan_is_refused_after_a_target_file_was_edited() {
+    let t = saved_example();
+    t.idem(&["apply", "saved.yml", TOKEN]).code(0);
+    t.write("users.csv", "id,name\n1,ada\n2,grace\n3,edsger\n");
+    save(&t, &[]);
+    t.write("out/settings.ini", "edited by hand\n");
+    let before = world(&t);
+    t.idem(&["apply", "plan.json", TOKEN])
+        .code(1)
+        .says("`out/settings.ini` changed (its content)");
+    assert_eq!(world(&t), before);
+}
+
+#[test]
+fn a_saved_plan_is_refused_after_a_var_changed() {
+    let t = saved_example();
+    save(&t, &["--var", "env_name=prod"]);
+    let before = world(&t);
+    // A plain variable is taken from the saved plan; given again otherwise, it is named.
+    t.idem(&["apply", "plan.json", TOKEN, "--var", "env_name=dev"])
+        .code(1)
+        .says("var `env_name` changed: it was \"prod\", now \"dev\"");
+    // A sensitive one must be given again, and the same.
+    t.idem(&["apply", "plan.json", "--var", "api_token=other"])
+        .code(1)
+        .says("var `api_token` changed (sensitive)");
+    t.idem(&["apply", "plan.json"])
+        .code(1)
+        .says("var `api_token` is not given: it is sensitive");
+    assert_eq!(world(&t), before);
+    // The plan itself is part of what was approved.
+    t.write("saved.yml", t.read("saved.yml").replace("staging", "qa"));
+    let before = world(&t);
+    t.idem(&["apply", "plan.json", TOKEN])
+        .code(1)
+        .says("the plan file `saved.yml` changed since the plan was made");
+    assert_eq!(world(&t), before);
+}
+
+#[test]
+fn a_saved_plan_whose_changes_would_differ_now_is_refused() {
+    // A cleanup's removals depend on the clock, which no fingerprint covers: the dry run made
+    // again at apply time catches it.
+    let t = Env::new();
+    t.write(
+        "idem.yml",
+        "steps:\n  - cleanup: logs\n    older-than: 1d\n",
+    );
+    t.write("logs/a.log", "a\n");
+    t.write("logs/b.log", "b\n");
+    t.age("logs/a.log", 3);
+    t.age("logs/b.log", 0);
+    t.idem(&["plan", "--out", "plan.json"]).code(0);
+    let mut c = t.cmd();
+    c.env("IDEM_NOW", (NOW + 7 * 86_400).to_string());
+    let r = Run::from(c.args(["apply", "plan.json"]).output().unwrap());
+    r.code(1)
+        .says("the saved plan no longer matches what apply would change now")
+        .says("made now, but not saved: step 1");
+    assert!(t.exists("logs/a.log") && t.exists("logs/b.log"));
+    // At the clock it was made with, it applies.
+    t.idem(&["apply", "plan.json"]).code(0);
+    assert!(!t.exists("logs/a.log") && t.exists("logs/b.log"));
+}
