@@ -524,3 +524,113 @@ fn a_saved_plan_whose_changes_would_differ_now_is_refused() {
     t.idem(&["apply", "plan.json"]).code(0);
     assert!(!t.exists("logs/a.log") && t.exists("logs/b.log"));
 }
+
+// Includes and groups (issue 18, item 5).
+
+/// The includes-and-groups example of docs/plan.md, copied into a fresh root.
+fn composed_example() -> Env {
+    let t = Env::new();
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plan-language/composed");
+    for f in ["idem.yml", "parts/sites.yml"] {
+        t.write(f, std::fs::read(dir.join(f)).unwrap());
+    }
+    t
+}
+
+#[test]
+fn an_include_chain_runs_the_included_steps_first_and_a_group_used_twice_gets_its_params() {
+    let t = composed_example();
+    // One more link in the chain: the included file includes another, relative to itself.
+    t.write(
+        "parts/sites.yml",
+        format!("include: ../common/base.yml\n{}", t.read("parts/sites.yml")),
+    );
+    t.write(
+        "common/base.yml",
+        "steps:\n  - file: www/robots.txt\n    content: \"User-agent: *\\n\"\n",
+    );
+    let report = assert_converges(&t, &[]);
+    let names: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "file www/robots.txt",
+            "dir www",
+            "dir www/shop",
+            "index of shop",
+            "dir www/blog",
+            "index of blog"
+        ]
+    );
+    assert_eq!(t.read("www/shop/index.html"), "<h1>The shop</h1> by web\n");
+    assert_eq!(t.read("www/blog/index.html"), "<h1>Untitled</h1> by web\n");
+    t.idem(&["validate"]).code(0).says("valid, 6 steps");
+}
+
+#[test]
+fn an_include_cycle_is_an_error_naming_the_cycle_in_the_file_that_closes_it() {
+    let t = Env::new();
+    t.write("idem.yml", "include: parts/a.yml\nsteps: []\n");
+    t.write("parts/a.yml", "include: b.yml\n");
+    t.write("parts/b.yml", "steps: [{dir: x}]\ninclude: ../idem.yml\n");
+    let r = t.idem(&["plan"]);
+    r.code(1).says(
+        "parts/b.yml:2:10: include cycle: idem.yml -> parts/a.yml -> parts/b.yml -> idem.yml",
+    );
+    assert!(!t.exists("x"));
+    // Out of the root, and absolute: refused where they are named.
+    t.write("parts/b.yml", "include: ../../../etc/passwd\n");
+    t.idem(&["plan"])
+        .code(1)
+        .says("parts/b.yml:1:10: `../../../etc/passwd` leads out of the root");
+    t.write("parts/b.yml", "include: /etc/passwd\n");
+    t.idem(&["validate"]).code(1).says("is an absolute path");
+}
+
+#[test]
+fn an_error_in_an_included_file_points_into_that_file() {
+    let t = composed_example();
+    // A misspelt field of a group's step: the error is in parts/sites.yml, line 14.
+    t.write(
+        "parts/sites.yml",
+        t.read("parts/sites.yml").replace("content:", "contnet:"),
+    );
+    let r = t.idem(&["plan", "--format", "json"]);
+    r.code(1);
+    let e = &r.json()["error"];
+    assert_eq!(e["file"], "parts/sites.yml");
+    assert_eq!(e["line"], 14);
+    assert_eq!(e["hint"], "did you mean `content`?");
+    t.idem(&["validate"])
+        .code(1)
+        .says("parts/sites.yml:14:9: unknown field `contnet` in a `file` step")
+        .says("14 |         contnet:");
+    // A missing included file is named where it is included.
+    t.write("idem.yml", "include: parts/site.yml\nsteps: []\n");
+    t.idem(&["plan"])
+        .code(1)
+        .says("idem.yml:1:10: cannot read included file `parts/site.yml`");
+}
+
+#[test]
+fn a_saved_plan_is_refused_after_an_included_file_changed() {
+    let t = composed_example();
+    t.idem(&["plan", "--out", "plan.json"]).code(0);
+    let saved: serde_json::Value = serde_json::from_str(&t.read("plan.json")).unwrap();
+    assert_eq!(saved["plan"]["includes"][0]["path"], "parts/sites.yml");
+    t.write(
+        "parts/sites.yml",
+        t.read("parts/sites.yml")
+            .replace("owner: web", "owner: ops"),
+    );
+    t.idem(&["apply", "plan.json"])
+        .code(1)
+        .says("the included plan file `parts/sites.yml` changed");
+    assert!(!t.exists("www"));
+}
