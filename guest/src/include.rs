@@ -598,7 +598,12 @@ fn substitute(
         Kind::Scalar { text, plain } => {
             if text.contains("${param.") {
                 let out = substitute_text(text, node.loc, values, group, template)?;
-                *plain = *plain && matches!(yaml::resolve(&out), Scalar::Bool(_));
+                // As for variables: a boolean keeps YAML's typing, quoted or not when the
+                // reference is the whole value.
+                let t = text.trim();
+                let whole =
+                    t.starts_with("${param.") && t.ends_with('}') && t.matches("${").count() == 1;
+                *plain = (*plain || whole) && matches!(yaml::resolve(&out), Scalar::Bool(_));
                 *text = out;
             }
         }

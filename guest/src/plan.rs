@@ -64,8 +64,11 @@ pub struct Group {
     pub steps: Vec<Step>,
 }
 
-/// A group's parameters (schema only).
+// The schema's form of a group's parameters.
 #[derive(JsonSchema)]
+#[schemars(
+    description = "A mapping of parameter names to default values (`~` for one that must be given), or a list of names that must all be given."
+)]
 #[serde(untagged)]
 #[allow(dead_code)]
 enum Params {
@@ -73,8 +76,9 @@ enum Params {
     Names(Vec<String>),
 }
 
-/// A string, number or boolean (schema only).
+// The schema's form of a param's value.
 #[derive(JsonSchema)]
+#[schemars(description = "A string, number or boolean.")]
 #[serde(untagged)]
 #[allow(dead_code)]
 enum ScalarValue {
@@ -83,8 +87,11 @@ enum ScalarValue {
     Bool(bool),
 }
 
-/// A step, or a `use` of a group (schema only: groups are expanded when the plan loads).
+// The schema's form of a step: groups are expanded when the plan loads.
 #[derive(JsonSchema)]
+#[schemars(
+    description = "A step, or a `use` of a group, which runs the group's steps in its place."
+)]
 #[serde(untagged)]
 #[allow(dead_code, clippy::large_enum_variant)]
 enum StepOrUse {
@@ -150,6 +157,7 @@ pub struct DirStep {
 /// Ensure a file's content.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[schemars(extend("oneOf" = [{"required": ["content"]}, {"required": ["source"]}]))]
 pub struct FileStep {
     /// Shown in reports instead of the generated name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -171,6 +179,7 @@ pub struct FileStep {
     pub mode: Option<Mode>,
     /// Write only when nothing is there; never touch an existing file.
     #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(with = "Flag")]
     pub if_missing: bool,
 }
 
@@ -189,6 +198,7 @@ pub struct RemoveStep {
     pub remove: String,
     /// Remove a non-empty directory with everything in it.
     #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(with = "Flag")]
     pub recursive: bool,
 }
 
@@ -217,10 +227,11 @@ pub struct CleanupStep {
     pub exclude: Vec<String>,
     /// Remove directories left empty (never the cleanup directory itself).
     #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(with = "Flag")]
     pub remove_empty_dirs: bool,
 }
 
-/// Load records into a SQLite table.
+/// Load records into a SQLite or PostgreSQL table.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct UpsertStep {
@@ -231,7 +242,8 @@ pub struct UpsertStep {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(with = "OneOrMany")]
     pub tags: Vec<String>,
-    /// The database file, relative to the root; created when missing.
+    /// The database: a SQLite file relative to the root (created when missing), or a
+    /// PostgreSQL database as a `postgres://` URL or `env:NAME`.
     pub upsert: String,
     /// The table; created when missing.
     pub table: String,
@@ -245,6 +257,7 @@ pub struct UpsertStep {
     pub format: Option<Format>,
     /// The columns to load; default every field of the first record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<OneOrMany>")]
     pub columns: Option<Vec<String>>,
     /// Column types for a created table or added columns, instead of inferring them
     /// (`{zip: text}`); an existing column must already have the declared type.
@@ -252,9 +265,11 @@ pub struct UpsertStep {
     pub types: BTreeMap<String, ColumnType>,
     /// Add columns of the source that the existing table lacks (default: a clear error).
     #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(with = "Flag")]
     pub add_columns: bool,
     /// Delete the rows whose key is no longer in the source (counted as `deleted`).
     #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(with = "Flag")]
     pub delete_missing: bool,
 }
 
@@ -314,16 +329,18 @@ pub struct EachStep {
     /// key, such as a welcome mail). By default a record whose values changed, or whose
     /// outputs were edited or removed, is processed again.
     #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(with = "Flag")]
     pub once: bool,
     /// Remove the outputs of records that left the source: the files and (when empty) the
     /// directories their `dir` and `file` sub-steps made, counted as `pruned`.
     #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(with = "Flag")]
     pub prune: bool,
     /// Run for each record, with `{field}` replaced by the record's values.
     pub steps: Vec<SubStep>,
 }
 
-/// A step of your own, as a WebAssembly component that the host runs.
+/// A step of your own, as a WebAssembly component that idem runs in a sandbox.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginStep {
@@ -341,16 +358,19 @@ pub struct PluginStep {
     pub config: Option<serde_json::Value>,
     /// Paths the plugin may touch; default the whole root.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
     pub paths: Vec<String>,
     /// Databases the plugin may open.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
     pub databases: Vec<String>,
     /// Where the plugin may send HTTP requests: `[scheme://]host[:port]`, `*.example.com`
     /// for subdomains, or a literal IP (the only way to reach a private or loopback address).
     /// None: no network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
     pub hosts: Vec<String>,
-    /// Headers the host adds to every request to a listed host; `env:NAME` reads the value
+    /// Headers idem adds to every request to a listed host; `env:NAME` reads the value
     /// from the environment, so the plan holds no secret.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
@@ -419,9 +439,9 @@ impl JsonSchema for Mode {
     }
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "Permission bits as an octal string, e.g. \"0755\".",
+            "description": "Permission bits as an octal string, e.g. \"0755\", or a `${var.NAME}` that gives one.",
             "type": "string",
-            "pattern": "^(0o)?[0-7]{3,4}$"
+            "anyOf": [{"pattern": "^(0o)?[0-7]{3,4}$"}, {"pattern": REFERENCE}]
         })
     }
 }
@@ -447,15 +467,36 @@ impl JsonSchema for Age {
     }
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "A duration: numbers with units s, m, h, d, w, e.g. 30d or 1d12h.",
+            "description": "A duration: numbers with units s, m, h, d, w, e.g. 30d or 1d12h, or a `${var.NAME}` that gives one.",
             "type": "string",
-            "pattern": "^([0-9]+[smhdw])+$"
+            "anyOf": [{"pattern": "^([0-9]+[smhdw])+$"}, {"pattern": REFERENCE}]
         })
     }
 }
 
-/// A string or a list of strings (schema only; parsed into `Vec<String>`).
+/// A `${var.NAME}`, `${env.NAME}` or `${param.NAME}` somewhere in a string (not the literal
+/// `$${`): the schema cannot know the value, so it accepts it where the value must have a
+/// form (a mode, a duration, a boolean), and the loader checks the value.
+const REFERENCE: &str = "(^|[^$])[$][{](var|env|param)[.][^}]+[}]";
+
+/// `true` or `false`, or a reference that gives one (schema only; parsed into `bool`).
+struct Flag;
+
+impl JsonSchema for Flag {
+    fn schema_name() -> Cow<'static, str> {
+        "Flag".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "true or false, or a `${var.NAME}` that gives one.",
+            "anyOf": [{"type": "boolean"}, {"type": "string", "pattern": REFERENCE}]
+        })
+    }
+}
+
+// A string or a list of strings: the schema's form of fields parsed into `Vec<String>`.
 #[derive(JsonSchema)]
+#[schemars(description = "One string, or a list of strings.")]
 #[serde(untagged)]
 #[allow(dead_code)]
 enum OneOrMany {

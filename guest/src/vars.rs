@@ -257,8 +257,14 @@ pub fn interpolate(node: &mut Node, vars: &Vars, template: bool) -> Result<bool,
             if text.contains('$') {
                 let (out, s) = interpolate_scalar(text, *plain, node.loc, vars, template)?;
                 if out != *text {
-                    // A value is text; only a boolean keeps YAML's typing (`recursive: ${var.r}`).
-                    *plain = *plain && matches!(resolve(&out), Scalar::Bool(_));
+                    // A value is text; only a boolean keeps YAML's typing (`recursive:
+                    // ${var.r}`), quoted or not when the reference is the whole value, as the
+                    // schema (which cannot tell quoted from plain) accepts both.
+                    let whole = {
+                        let t = text.trim();
+                        t.starts_with("${") && t.ends_with('}') && t.matches("${").count() == 1
+                    };
+                    *plain = (*plain || whole) && matches!(resolve(&out), Scalar::Bool(_));
                     *text = out;
                 }
                 sensitive |= s;

@@ -634,3 +634,105 @@ fn a_saved_plan_is_refused_after_an_included_file_changed() {
         .says("the included plan file `parts/sites.yml` changed");
     assert!(!t.exists("www"));
 }
+
+// Schema parity (issue 18, item 6).
+
+/// Whether check-jsonschema (tests/setup.sh installs it) accepts `plan` under `schema`.
+fn schema_accepts(schema: &std::path::Path, plan: &std::path::Path) -> bool {
+    let out = std::process::Command::new("check-jsonschema")
+        .arg("--schemafile")
+        .arg(schema)
+        .arg(plan)
+        .output()
+        .expect("check-jsonschema is needed for this test: run tests/setup.sh");
+    match out.status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        _ => panic!(
+            "check-jsonschema failed on {}: {}",
+            plan.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+#[test]
+fn the_schema_and_the_parser_agree_on_every_plan_of_the_corpus() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let t = Env::new();
+    let schema = t.path("plan.schema.json");
+    let printed = t.idem(&["schema"]);
+    printed.code(0);
+    std::fs::write(&schema, &printed.stdout).unwrap();
+    // The corpus: the examples of the plan language, and edge cases each way.
+    let mut corpus: Vec<(std::path::PathBuf, bool)> = Vec::new();
+    for dir in ["tests/schema/valid", "tests/schema/invalid"] {
+        let mut files: Vec<_> = std::fs::read_dir(repo.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        corpus.extend(files.into_iter().map(|f| (f, dir.ends_with("/valid"))));
+    }
+    for example in [
+        "examples/plan-language/idem.yml",
+        "examples/plan-language/saved.yml",
+        "examples/plan-language/composed/idem.yml",
+        "examples/plan-language/composed/parts/sites.yml",
+    ] {
+        corpus.push((repo.join(example), true));
+    }
+    assert!(corpus.len() >= 20, "the corpus has {} plans", corpus.len());
+    let mut disagree = Vec::new();
+    for (plan, valid) in &corpus {
+        // Each plan in a root of its own, with the inputs the valid ones read.
+        let root = Env::new();
+        root.write("a.csv", "id,name\n1,ada\n");
+        root.write("users.csv", "id,name\n1,ada\n");
+        root.write(
+            "parts/sites.yml",
+            std::fs::read(repo.join("examples/plan-language/composed/parts/sites.yml")).unwrap(),
+        );
+        let name = plan.file_name().unwrap().to_string_lossy().into_owned();
+        let rel = if plan.ends_with("parts/sites.yml") {
+            "parts/sites.yml".to_string()
+        } else {
+            name.clone()
+        };
+        root.write(&rel, std::fs::read(plan).unwrap());
+        let by_schema = schema_accepts(&schema, &root.path(&rel));
+        let mut c = root.cmd();
+        c.env("IDEM_EXAMPLE_SITE", "shop").args(["validate", &rel]);
+        if std::fs::read_to_string(plan)
+            .unwrap()
+            .contains("api_token:")
+        {
+            c.args(["--var", "api_token=x"]);
+        }
+        let parsed = Run::from(c.output().unwrap());
+        let by_parser = match parsed.code {
+            0 => true,
+            1 => false,
+            _ => panic!("validate {}: {}", plan.display(), parsed.all()),
+        };
+        if by_schema != by_parser || by_parser != *valid {
+            disagree.push(format!(
+                "{}: schema {}, parser {} (expected {}){}",
+                plan.strip_prefix(&repo).unwrap_or(plan).display(),
+                if by_schema { "accepts" } else { "rejects" },
+                if by_parser { "accepts" } else { "rejects" },
+                if *valid { "valid" } else { "invalid" },
+                if by_parser {
+                    String::new()
+                } else {
+                    format!(": {}", parsed.stderr.trim())
+                }
+            ));
+        }
+    }
+    assert!(
+        disagree.is_empty(),
+        "disagreements:\n{}",
+        disagree.join("\n")
+    );
+}
