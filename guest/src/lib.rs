@@ -58,6 +58,11 @@ impl Guest for Component {
                 location: e.loc.map(location),
                 hint: e.hint,
             })?;
+        each::check_headers(&loaded, &source).map_err(|e| PlanError {
+            message: e.message,
+            location: e.loc.map(location),
+            hint: e.hint,
+        })?;
         let infos = loaded
             .plan
             .steps

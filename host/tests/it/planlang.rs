@@ -310,7 +310,7 @@ fn validate_catches_each_static_mistake_with_line_and_column_before_any_step_run
 /// Issue 18: a misspelt template field fails the step once, naming the nearest column,
 /// instead of failing every record one by one.
 #[test]
-fn a_misspelt_template_field_is_one_error_not_one_per_record() {
+fn a_misspelt_template_field_is_one_error_with_line_and_column_before_any_step() {
     let t = Env::new();
     let mut csv = String::from("id,name\n");
     for i in 0..2000 {
@@ -321,12 +321,38 @@ fn a_misspelt_template_field_is_one_error_not_one_per_record() {
         "idem.yml",
         "steps:\n  - each: people.csv\n    key: id\n    steps:\n      - file: \"out/{id}.txt\"\n        content: \"{nmae}\\n\"\n",
     );
+    // Found before any step runs, by `validate` and by every run, where it is written.
     let r = t.json(&["apply"], 1);
-    let step = &r["steps"][0];
+    let e = &r["error"];
+    assert_eq!(
+        e["message"],
+        "`{nmae}` in `content` of sub-step 1 is not a column of people.csv; did you mean `{name}`?",
+        "{r}"
+    );
+    assert_eq!(
+        (e["line"].as_u64(), e["column"].as_u64()),
+        (Some(6), Some(19))
+    );
+    assert_eq!(
+        e["hint"],
+        "the columns of people.csv are its header's: id, name"
+    );
+    assert!(!t.exists("out"), "no record was processed");
+    t.idem(&["validate"])
+        .code(1)
+        .says("idem.yml:6:19: `{nmae}` in `content` of sub-step 1 is not a column of people.csv");
+    // Records an earlier step writes are checked when the `each` opens them: still once.
+    t.write(
+        "idem.yml",
+        "steps:\n  - file: copy.csv\n    source: people.csv\n  - each: copy.csv\n    key: id\n    steps:\n      - file: \"out/{id}.txt\"\n        content: \"{nmae}\\n\"\n",
+    );
+    t.idem(&["validate"]).code(0);
+    let r = t.json(&["apply"], 1);
+    let step = &r["steps"][1];
     assert_eq!(step["outcome"], "failed", "{r}");
     assert_eq!(
         step["error"],
-        "`{nmae}` in `content` of sub-step 1 is not a column of people.csv; did you mean `{name}`?"
+        "`{nmae}` in `content` of sub-step 1 is not a column of copy.csv; did you mean `{name}`?"
     );
     assert_eq!(step["failures"].as_array().map(Vec::len), Some(0));
     assert!(!t.exists("out"), "no record was processed");
