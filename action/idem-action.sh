@@ -516,7 +516,7 @@ phase_run() {
   report_dir=$(mktemp -d "$temp_dir/idem-report.XXXXXX")
   report="$report_dir/report.json"
   local code=0 token
-  group "idem $mode $plan"
+  group "idem $mode ${saved_plan:-$plan}"
   printf 'idem'
   printf ' %q' "${args[@]}"
   printf '\n'

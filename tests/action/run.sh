@@ -1360,6 +1360,7 @@ if want saved_plan_from_a_plan_run_is_applied_by_a_later_run; then
   expect_out created 2
   [[ $(cat "$WS/out/a.txt" 2>/dev/null) == hi ]] || fail "out/a.txt does not hold 'hi'"
   expect_out saved-plan ""
+  expect_log "::group::idem apply reviewed.json"
   end
 fi
 
