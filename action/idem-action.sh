@@ -126,10 +126,12 @@ read_inputs() {
   working_directory=${IDEM_ACTION_WORKING_DIRECTORY:-.}
   upload_report=${IDEM_ACTION_UPLOAD_REPORT:-false}
   cooperate=${IDEM_ACTION_COOPERATE:-false}
+  plan_out=${IDEM_ACTION_PLAN_OUT:-}
+  saved_plan=${IDEM_ACTION_SAVED_PLAN:-}
 
   local name
   for name in plan mode verify diff fail_on_drift root state persist_state state_key \
-    version binary working_directory upload_report cooperate; do
+    version binary working_directory upload_report cooperate plan_out saved_plan; do
     no_control "${name//_/-}" "${!name}"
   done
 
@@ -166,8 +168,25 @@ read_inputs() {
   fi
   cd -- "$working_directory"
 
-  if [[ ! -f $plan ]]; then
+  if [[ -n $plan_out && $mode != plan ]]; then
+    die "input 'plan-out' needs mode 'plan' (mode is '$mode'): only a dry run is saved for a later apply"
+  fi
+  if [[ -n $saved_plan ]]; then
+    [[ $mode == apply ]] || die "input 'saved-plan' needs mode 'apply' (mode is '$mode'): a saved plan is there to be applied"
+    if [[ ! -f $saved_plan ]]; then
+      die "input 'saved-plan': no file '$saved_plan' in $PWD (download the artifact the plan job uploaded first)"
+    fi
+    if ! jq -e '.format == "idem-saved-plan"' "$saved_plan" >/dev/null 2>&1; then
+      die "input 'saved-plan': '$saved_plan' is not a saved plan (write one with mode 'plan' and input 'plan-out')"
+    fi
+    [[ $saved_plan == -* ]] && saved_plan="./$saved_plan"
+  elif [[ ! -f $plan ]]; then
     die "input 'plan': no file '$plan' in $PWD (a relative plan is taken from the working directory)"
+  fi
+  if [[ -n $plan_out ]]; then
+    [[ $plan_out == -* ]] && plan_out="./$plan_out"
+    [[ -d $(dirname -- "$plan_out") ]] || die "input 'plan-out': the directory of '$plan_out' does not exist (relative to $PWD)"
+    [[ ! -d $plan_out ]] || die "input 'plan-out': '$plan_out' is a directory; give the saved plan's file name"
   fi
   # A plan named like an option would be read as one.
   [[ $plan == -* ]] && plan="./$plan"
@@ -487,12 +506,17 @@ phase_run() {
   [[ $cooperate == true ]] && args+=(--cooperate)
   args+=(--format json)
   [[ ${RUNNER_DEBUG:-} == 1 ]] && args+=(--verbose)
-  args+=("$plan")
+  [[ -n $plan_out ]] && args+=(--out "$plan_out")
+  if [[ -n $saved_plan ]]; then
+    args+=("$saved_plan")
+  else
+    args+=("$plan")
+  fi
 
   report_dir=$(mktemp -d "$temp_dir/idem-report.XXXXXX")
   report="$report_dir/report.json"
   local code=0 token
-  group "idem $mode $plan"
+  group "idem $mode ${saved_plan:-$plan}"
   printf 'idem'
   printf ' %q' "${args[@]}"
   printf '\n'
@@ -519,6 +543,11 @@ phase_run() {
   fi
 
   report_outputs "$code"
+  if [[ -n $plan_out && $code == 0 && -f $plan_out ]]; then
+    set_output saved-plan "$(absolute "$plan_out")"
+  else
+    set_output saved-plan ""
+  fi
   # Step names and diffs are the plan's and the files' text: inert here too.
   token=$(random_token)
   printf '::stop-commands::%s\n' "$token"

@@ -24,8 +24,9 @@ use crate::idem::plugin::fs;
 use crate::idem::plugin::report::{Failure, StepError, StepReport};
 use crate::idem::plugin::types::Error;
 use crate::idem::plugin::{checkpoint, log};
-use crate::plan::{EachStep, SubStep};
+use crate::plan::{EachStep, Step, SubStep};
 use crate::records::{OwnedRecord, Record};
+use crate::yaml::Loc;
 use crate::{cleanup, dir, file, remove, template, upsert};
 use std::collections::HashSet;
 
@@ -150,6 +151,79 @@ pub fn run(step: &EachStep) -> Result<StepReport, StepError> {
     let mut r = report(&counters);
     r.failures = progress.failures;
     Ok(r)
+}
+
+/// At load, before any step runs (so `idem validate` too): every `each` whose CSV records
+/// exist now and that no earlier step writes or removes has its templates checked against
+/// their header, with the line and column of the misspelt field when the plan's text shows
+/// it. Records written by an earlier step are checked when the step opens them.
+pub fn check_headers(
+    loaded: &crate::plan::Loaded,
+    source: &str,
+) -> Result<(), crate::plan::PlanError> {
+    let norm = |p: &str| {
+        p.split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let steps = &loaded.plan.steps;
+    for (i, step) in steps.iter().enumerate() {
+        let Step::Each(each) = step else { continue };
+        let path = norm(&each.each);
+        let touched = steps[..i].iter().any(|s| {
+            let t = norm(&s.target());
+            t == path || t.is_empty() || path.starts_with(&format!("{t}/"))
+        });
+        if touched || !matches!(crate::idem::plugin::fs::stat(&each.each), Ok(Some(_))) {
+            continue;
+        }
+        // A source that cannot be read is the step's error, as it was.
+        let Ok(records) = open_records(&each.each, each.format) else {
+            continue;
+        };
+        let Some(header) = records.header() else {
+            continue;
+        };
+        if let Err(message) = check_fields(each, header) {
+            let start = loaded.locations[i];
+            let end = loaded.locations.get(i + 1).map(|l| l.line);
+            let loc = field_in_source(source, &message, start, end).unwrap_or(start);
+            return Err(crate::plan::PlanError {
+                message,
+                loc: Some(loc),
+                hint: Some(format!(
+                    "the columns of {} are its header's: {}",
+                    each.each,
+                    header.join(", ")
+                )),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Where the `{field}` a message of [`check_fields`] names first appears in the step's lines
+/// of the plan file (not of an included file, whose text is not at hand).
+fn field_in_source(source: &str, message: &str, start: Loc, end: Option<u32>) -> Option<Loc> {
+    if start.file.is_some() {
+        return None;
+    }
+    let field = message.strip_prefix('`')?.split('`').next()?;
+    for (n, line) in source.lines().enumerate() {
+        let n = n as u32 + 1;
+        if n < start.line || end.is_some_and(|e| n >= e) {
+            continue;
+        }
+        if let Some(at) = line.find(field) {
+            return Some(Loc {
+                line: n,
+                column: line[..at].chars().count() as u32 + 1,
+                file: None,
+            });
+        }
+    }
+    None
 }
 
 /// Every `{field}` of the sub-steps must be a column of a CSV header: a misspelt field is one

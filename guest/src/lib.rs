@@ -13,6 +13,7 @@ pub mod each;
 pub mod file;
 pub mod glob;
 pub mod host;
+pub mod include;
 pub mod pg_upsert;
 pub mod plan;
 pub mod records;
@@ -45,7 +46,19 @@ impl Guest for Component {
             vars: input.vars,
             env: input.env,
         };
-        let loaded = plan::parse_with(&source, &inputs).map_err(|e| PlanError {
+        // Included files are read through the host's `fs`, under the run's policy (see
+        // include.rs for why the guest, not the host, resolves them).
+        let mut read = |path: &str| match idem::plugin::fs::read(path) {
+            Ok(bytes) => String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_string()),
+            Err(e) => Err(host::describe(&e)),
+        };
+        let loaded = plan::parse_composed(&source, &inputs, input.plan_path.as_deref(), &mut read)
+            .map_err(|e| PlanError {
+                message: e.message,
+                location: e.loc.map(location),
+                hint: e.hint,
+            })?;
+        each::check_headers(&loaded, &source).map_err(|e| PlanError {
             message: e.message,
             location: e.loc.map(location),
             hint: e.hint,
@@ -75,11 +88,13 @@ impl Guest for Component {
             })
             .collect();
         let sensitive = loaded.sensitive.clone();
+        let included = loaded.included.clone();
         cleanup::remember_plan(&loaded.plan.steps);
         PLAN.with(|p| *p.borrow_mut() = Some(loaded));
         Ok(LoadedPlan {
             steps: infos,
             sensitive,
+            included,
         })
     }
 
@@ -118,6 +133,7 @@ fn location(loc: yaml::Loc) -> Location {
     Location {
         line: loc.line,
         column: loc.column,
+        file: loc.file.map(str::to_owned),
     }
 }
 

@@ -28,13 +28,88 @@ pub struct Plan {
     /// The plan format's version; the only one is 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
+    /// Other plan files to take in, relative to this file: their `vars` and `groups` join
+    /// this plan's, and their `steps` run before this plan's own, in the order listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
+    pub include: Vec<String>,
+    /// Named lists of steps with parameters, run where a step says `use: NAME` (with
+    /// `with: {PARAM: VALUE}`); inside them, `${param.NAME}` is the value given.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, Group>,
     /// Variables, used in any string as `${var.NAME}`: a default value (`region: eu`), or
     /// `{default, sensitive, description}`. A variable without a default must be given with
     /// `--var NAME=VALUE` or `--var-file`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub vars: BTreeMap<String, VarDecl>,
     /// The steps, run in order.
+    #[schemars(with = "Vec<StepOrUse>")]
     pub steps: Vec<Step>,
+}
+
+/// A reusable list of steps (under `groups:`).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    /// What the group is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Its parameters: a mapping of names to default values (`~` for a parameter that
+    /// must be given), or a list of names that must all be given.
+    #[serde(default)]
+    #[schemars(with = "Params")]
+    pub params: BTreeMap<String, Option<String>>,
+    /// The steps a `use` of the group runs, in order.
+    #[schemars(with = "Vec<StepOrUse>")]
+    pub steps: Vec<Step>,
+}
+
+// The schema's form of a group's parameters.
+#[derive(JsonSchema)]
+#[schemars(
+    description = "A mapping of parameter names to default values (`~` for one that must be given), or a list of names that must all be given."
+)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum Params {
+    Defaults(BTreeMap<String, Option<ScalarValue>>),
+    Names(Vec<String>),
+}
+
+// The schema's form of a param's value.
+#[derive(JsonSchema)]
+#[schemars(description = "A string, number or boolean.")]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum ScalarValue {
+    Text(String),
+    Number(f64),
+    Bool(bool),
+}
+
+// The schema's form of a step: groups are expanded when the plan loads.
+#[derive(JsonSchema)]
+#[schemars(
+    description = "A step, or a `use` of a group, which runs the group's steps in its place."
+)]
+#[serde(untagged)]
+#[allow(dead_code, clippy::large_enum_variant)]
+enum StepOrUse {
+    Step(Step),
+    Use(UseStep),
+}
+
+/// Run a group's steps here.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct UseStep {
+    /// The group's name, from `groups:`.
+    #[serde(rename = "use")]
+    group: String,
+    /// Values for the group's parameters.
+    #[serde(default)]
+    with: BTreeMap<String, ScalarValue>,
 }
 
 /// One step: a mapping with exactly one operation key.
@@ -82,6 +157,7 @@ pub struct DirStep {
 /// Ensure a file's content.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[schemars(extend("oneOf" = [{"required": ["content"]}, {"required": ["source"]}]))]
 pub struct FileStep {
     /// Shown in reports instead of the generated name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,6 +179,7 @@ pub struct FileStep {
     pub mode: Option<Mode>,
     /// Write only when nothing is there; never touch an existing file.
     #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(with = "Flag")]
     pub if_missing: bool,
 }
 
@@ -121,6 +198,7 @@ pub struct RemoveStep {
     pub remove: String,
     /// Remove a non-empty directory with everything in it.
     #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(with = "Flag")]
     pub recursive: bool,
 }
 
@@ -149,10 +227,11 @@ pub struct CleanupStep {
     pub exclude: Vec<String>,
     /// Remove directories left empty (never the cleanup directory itself).
     #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(with = "Flag")]
     pub remove_empty_dirs: bool,
 }
 
-/// Load records into a SQLite table.
+/// Load records into a SQLite or PostgreSQL table.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct UpsertStep {
@@ -163,7 +242,8 @@ pub struct UpsertStep {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(with = "OneOrMany")]
     pub tags: Vec<String>,
-    /// The database file, relative to the root; created when missing.
+    /// The database: a SQLite file relative to the root (created when missing), or a
+    /// PostgreSQL database as a `postgres://` URL or `env:NAME`.
     pub upsert: String,
     /// The table; created when missing.
     pub table: String,
@@ -177,6 +257,7 @@ pub struct UpsertStep {
     pub format: Option<Format>,
     /// The columns to load; default every field of the first record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<OneOrMany>")]
     pub columns: Option<Vec<String>>,
     /// Column types for a created table or added columns, instead of inferring them
     /// (`{zip: text}`); an existing column must already have the declared type.
@@ -184,9 +265,11 @@ pub struct UpsertStep {
     pub types: BTreeMap<String, ColumnType>,
     /// Add columns of the source that the existing table lacks (default: a clear error).
     #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(with = "Flag")]
     pub add_columns: bool,
     /// Delete the rows whose key is no longer in the source (counted as `deleted`).
     #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(with = "Flag")]
     pub delete_missing: bool,
 }
 
@@ -246,16 +329,18 @@ pub struct EachStep {
     /// key, such as a welcome mail). By default a record whose values changed, or whose
     /// outputs were edited or removed, is processed again.
     #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(with = "Flag")]
     pub once: bool,
     /// Remove the outputs of records that left the source: the files and (when empty) the
     /// directories their `dir` and `file` sub-steps made, counted as `pruned`.
     #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(with = "Flag")]
     pub prune: bool,
     /// Run for each record, with `{field}` replaced by the record's values.
     pub steps: Vec<SubStep>,
 }
 
-/// A step of your own, as a WebAssembly component that the host runs.
+/// A step of your own, as a WebAssembly component that idem runs in a sandbox.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginStep {
@@ -273,16 +358,19 @@ pub struct PluginStep {
     pub config: Option<serde_json::Value>,
     /// Paths the plugin may touch; default the whole root.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
     pub paths: Vec<String>,
     /// Databases the plugin may open.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
     pub databases: Vec<String>,
     /// Where the plugin may send HTTP requests: `[scheme://]host[:port]`, `*.example.com`
     /// for subdomains, or a literal IP (the only way to reach a private or loopback address).
     /// None: no network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "OneOrMany")]
     pub hosts: Vec<String>,
-    /// Headers the host adds to every request to a listed host; `env:NAME` reads the value
+    /// Headers idem adds to every request to a listed host; `env:NAME` reads the value
     /// from the environment, so the plan holds no secret.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
@@ -351,9 +439,9 @@ impl JsonSchema for Mode {
     }
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "Permission bits as an octal string, e.g. \"0755\".",
+            "description": "Permission bits as an octal string, e.g. \"0755\", or a `${var.NAME}` that gives one.",
             "type": "string",
-            "pattern": "^(0o)?[0-7]{3,4}$"
+            "anyOf": [{"pattern": "^(0o)?[0-7]{3,4}$"}, {"pattern": REFERENCE}]
         })
     }
 }
@@ -379,15 +467,36 @@ impl JsonSchema for Age {
     }
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "A duration: numbers with units s, m, h, d, w, e.g. 30d or 1d12h.",
+            "description": "A duration: numbers with units s, m, h, d, w, e.g. 30d or 1d12h, or a `${var.NAME}` that gives one.",
             "type": "string",
-            "pattern": "^([0-9]+[smhdw])+$"
+            "anyOf": [{"pattern": "^([0-9]+[smhdw])+$"}, {"pattern": REFERENCE}]
         })
     }
 }
 
-/// A string or a list of strings (schema only; parsed into `Vec<String>`).
+/// A `${var.NAME}`, `${env.NAME}` or `${param.NAME}` somewhere in a string (not the literal
+/// `$${`): the schema cannot know the value, so it accepts it where the value must have a
+/// form (a mode, a duration, a boolean), and the loader checks the value.
+const REFERENCE: &str = "(^|[^$])[$][{](var|env|param)[.][^}]+[}]";
+
+/// `true` or `false`, or a reference that gives one (schema only; parsed into `bool`).
+struct Flag;
+
+impl JsonSchema for Flag {
+    fn schema_name() -> Cow<'static, str> {
+        "Flag".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "true or false, or a `${var.NAME}` that gives one.",
+            "anyOf": [{"type": "boolean"}, {"type": "string", "pattern": REFERENCE}]
+        })
+    }
+}
+
+// A string or a list of strings: the schema's form of fields parsed into `Vec<String>`.
 #[derive(JsonSchema)]
+#[schemars(description = "One string, or a list of strings.")]
 #[serde(untagged)]
 #[allow(dead_code)]
 enum OneOrMany {
@@ -531,6 +640,8 @@ pub struct Loaded {
     pub sensitive_steps: Vec<bool>,
     /// The values of the sensitive variables, for the host to keep out of every output.
     pub sensitive: Vec<String>,
+    /// The files the plan included, under the root.
+    pub included: Vec<String>,
 }
 
 /// A file a step reads, for the host to check before any step runs.
@@ -576,8 +687,22 @@ pub fn parse(source: &str) -> Result<Loaded, PlanError> {
     parse_with(source, &Inputs::default())
 }
 
-/// Parse and validate a plan's source with the host's variable values and environment.
+/// Parse and validate a plan's source with the host's variable values and environment; it
+/// can include no file.
 pub fn parse_with(source: &str, inputs: &Inputs) -> Result<Loaded, PlanError> {
+    parse_composed(source, inputs, None, &mut |_| {
+        Err("no file can be read here".to_string())
+    })
+}
+
+/// Parse and validate a plan whose file is at `plan_path` under the root, reading the files
+/// it includes with `read`.
+pub fn parse_composed(
+    source: &str,
+    inputs: &Inputs,
+    plan_path: Option<&str>,
+    read: crate::include::Reader<'_>,
+) -> Result<Loaded, PlanError> {
     let root = yaml::parse(source)
         .map_err(|e| PlanError {
             message: if e.limit {
@@ -597,6 +722,8 @@ pub fn parse_with(source: &str, inputs: &Inputs) -> Result<Loaded, PlanError> {
         return Err(PlanError::at(root.loc, "a plan is a mapping, not a list")
             .hint("put the steps under `steps:`"));
     }
+    let composed = crate::include::compose(root, plan_path, read)?;
+    let root = composed.root;
     // Variables first, so that what the steps are checked against is their values.
     let vars_node = match &root.kind {
         Kind::Map(entries) => entries
@@ -607,7 +734,9 @@ pub fn parse_with(source: &str, inputs: &Inputs) -> Result<Loaded, PlanError> {
     };
     let vars = vars::declare(vars_node.as_ref(), inputs)?;
     // From here on an error may quote a value, so none leaves with a secret in it.
-    parse_steps(root, &vars).map_err(|e| vars.redact_error(e))
+    let mut loaded = parse_steps(root, &vars).map_err(|e| vars.redact_error(e))?;
+    loaded.included = composed.included;
+    Ok(loaded)
 }
 
 fn parse_steps(mut root: Node, vars: &vars::Vars) -> Result<Loaded, PlanError> {
@@ -691,6 +820,8 @@ fn parse_steps(mut root: Node, vars: &vars::Vars) -> Result<Loaded, PlanError> {
     Ok(Loaded {
         plan: Plan {
             version,
+            include: Vec::new(),
+            groups: BTreeMap::new(),
             vars: BTreeMap::new(),
             steps,
         },
@@ -699,6 +830,7 @@ fn parse_steps(mut root: Node, vars: &vars::Vars) -> Result<Loaded, PlanError> {
         host_locations,
         sensitive_steps,
         sensitive: vars.sensitive(),
+        included: Vec::new(),
     })
 }
 
@@ -1766,7 +1898,14 @@ steps:
         let e = err("steps:\n  - file: a\n    contnet: x\n");
         assert_eq!(e.message, "unknown field `contnet` in a `file` step");
         assert_eq!(e.hint.as_deref(), Some("did you mean `content`?"));
-        assert_eq!(e.loc, Some(Loc { line: 3, column: 5 }));
+        assert_eq!(
+            e.loc,
+            Some(Loc {
+                line: 3,
+                column: 5,
+                file: None
+            })
+        );
     }
 
     #[test]
@@ -1794,7 +1933,14 @@ steps:
         assert_eq!(e.hint.as_deref(), Some("did you mean `file`?"));
         let e = err("steps:\n  - copy: a\n");
         assert_eq!(e.message, "the step names no operation");
-        assert_eq!(e.loc, Some(Loc { line: 2, column: 5 }));
+        assert_eq!(
+            e.loc,
+            Some(Loc {
+                line: 2,
+                column: 5,
+                file: None
+            })
+        );
     }
 
     #[test]
@@ -1816,7 +1962,8 @@ steps:
             e.loc,
             Some(Loc {
                 line: 3,
-                column: 11
+                column: 11,
+                file: None
             })
         );
         let e = err("steps:\n  - dir: a\n    mode: \"0855\"\n");
@@ -1862,7 +2009,8 @@ steps:
             e.loc,
             Some(Loc {
                 line: 3,
-                column: 17
+                column: 17,
+                file: None
             })
         );
     }
@@ -1963,7 +2111,8 @@ steps:
                 e.loc,
                 Some(Loc {
                     line: 3,
-                    column: 12
+                    column: 12,
+                    file: None
                 }),
                 "{table}"
             );
@@ -2006,10 +2155,31 @@ steps:
     fn json_plans_have_locations() {
         let src = "{\n  \"steps\": [\n    {\"dir\": \"a\"},\n    {\"file\": \"b\", \"content\": \"x\"}\n  ]\n}\n";
         let loaded = parse(src).unwrap();
-        assert_eq!(loaded.locations[0], Loc { line: 3, column: 5 });
-        assert_eq!(loaded.locations[1], Loc { line: 4, column: 5 });
+        assert_eq!(
+            loaded.locations[0],
+            Loc {
+                line: 3,
+                column: 5,
+                file: None
+            }
+        );
+        assert_eq!(
+            loaded.locations[1],
+            Loc {
+                line: 4,
+                column: 5,
+                file: None
+            }
+        );
         let e = err("{\"steps\": [\n {\"dir\": \"a\",\n  \"contnt\": \"x\"}]}");
-        assert_eq!(e.loc, Some(Loc { line: 3, column: 3 }));
+        assert_eq!(
+            e.loc,
+            Some(Loc {
+                line: 3,
+                column: 3,
+                file: None
+            })
+        );
     }
 
     #[test]
@@ -2021,7 +2191,8 @@ steps:
             loaded.locations[0],
             Loc {
                 line: 1,
-                column: 10
+                column: 10,
+                file: None
             }
         );
         assert_eq!(loaded.locations[2].line, 2);
@@ -2030,7 +2201,8 @@ steps:
             e.loc,
             Some(Loc {
                 line: 1,
-                column: 25
+                column: 25,
+                file: None
             })
         );
     }
@@ -2081,7 +2253,8 @@ steps:
             e.loc,
             Some(Loc {
                 line: 3,
-                column: 13
+                column: 13,
+                file: None
             })
         );
         let e = err("steps:\n  - file: a\n    content: x\n  - file: b/../a\n    content: y\n");
@@ -2161,9 +2334,17 @@ steps:
         let mut known: Vec<String> = ALL_FIELDS.iter().map(|s| s.to_string()).collect();
         known.sort();
         assert_eq!(all, known);
+        // A step may also be a `use` of a group, expanded when the plan loads.
         assert_eq!(
             schema["properties"]["steps"]["items"]["$ref"],
-            "#/$defs/Step"
+            "#/$defs/StepOrUse"
         );
+        let either: Vec<&str> = schema["$defs"]["StepOrUse"]["anyOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["$ref"].as_str().unwrap())
+            .collect();
+        assert_eq!(either, ["#/$defs/Step", "#/$defs/UseStep"]);
     }
 }

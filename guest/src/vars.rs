@@ -257,8 +257,14 @@ pub fn interpolate(node: &mut Node, vars: &Vars, template: bool) -> Result<bool,
             if text.contains('$') {
                 let (out, s) = interpolate_scalar(text, *plain, node.loc, vars, template)?;
                 if out != *text {
-                    // A value is text; only a boolean keeps YAML's typing (`recursive: ${var.r}`).
-                    *plain = *plain && matches!(resolve(&out), Scalar::Bool(_));
+                    // A value is text; only a boolean keeps YAML's typing (`recursive:
+                    // ${var.r}`), quoted or not when the reference is the whole value, as the
+                    // schema (which cannot tell quoted from plain) accepts both.
+                    let whole = {
+                        let t = text.trim();
+                        t.starts_with("${") && t.ends_with('}') && t.matches("${").count() == 1
+                    };
+                    *plain = (*plain || whole) && matches!(resolve(&out), Scalar::Bool(_));
                     *text = out;
                 }
                 sensitive |= s;
@@ -302,6 +308,7 @@ fn interpolate_scalar(
         } else {
             loc.column
         },
+        file: loc.file,
     };
     interpolate_at(text, &at, vars, template)
 }
@@ -388,6 +395,10 @@ fn lookup(reference: &str, vars: &Vars) -> Result<(String, bool), PlanError> {
             ),
         };
     }
+    if let Some(name) = reference.strip_prefix("param.") {
+        return Err(err(format!("`${{param.{name}}}` is used outside a group"))
+            .hint("a param is known only in the steps of a group (under `groups:`); use `${var.NAME}` elsewhere"));
+    }
     Err(err(format!("`${{{reference}}}` is not a reference idem knows"))
         .hint(format!(
             "write `${{var.{reference}}}` for a variable, `${{env.{reference}}}` for the environment, or `$${{` for a literal `${{`"
@@ -405,7 +416,16 @@ mod tests {
     }
 
     fn run(text: &str, v: &Vars, template: bool) -> Result<(String, bool), PlanError> {
-        interpolate_at(text, &|_| Loc { line: 1, column: 1 }, v, template)
+        interpolate_at(
+            text,
+            &|_| Loc {
+                line: 1,
+                column: 1,
+                file: None,
+            },
+            v,
+            template,
+        )
     }
 
     #[test]
@@ -467,7 +487,14 @@ mod tests {
                 .contains("unclosed")
         );
         let e = vars("token: {sensitive: true}\n", &Inputs::default()).unwrap_err();
-        assert_eq!(e.loc, Some(Loc { line: 1, column: 1 }));
+        assert_eq!(
+            e.loc,
+            Some(Loc {
+                line: 1,
+                column: 1,
+                file: None
+            })
+        );
         assert!(e.message.contains("has no value"));
         let e = vars(
             "a: b\n",
@@ -485,6 +512,13 @@ mod tests {
         let v = vars("a: b\n", &Inputs::default()).unwrap();
         let mut node = yaml::parse("k: x ${var.zz}\n").unwrap().unwrap();
         let e = interpolate(&mut node, &v, false).unwrap_err();
-        assert_eq!(e.loc, Some(Loc { line: 1, column: 6 }));
+        assert_eq!(
+            e.loc,
+            Some(Loc {
+                line: 1,
+                column: 6,
+                file: None
+            })
+        );
     }
 }

@@ -15,6 +15,9 @@ pub struct Loc {
     pub line: u32,
     /// Column in characters, from 1.
     pub column: u32,
+    /// The included file it is in (its path under the root); `None` for the plan file itself.
+    /// A `&'static str` keeps `Loc` `Copy`: the few included names are leaked once per load.
+    pub file: Option<&'static str>,
 }
 
 /// One node of the document.
@@ -35,6 +38,23 @@ pub enum Kind {
     Seq(Vec<Node>),
     /// A mapping, in source order.
     Map(Vec<(Node, Node)>),
+}
+
+impl Node {
+    /// Mark every node of this tree as being in the included file `file`.
+    pub fn set_file(&mut self, file: &'static str) {
+        self.loc.file = Some(file);
+        match &mut self.kind {
+            Kind::Scalar { .. } => {}
+            Kind::Seq(items) => items.iter_mut().for_each(|n| n.set_file(file)),
+            Kind::Map(entries) => {
+                for (k, v) in entries {
+                    k.set_file(file);
+                    v.set_file(file);
+                }
+            }
+        }
+    }
 }
 
 /// A scalar resolved with YAML 1.2's core schema.
@@ -180,6 +200,7 @@ fn marker_loc(line: usize, col: usize) -> Loc {
     Loc {
         line: u32::try_from(line).unwrap_or(u32::MAX),
         column: u32::try_from(col.saturating_add(1)).unwrap_or(u32::MAX),
+        file: None,
     }
 }
 
@@ -337,8 +358,22 @@ mod tests {
         let Kind::Seq(steps) = &entries[0].1.kind else {
             panic!("not a seq")
         };
-        assert_eq!(steps[0].loc, Loc { line: 2, column: 5 });
-        assert_eq!(steps[1].loc, Loc { line: 3, column: 5 });
+        assert_eq!(
+            steps[0].loc,
+            Loc {
+                line: 2,
+                column: 5,
+                file: None
+            }
+        );
+        assert_eq!(
+            steps[1].loc,
+            Loc {
+                line: 3,
+                column: 5,
+                file: None
+            }
+        );
     }
 
     #[test]

@@ -214,7 +214,8 @@ fn read_var_file(path: &Path) -> Result<Vec<(String, String)>> {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Make the changes the plan calls for.
+    /// Make the changes the plan calls for; given a saved plan (`idem plan --out`), make
+    /// exactly its changes, or refuse, before any step, if the world changed since.
     Apply {
         #[command(flatten)]
         args: PlanArgs,
@@ -226,6 +227,10 @@ enum Command {
     Plan {
         #[command(flatten)]
         args: PlanArgs,
+        /// Also save the plan: its change list and fingerprints of everything it read, for
+        /// `idem apply FILE` to apply exactly that plan (never holds a secret).
+        #[arg(long, value_name = "FILE", env = "IDEM_PLAN_OUT")]
+        out: Option<PathBuf>,
     },
     /// Dry run for CI: exit 0 when converged, 2 when changes are pending.
     Check {
@@ -362,7 +367,7 @@ impl Command {
         };
         match self {
             Command::Apply { args, .. } => Some((Mode::Apply, plan(args))),
-            Command::Plan { args } => Some((Mode::Plan, plan(args))),
+            Command::Plan { args, .. } => Some((Mode::Plan, plan(args))),
             Command::Check { args } => Some((Mode::Check, plan(args))),
             Command::Validate { args } => Some((Mode::Plan, plan(args))),
             Command::Run {
@@ -680,7 +685,11 @@ fn run(cli: Cli) -> Result<u8> {
     let g = &cli.global;
     match cli.command {
         Command::Apply { args, verify } => run_plan(g, Mode::Apply, args, verify),
-        Command::Plan { args } => run_plan(g, Mode::Plan, args, false),
+        Command::Plan { args, out: None } => run_plan(g, Mode::Plan, args, false),
+        Command::Plan {
+            args,
+            out: Some(out),
+        } => save_plan(g, args, &out),
         Command::Check { args } => run_plan(g, Mode::Check, args, false),
         Command::Validate { args } => validate(g, args),
         Command::Run {
@@ -902,12 +911,81 @@ fn plan_config(g: &Global, mode: Mode, args: PlanArgs) -> Result<RunConfig> {
 }
 
 fn run_plan(g: &Global, mode: Mode, args: PlanArgs, verify: bool) -> Result<u8> {
+    if mode == Mode::Apply
+        && let Some(file) = &args.plan
+        && let Some(saved) = crate::saved::read(file)?
+    {
+        return apply_saved(g, args, saved, verify);
+    }
     let mut cfg = plan_config(g, mode, args)?;
     cfg.verify = verify;
     let host = Host::new(cache(g, &cfg.root))?;
     cfg.progress = host.progress();
     let mut live = live(g, &cfg);
     let report = host.run_plan(&cfg, &mut live)?;
+    finish(live, &report)
+}
+
+/// `idem plan --out FILE`: the dry run, then (when it succeeded) the saved plan.
+fn save_plan(g: &Global, args: PlanArgs, out: &Path) -> Result<u8> {
+    let mut cfg = plan_config(g, Mode::Plan, args)?;
+    let host = Host::new(cache(g, &cfg.root))?;
+    cfg.progress = host.progress();
+    let mut live = live(g, &cfg);
+    let (report, observed) = host.plan_observed(&cfg, &mut live)?;
+    let code = finish(live, &report)?;
+    if !report.ok() {
+        bail!(
+            "the plan did not succeed, so no saved plan was written to {}",
+            out.display()
+        );
+    }
+    let saved = crate::saved::make(&cfg, &report, &observed, out)?;
+    crate::saved::write(&saved, out)?;
+    if !g.quiet && g.format == Format::Text {
+        eprintln!(
+            "saved the plan ({}) to {}: apply it with `idem apply {}`",
+            crate::report::count(saved.changes.len() as u64, "change", "changes"),
+            out.display(),
+            out.display()
+        );
+    }
+    Ok(code)
+}
+
+/// `idem apply FILE` of a saved plan: the plan and `--only`/`--skip` it was made with, the
+/// variables given now (sensitive ones must be given again), checked and applied under one
+/// lock.
+fn apply_saved(
+    g: &Global,
+    args: PlanArgs,
+    saved: crate::saved::SavedPlan,
+    verify: bool,
+) -> Result<u8> {
+    let file = args.plan.clone().unwrap_or_default();
+    if !args.only.is_empty() || !args.skip.is_empty() {
+        bail!(
+            "{} is a saved plan: it applies the steps it was made with (--only/--skip are part of it); make the plan again to change them",
+            file.display()
+        );
+    }
+    let mut cfg = base_config(g, Mode::Apply, args.diff)?;
+    for f in &args.var_files {
+        cfg.vars.extend(read_var_file(f)?);
+    }
+    cfg.vars.extend(args.vars);
+    crate::saved::prepare(&saved, &mut cfg)?;
+    if g.state_key.is_none()
+        && let Location::Postgres { key, .. } = &mut cfg.state
+    {
+        *key = default_state_key(&cfg.root, cfg.plan_file.as_deref());
+    }
+    cfg.verify = verify;
+    let host = Host::new(cache(g, &cfg.root))?;
+    cfg.progress = host.progress();
+    let checker = crate::saved::Checker::new(&saved, &cfg, &file)?;
+    let mut live = live(g, &cfg);
+    let report = host.apply_saved(&cfg, &checker, &mut live)?;
     finish(live, &report)
 }
 

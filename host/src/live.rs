@@ -277,7 +277,7 @@ impl Events for Live {
                     "op": info.op,
                     "name": info.name,
                     "target": info.target,
-                    "line": info.location.map(|l| l.line),
+                    "line": info.location.as_ref().map(|l| l.line),
                 })
                 .to_string(),
             );

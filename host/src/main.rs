@@ -17,6 +17,7 @@ mod policy;
 mod redact;
 mod report;
 mod run;
+mod saved;
 mod signal;
 mod state;
 mod term;

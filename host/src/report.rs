@@ -131,6 +131,9 @@ pub struct StepResult {
     pub name: String,
     pub target: String,
     pub line: Option<u32>,
+    /// The included file the step is written in (under the root); none for the plan file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
     pub outcome: Outcome,
     pub counters: Counters,
     pub failures: Vec<Failure>,
@@ -154,7 +157,8 @@ impl StepResult {
             op: info.op.clone(),
             name: info.name.clone(),
             target: info.target.clone(),
-            line: info.location.map(|l| l.line),
+            line: info.location.as_ref().map(|l| l.line),
+            file: info.location.as_ref().and_then(|l| l.file.clone()),
             outcome: Outcome::Unchanged,
             counters: Counters::default(),
             failures: Vec::new(),
@@ -258,8 +262,8 @@ pub struct PlanErrorReport {
 
 impl PlanErrorReport {
     pub fn from_guest(file: &str, source: &str, e: PlanError) -> Self {
-        let line = e.location.map(|l| l.line);
-        let column = e.location.map(|l| l.column);
+        let line = e.location.as_ref().map(|l| l.line);
+        let column = e.location.as_ref().map(|l| l.column);
         let clean = |s: String| crate::redact::text(&s).into_owned();
         PlanErrorReport {
             message: clean(e.message),

@@ -1337,6 +1337,82 @@ if want postgres_state_is_masked_and_kept_on_the_server; then
   end
 fi
 
+# --- plan, approve, apply: a saved plan ----------------------------------------------------
+
+if want saved_plan_from_a_plan_run_is_applied_by_a_later_run; then
+  begin saved_plan_from_a_plan_run_is_applied_by_a_later_run
+  plan "$SAMPLE"
+  input mode plan
+  input plan-out reviewed.json
+  action
+  expect_rc 0
+  expect_out saved-plan "$WS/reviewed.json"
+  expect_file "$WS/reviewed.json"
+  expect_no_file "$WS/out"
+  jq -e '.format == "idem-saved-plan" and .version == 1 and (.changes | length) == 2' \
+    "$WS/reviewed.json" >/dev/null || fail "reviewed.json is not a saved plan of 2 changes"
+  # The apply job: a fresh runner, the artifact downloaded, only the saved plan named.
+  INPUTS=()
+  input mode apply
+  input saved-plan reviewed.json
+  action
+  expect_rc 0
+  expect_out created 2
+  [[ $(cat "$WS/out/a.txt" 2>/dev/null) == hi ]] || fail "out/a.txt does not hold 'hi'"
+  expect_out saved-plan ""
+  expect_log "::group::idem apply reviewed.json"
+  end
+fi
+
+if want saved_plan_is_refused_when_the_world_changed_after_the_plan; then
+  begin saved_plan_is_refused_when_the_world_changed_after_the_plan
+  plan "$SAMPLE"
+  input mode plan
+  input plan-out reviewed.json
+  action
+  expect_rc 0
+  mkdir -p "$WS/out"
+  printf 'by hand\n' >"$WS/out/a.txt"
+  INPUTS=()
+  input mode apply
+  input saved-plan reviewed.json
+  action
+  expect_rc 1
+  expect_out result error
+  expect_log "nothing was applied"
+  expect_log "was created since the plan"
+  [[ $(cat "$WS/out/a.txt") == "by hand" ]] || fail "out/a.txt was overwritten"
+  end
+fi
+
+if want saved_plan_inputs_are_checked; then
+  begin saved_plan_inputs_are_checked
+  plan "$SAMPLE"
+  input mode apply
+  input plan-out reviewed.json
+  action
+  [[ $RC != 0 ]] || fail "accepted plan-out with mode apply"
+  expect_log "input 'plan-out' needs mode 'plan'"
+  INPUTS=()
+  input mode plan
+  input saved-plan idem.yml
+  action
+  [[ $RC != 0 ]] || fail "accepted saved-plan with mode plan"
+  expect_log "input 'saved-plan' needs mode 'apply'"
+  INPUTS=()
+  input saved-plan idem.yml
+  action
+  [[ $RC != 0 ]] || fail "accepted a plan file as a saved plan"
+  expect_log "input 'saved-plan': 'idem.yml' is not a saved plan"
+  INPUTS=()
+  input saved-plan missing.json
+  action
+  [[ $RC != 0 ]] || fail "accepted a missing saved plan"
+  expect_log "input 'saved-plan': no file 'missing.json'"
+  expect_no_file "$WS/out"
+  end
+fi
+
 if want committed_table_is_well_formed; then
   begin committed_table_is_well_formed
   bad=$(grep -vE '^(#.*|[0-9a-f]{64}  idem-v[0-9][^ ]*\.(tar\.gz|zip))?$' "$REPO/action/idem-sha256.txt" || true)

@@ -32,6 +32,7 @@ use crate::cap::log::Progress;
 use crate::policy::{Mode, Policy};
 use crate::report::{Report, StepFailure};
 pub use cache::Cache;
+pub(crate) use plan::env_names;
 use store::{Ctx, RunState, new_store};
 
 /// The standard operations guest, built by `build.rs` from `guest/`.
@@ -95,6 +96,29 @@ pub trait Events {
     /// `apply --verify`'s second, checking run starts: its steps are metered (so a long one
     /// still shows progress) but not told one by one.
     fn verify_started(&mut self) {}
+}
+
+/// What of the world a dry run read: every path its steps named (and whether each was
+/// listed), the SQLite databases and PostgreSQL databases it opened, and the environment
+/// variables the plan names. A saved plan fingerprints these.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    pub paths: Vec<(String, bool)>,
+    pub databases: Vec<String>,
+    /// PostgreSQL databases, as shown (never with a password).
+    pub postgres: Vec<String>,
+    /// Files the plan includes, under the root.
+    pub includes: Vec<String>,
+}
+
+/// A saved plan, as `apply FILE` checks it against the world under the run lock.
+pub trait SavedCheck {
+    /// What no longer matches the fingerprints taken when the plan was saved, one line each
+    /// (empty: all match). Called under the run lock, before any step.
+    fn world_changed(&self) -> Vec<String>;
+    /// How the changes of `now` (a dry run made under the same lock) differ from the saved
+    /// change list, one line each (empty: the same).
+    fn changes_differ(&self, now: &Report) -> Vec<String>;
 }
 
 /// Events nobody follows.

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow};
 
 use super::failure::describe_trap;
 use super::store::{RunState, new_store};
-use super::{Events, Host, NoEvents, RunConfig, StepEnd};
+use super::{Events, Host, NoEvents, Observed, RunConfig, SavedCheck, StepEnd};
 use crate::bindings::plan::{LoadInput, LoadedPlan, Location, PlanError, PluginCall, StepInfo};
 use crate::bindings::standard;
 use crate::cap::log::Reading;
@@ -29,10 +29,98 @@ impl Host {
     pub fn run_plan(&self, cfg: &RunConfig, events: &mut dyn Events) -> Result<Report> {
         let started = Instant::now();
         let _lock = lock(cfg)?;
-        let mut report = self.run_once(cfg, cfg.mode, Some(&mut *events))?;
+        let mut report = self.run_once(cfg, cfg.mode, Some(&mut *events), None)?;
+        self.verify(cfg, events, &mut report)?;
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    /// `idem plan --out`: the dry run, and what of the world it read.
+    pub fn plan_observed(
+        &self,
+        cfg: &RunConfig,
+        events: &mut dyn Events,
+    ) -> Result<(Report, Observed)> {
+        let started = Instant::now();
+        let _lock = lock(cfg)?;
+        let mut observed = Observed::default();
+        let mut report = self.run_once(cfg, Mode::Plan, Some(events), Some(&mut observed))?;
+        report.duration = started.elapsed();
+        Ok((report, observed))
+    }
+
+    /// `idem apply FILE`: under one exclusive lock, check the saved plan's fingerprints, make
+    /// the dry run again and compare its changes with the saved ones, and only then apply.
+    /// A refusal is a plan error of the report (exit 1) and no step runs.
+    pub fn apply_saved(
+        &self,
+        cfg: &RunConfig,
+        saved: &dyn SavedCheck,
+        events: &mut dyn Events,
+    ) -> Result<Report> {
+        let started = Instant::now();
+        let _lock = lock(cfg)?;
+        let refuse = |lines: Vec<String>, what: &str, hint: &str| {
+            let mut report = Report::new(Mode::Apply, &cfg.plan_name, &cfg.root);
+            report.error = Some(crate::report::PlanErrorReport {
+                message: crate::redact::text(&format!(
+                    "the saved plan no longer matches {what}, so nothing was applied:\n  {}",
+                    lines.join("\n  ")
+                ))
+                .into_owned(),
+                file: cfg.plan_name.clone(),
+                line: None,
+                column: None,
+                hint: Some(hint.to_owned()),
+                excerpt: None,
+            });
+            report.duration = started.elapsed();
+            report
+        };
+        let changed = saved.world_changed();
+        if !changed.is_empty() {
+            return Ok(refuse(
+                changed,
+                "the world",
+                "make the plan again (idem plan --out) and have it approved",
+            ));
+        }
+        // The fingerprints cannot see everything a dry run depends on (the clock of a
+        // `cleanup`, PostgreSQL rows, a plugin's HTTP reads): the dry run, made again under
+        // this lock, is the check that the apply makes exactly the saved changes.
+        let again = self.run_once(cfg, Mode::Plan, None, None)?;
+        if let Some(e) = again.error {
+            let mut report = Report::new(Mode::Apply, &cfg.plan_name, &cfg.root);
+            report.error = Some(e);
+            return Ok(report);
+        }
+        let differ = saved.changes_differ(&again);
+        if !differ.is_empty() {
+            return Ok(refuse(
+                differ,
+                "what apply would change now",
+                "make the plan again (idem plan --out) and have it approved",
+            ));
+        }
+        let mut report = self.run_once(cfg, Mode::Apply, Some(&mut *events), None)?;
+        let differ = saved.changes_differ(&report);
+        if !differ.is_empty() && report.ok() {
+            // Something outside idem changed the world between the check and the apply.
+            report.fault = Some(crate::redact::text(&format!(
+                "the apply's changes differ from the saved plan's (the world changed during the apply):\n  {}",
+                differ.join("\n  ")
+            )).into_owned());
+        }
+        self.verify(cfg, events, &mut report)?;
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    /// With `--verify`, after a successful apply: a second, dry run must change nothing.
+    fn verify(&self, cfg: &RunConfig, events: &mut dyn Events, report: &mut Report) -> Result<()> {
         if cfg.verify && cfg.mode == Mode::Apply && report.ok() {
             events.verify_started();
-            let second = self.run_once(cfg, Mode::Plan, None)?;
+            let second = self.run_once(cfg, Mode::Plan, None, None)?;
             let mut changes = Vec::new();
             let mut errors = Vec::new();
             // A second run that cannot start (the first removed an input the checks before
@@ -66,13 +154,12 @@ impl Host {
                 errors,
             });
         }
-        report.duration = started.elapsed();
-        Ok(report)
+        Ok(())
     }
 
     /// Load and check the plan as a run would before its first step, and stop there.
     pub fn validate(&self, cfg: &RunConfig) -> Result<Report> {
-        self.run_once(cfg, Mode::Plan, None)
+        self.run_once(cfg, Mode::Plan, None, None)
     }
 
     /// One pass over the plan; `events` (the recorded run's) is told as it goes, and the run
@@ -82,6 +169,7 @@ impl Host {
         cfg: &RunConfig,
         mode: Mode,
         events: Option<&mut dyn Events>,
+        observed: Option<&mut Observed>,
     ) -> Result<Report> {
         let record = events.is_some();
         let mut quiet = NoEvents;
@@ -111,6 +199,7 @@ impl Host {
             .map_err(|e| anyhow!(e))
             .context("instantiating the standard operations")?;
         let input = LoadInput {
+            plan_path: cfg.plan_in_root().map(|p| p.as_str().to_owned()),
             vars: cfg.vars.clone(),
             env: env_references(&cfg.plan_source),
         };
@@ -127,6 +216,7 @@ impl Host {
                 Ok(LoadedPlan {
                     steps: Vec::new(),
                     sensitive: Vec::new(),
+                    included: Vec::new(),
                 })
             }
             Err(e) => {
@@ -135,8 +225,10 @@ impl Host {
                 ));
             }
         };
+        let mut included = Vec::new();
         let selected = match loaded.map(|plan| {
             crate::redact::add(plan.sensitive);
+            included = plan.included;
             let mut steps = plan.steps;
             for info in &mut steps {
                 // What is shown of a step; its plugin call keeps the real values.
@@ -153,11 +245,15 @@ impl Host {
         let (steps, chosen) = match selected {
             Ok(steps) => steps,
             Err(e) => {
-                report.error = Some(PlanErrorReport::from_guest(
-                    &cfg.plan_name,
-                    &cfg.plan_source,
-                    e,
-                ));
+                // An error in an included file is shown with that file's name and text.
+                let file = e.location.as_ref().and_then(|l| l.file.clone());
+                report.error = Some(match file {
+                    Some(f) => {
+                        let text = std::fs::read_to_string(cfg.root.join(&f)).unwrap_or_default();
+                        PlanErrorReport::from_guest(&f, &text, e)
+                    }
+                    None => PlanErrorReport::from_guest(&cfg.plan_name, &cfg.plan_source, e),
+                });
                 if record {
                     let failure = report.failure();
                     let state = &mut store.data_mut().run().state;
@@ -241,6 +337,13 @@ impl Host {
         if steps.is_empty() && crate::signal::requested().is_some() {
             report.interrupted = interruption(&report, None);
         }
+        if let Some(observed) = observed {
+            let run = store.data_mut().run();
+            observed.paths = run.fs.observed();
+            observed.databases = run.dbs.opened();
+            observed.postgres = run.pg.opened();
+            observed.includes = included.clone();
+        }
         if record {
             let failure = report.failure();
             let n = report.change_count();
@@ -320,21 +423,26 @@ impl Host {
 
 /// The environment variables the plan's text names as `${env.NAME}` and that are set: all
 /// the loader gets to see of the environment.
-fn env_references(source: &str) -> Vec<(String, String)> {
-    let mut names: Vec<&str> = source
+pub(crate) fn env_references(source: &str) -> Vec<(String, String)> {
+    env_names(source)
+        .into_iter()
+        .filter_map(|n| Some((n.clone(), std::env::var(&n).ok()?)))
+        .collect()
+}
+
+/// Every environment variable the plan's text names as `${env.NAME}`, once, sorted.
+pub(crate) fn env_names(source: &str) -> Vec<String> {
+    let mut names: Vec<String> = source
         .match_indices("${env.")
         .filter_map(|(i, m)| {
             let rest = &source[i + m.len()..];
             let end = rest.find('}')?;
-            Some(rest[..end].trim())
+            Some(rest[..end].trim().to_owned())
         })
         .collect();
     names.sort_unstable();
     names.dedup();
     names
-        .into_iter()
-        .filter_map(|n| Some((n.to_string(), std::env::var(n).ok()?)))
-        .collect()
 }
 
 /// Before any step runs: every file a step reads exists, or is written by an earlier step,
@@ -360,7 +468,7 @@ fn check_reads(root: &std::path::Path, steps: &[StepInfo]) -> std::result::Resul
             }
             let err = |message: String, hint: String| PlanError {
                 message,
-                location: read.location,
+                location: read.location.clone(),
                 hint: Some(hint),
             };
             let Ok(meta) = std::fs::metadata(&on_disk) else {

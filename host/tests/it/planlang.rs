@@ -310,7 +310,7 @@ fn validate_catches_each_static_mistake_with_line_and_column_before_any_step_run
 /// Issue 18: a misspelt template field fails the step once, naming the nearest column,
 /// instead of failing every record one by one.
 #[test]
-fn a_misspelt_template_field_is_one_error_not_one_per_record() {
+fn a_misspelt_template_field_is_one_error_with_line_and_column_before_any_step() {
     let t = Env::new();
     let mut csv = String::from("id,name\n");
     for i in 0..2000 {
@@ -321,13 +321,444 @@ fn a_misspelt_template_field_is_one_error_not_one_per_record() {
         "idem.yml",
         "steps:\n  - each: people.csv\n    key: id\n    steps:\n      - file: \"out/{id}.txt\"\n        content: \"{nmae}\\n\"\n",
     );
+    // Found before any step runs, by `validate` and by every run, where it is written.
     let r = t.json(&["apply"], 1);
-    let step = &r["steps"][0];
+    let e = &r["error"];
+    assert_eq!(
+        e["message"],
+        "`{nmae}` in `content` of sub-step 1 is not a column of people.csv; did you mean `{name}`?",
+        "{r}"
+    );
+    assert_eq!(
+        (e["line"].as_u64(), e["column"].as_u64()),
+        (Some(6), Some(19))
+    );
+    assert_eq!(
+        e["hint"],
+        "the columns of people.csv are its header's: id, name"
+    );
+    assert!(!t.exists("out"), "no record was processed");
+    t.idem(&["validate"])
+        .code(1)
+        .says("idem.yml:6:19: `{nmae}` in `content` of sub-step 1 is not a column of people.csv");
+    // Records an earlier step writes are checked when the `each` opens them: still once.
+    t.write(
+        "idem.yml",
+        "steps:\n  - file: copy.csv\n    source: people.csv\n  - each: copy.csv\n    key: id\n    steps:\n      - file: \"out/{id}.txt\"\n        content: \"{nmae}\\n\"\n",
+    );
+    t.idem(&["validate"]).code(0);
+    let r = t.json(&["apply"], 1);
+    let step = &r["steps"][1];
     assert_eq!(step["outcome"], "failed", "{r}");
     assert_eq!(
         step["error"],
-        "`{nmae}` in `content` of sub-step 1 is not a column of people.csv; did you mean `{name}`?"
+        "`{nmae}` in `content` of sub-step 1 is not a column of copy.csv; did you mean `{name}`?"
     );
     assert_eq!(step["failures"].as_array().map(Vec::len), Some(0));
     assert!(!t.exists("out"), "no record was processed");
+}
+
+// Saved plans (issue 18, item 3).
+
+/// The saved-plan example of docs/plan.md, copied into a fresh root.
+fn saved_example() -> Env {
+    let t = Env::new();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plan-language");
+    for f in ["saved.yml", "users.csv"] {
+        t.write(f, std::fs::read(dir.join(f)).unwrap());
+    }
+    t
+}
+
+const TOKEN: &str = "--var=api_token=s3cr3t-Zq9-token";
+
+/// `plan --out plan.json`: exit 0, and the saved file (which must hold no secret).
+fn save(t: &Env, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["plan", "saved.yml", "--out", "plan.json", TOKEN];
+    args.extend(extra);
+    t.idem(&args).code(0).says("saved the plan");
+    let text = t.read("plan.json");
+    assert!(
+        !text.contains(SECRET),
+        "the saved plan holds the secret:\n{text}"
+    );
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The tree and the database as they are, to show a refused apply touched nothing.
+fn world(t: &Env) -> (String, Vec<String>) {
+    let rows = if t.exists("out/app.db") {
+        t.rows(
+            "out/app.db",
+            "SELECT id || ' ' || name FROM users ORDER BY id",
+        )
+    } else {
+        Vec::new()
+    };
+    (format!("{:?}", t.snapshot()), rows)
+}
+
+#[test]
+fn a_saved_plan_is_applied_unchanged_and_holds_no_secret() {
+    let t = saved_example();
+    let saved = save(&t, &[]);
+    assert_eq!(saved["format"], "idem-saved-plan");
+    assert_eq!(saved["version"], 1);
+    // The dry run changed nothing; the saved list is what it reported.
+    assert!(!t.exists("out"));
+    let kinds: Vec<(&str, &str)> = saved["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["kind"].as_str().unwrap(), c["path"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("create-dir", "out"),
+            ("create-database", "out/app.db"),
+            ("alter-schema", "out/app.db"),
+            ("write-rows", "out/app.db"),
+            ("create-file", "out/settings.ini"),
+            ("create-file", "out/users.csv"),
+        ]
+    );
+    // The sensitive variable is a fingerprint only; the other keeps its value for review.
+    let vars = saved["vars"].as_array().unwrap();
+    let token = vars.iter().find(|v| v["name"] == "api_token").unwrap();
+    assert_eq!(token["sensitive"], true);
+    assert!(token.get("value").is_none());
+    let r = t.idem(&["apply", "plan.json", TOKEN, "--format", "json"]);
+    r.code(0);
+    let applied = r.json();
+    let made: Vec<(String, String)> = changes(&applied)
+        .into_iter()
+        .map(|(_, k, p, _)| (k, p))
+        .collect();
+    let want: Vec<(String, String)> = kinds
+        .iter()
+        .map(|(k, p)| (k.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(made, want);
+    assert_eq!(
+        t.read("out/settings.ini"),
+        format!("env = staging\ntoken = {SECRET}\n")
+    );
+    assert_eq!(
+        t.rows("out/app.db", "SELECT name FROM users ORDER BY id"),
+        ["ada", "grace"]
+    );
+    // Applied once: the same file applied again finds the world changed (it was applied).
+    t.idem(&["apply", "plan.json", TOKEN])
+        .code(1)
+        .says("nothing was applied")
+        .says("`out` was created since the plan");
+}
+
+#[test]
+fn a_saved_plan_is_refused_after_a_source_file_changed() {
+    let t = saved_example();
+    save(&t, &[]);
+    t.write("users.csv", "id,name\n1,ada\n2,grace\n3,edsger\n");
+    let before = world(&t);
+    t.idem(&["apply", "plan.json", TOKEN])
+        .code(1)
+        .says("the saved plan no longer matches the world, so nothing was applied")
+        .says("`users.csv` changed (its content)");
+    assert_eq!(world(&t), before);
+}
+
+#[test]
+fn a_saved_plan_is_refused_after_a_database_row_changed() {
+    let t = saved_example();
+    t.idem(&["apply", "saved.yml", TOKEN]).code(0);
+    t.write("users.csv", "id,name\n1,ada\n2,grace\n3,edsger\n");
+    save(&t, &[]);
+    let c = rusqlite::Connection::open(t.path("out/app.db")).unwrap();
+    c.execute("UPDATE users SET name = 'Ada' WHERE id = '1'", [])
+        .unwrap();
+    drop(c);
+    let before = world(&t);
+    t.idem(&["apply", "plan.json", TOKEN])
+        .code(1)
+        .says("table `users` of `out/app.db` changed (its rows)");
+    assert_eq!(world(&t), before);
+}
+
+#[test]
+fn a_saved_plan_is_refused_after_a_target_file_was_edited() {
+    let t = saved_example();
+    t.idem(&["apply", "saved.yml", TOKEN]).code(0);
+    t.write("users.csv", "id,name\n1,ada\n2,grace\n3,edsger\n");
+    save(&t, &[]);
+    t.write("out/settings.ini", "edited by hand\n");
+    let before = world(&t);
+    t.idem(&["apply", "plan.json", TOKEN])
+        .code(1)
+        .says("`out/settings.ini` changed (its content)");
+    assert_eq!(world(&t), before);
+}
+
+#[test]
+fn a_saved_plan_is_refused_after_a_var_changed() {
+    let t = saved_example();
+    save(&t, &["--var", "env_name=prod"]);
+    let before = world(&t);
+    // A plain variable is taken from the saved plan; given again otherwise, it is named.
+    t.idem(&["apply", "plan.json", TOKEN, "--var", "env_name=dev"])
+        .code(1)
+        .says("var `env_name` changed: it was \"prod\", now \"dev\"");
+    // A sensitive one must be given again, and the same.
+    t.idem(&["apply", "plan.json", "--var", "api_token=other"])
+        .code(1)
+        .says("var `api_token` changed (sensitive)");
+    t.idem(&["apply", "plan.json"])
+        .code(1)
+        .says("var `api_token` is not given: it is sensitive");
+    assert_eq!(world(&t), before);
+    // The plan itself is part of what was approved.
+    t.write("saved.yml", t.read("saved.yml").replace("staging", "qa"));
+    let before = world(&t);
+    t.idem(&["apply", "plan.json", TOKEN])
+        .code(1)
+        .says("the plan file `saved.yml` changed since the plan was made");
+    assert_eq!(world(&t), before);
+}
+
+#[test]
+fn a_saved_plan_whose_changes_would_differ_now_is_refused() {
+    // A cleanup's removals depend on the clock, which no fingerprint covers: the dry run made
+    // again at apply time catches it.
+    let t = Env::new();
+    t.write(
+        "idem.yml",
+        "steps:\n  - cleanup: logs\n    older-than: 1d\n",
+    );
+    t.write("logs/a.log", "a\n");
+    t.write("logs/b.log", "b\n");
+    t.age("logs/a.log", 3);
+    t.age("logs/b.log", 0);
+    t.idem(&["plan", "--out", "plan.json"]).code(0);
+    let mut c = t.cmd();
+    c.env("IDEM_NOW", (NOW + 7 * 86_400).to_string());
+    let r = Run::from(c.args(["apply", "plan.json"]).output().unwrap());
+    r.code(1)
+        .says("the saved plan no longer matches what apply would change now")
+        .says("made now, but not saved: step 1");
+    assert!(t.exists("logs/a.log") && t.exists("logs/b.log"));
+    // At the clock it was made with, it applies.
+    t.idem(&["apply", "plan.json"]).code(0);
+    assert!(!t.exists("logs/a.log") && t.exists("logs/b.log"));
+}
+
+// Includes and groups (issue 18, item 5).
+
+/// The includes-and-groups example of docs/plan.md, copied into a fresh root.
+fn composed_example() -> Env {
+    let t = Env::new();
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plan-language/composed");
+    for f in ["idem.yml", "parts/sites.yml"] {
+        t.write(f, std::fs::read(dir.join(f)).unwrap());
+    }
+    t
+}
+
+#[test]
+fn an_include_chain_runs_the_included_steps_first_and_a_group_used_twice_gets_its_params() {
+    let t = composed_example();
+    // One more link in the chain: the included file includes another, relative to itself.
+    t.write(
+        "parts/sites.yml",
+        format!("include: ../common/base.yml\n{}", t.read("parts/sites.yml")),
+    );
+    t.write(
+        "common/base.yml",
+        "steps:\n  - file: www/robots.txt\n    content: \"User-agent: *\\n\"\n",
+    );
+    let report = assert_converges(&t, &[]);
+    let names: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "file www/robots.txt",
+            "dir www",
+            "dir www/shop",
+            "index of shop",
+            "dir www/blog",
+            "index of blog"
+        ]
+    );
+    assert_eq!(t.read("www/shop/index.html"), "<h1>The shop</h1> by web\n");
+    assert_eq!(t.read("www/blog/index.html"), "<h1>Untitled</h1> by web\n");
+    t.idem(&["validate"]).code(0).says("valid, 6 steps");
+}
+
+#[test]
+fn an_include_cycle_is_an_error_naming_the_cycle_in_the_file_that_closes_it() {
+    let t = Env::new();
+    t.write("idem.yml", "include: parts/a.yml\nsteps: []\n");
+    t.write("parts/a.yml", "include: b.yml\n");
+    t.write("parts/b.yml", "steps: [{dir: x}]\ninclude: ../idem.yml\n");
+    let r = t.idem(&["plan"]);
+    r.code(1).says(
+        "parts/b.yml:2:10: include cycle: idem.yml -> parts/a.yml -> parts/b.yml -> idem.yml",
+    );
+    assert!(!t.exists("x"));
+    // Out of the root, and absolute: refused where they are named.
+    t.write("parts/b.yml", "include: ../../../etc/passwd\n");
+    t.idem(&["plan"])
+        .code(1)
+        .says("parts/b.yml:1:10: `../../../etc/passwd` leads out of the root");
+    t.write("parts/b.yml", "include: /etc/passwd\n");
+    t.idem(&["validate"]).code(1).says("is an absolute path");
+}
+
+#[test]
+fn an_error_in_an_included_file_points_into_that_file() {
+    let t = composed_example();
+    // A misspelt field of a group's step: the error is in parts/sites.yml, line 14.
+    t.write(
+        "parts/sites.yml",
+        t.read("parts/sites.yml").replace("content:", "contnet:"),
+    );
+    let r = t.idem(&["plan", "--format", "json"]);
+    r.code(1);
+    let e = &r.json()["error"];
+    assert_eq!(e["file"], "parts/sites.yml");
+    assert_eq!(e["line"], 14);
+    assert_eq!(e["hint"], "did you mean `content`?");
+    t.idem(&["validate"])
+        .code(1)
+        .says("parts/sites.yml:14:9: unknown field `contnet` in a `file` step")
+        .says("14 |         contnet:");
+    // A missing included file is named where it is included.
+    t.write("idem.yml", "include: parts/site.yml\nsteps: []\n");
+    t.idem(&["plan"])
+        .code(1)
+        .says("idem.yml:1:10: cannot read included file `parts/site.yml`");
+}
+
+#[test]
+fn a_saved_plan_is_refused_after_an_included_file_changed() {
+    let t = composed_example();
+    t.idem(&["plan", "--out", "plan.json"]).code(0);
+    let saved: serde_json::Value = serde_json::from_str(&t.read("plan.json")).unwrap();
+    assert_eq!(saved["plan"]["includes"][0]["path"], "parts/sites.yml");
+    t.write(
+        "parts/sites.yml",
+        t.read("parts/sites.yml")
+            .replace("owner: web", "owner: ops"),
+    );
+    t.idem(&["apply", "plan.json"])
+        .code(1)
+        .says("the included plan file `parts/sites.yml` changed");
+    assert!(!t.exists("www"));
+}
+
+// Schema parity (issue 18, item 6).
+
+/// Whether check-jsonschema (tests/setup.sh installs it) accepts `plan` under `schema`.
+fn schema_accepts(schema: &std::path::Path, plan: &std::path::Path) -> bool {
+    let out = std::process::Command::new("check-jsonschema")
+        .arg("--schemafile")
+        .arg(schema)
+        .arg(plan)
+        .output()
+        .expect("check-jsonschema is needed for this test: run tests/setup.sh");
+    match out.status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        _ => panic!(
+            "check-jsonschema failed on {}: {}",
+            plan.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+#[test]
+fn the_schema_and_the_parser_agree_on_every_plan_of_the_corpus() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let t = Env::new();
+    let schema = t.path("plan.schema.json");
+    let printed = t.idem(&["schema"]);
+    printed.code(0);
+    std::fs::write(&schema, &printed.stdout).unwrap();
+    // The corpus: the examples of the plan language, and edge cases each way.
+    let mut corpus: Vec<(std::path::PathBuf, bool)> = Vec::new();
+    for dir in ["tests/schema/valid", "tests/schema/invalid"] {
+        let mut files: Vec<_> = std::fs::read_dir(repo.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        corpus.extend(files.into_iter().map(|f| (f, dir.ends_with("/valid"))));
+    }
+    for example in [
+        "examples/plan-language/idem.yml",
+        "examples/plan-language/saved.yml",
+        "examples/plan-language/composed/idem.yml",
+        "examples/plan-language/composed/parts/sites.yml",
+    ] {
+        corpus.push((repo.join(example), true));
+    }
+    assert!(corpus.len() >= 20, "the corpus has {} plans", corpus.len());
+    let mut disagree = Vec::new();
+    for (plan, valid) in &corpus {
+        // Each plan in a root of its own, with the inputs the valid ones read.
+        let root = Env::new();
+        root.write("a.csv", "id,name\n1,ada\n");
+        root.write("users.csv", "id,name\n1,ada\n");
+        root.write(
+            "parts/sites.yml",
+            std::fs::read(repo.join("examples/plan-language/composed/parts/sites.yml")).unwrap(),
+        );
+        let name = plan.file_name().unwrap().to_string_lossy().into_owned();
+        let rel = if plan.ends_with("parts/sites.yml") {
+            "parts/sites.yml".to_string()
+        } else {
+            name.clone()
+        };
+        root.write(&rel, std::fs::read(plan).unwrap());
+        let by_schema = schema_accepts(&schema, &root.path(&rel));
+        let mut c = root.cmd();
+        c.env("IDEM_EXAMPLE_SITE", "shop").args(["validate", &rel]);
+        if std::fs::read_to_string(plan)
+            .unwrap()
+            .contains("api_token:")
+        {
+            c.args(["--var", "api_token=x"]);
+        }
+        let parsed = Run::from(c.output().unwrap());
+        let by_parser = match parsed.code {
+            0 => true,
+            1 => false,
+            _ => panic!("validate {}: {}", plan.display(), parsed.all()),
+        };
+        if by_schema != by_parser || by_parser != *valid {
+            disagree.push(format!(
+                "{}: schema {}, parser {} (expected {}){}",
+                plan.strip_prefix(&repo).unwrap_or(plan).display(),
+                if by_schema { "accepts" } else { "rejects" },
+                if by_parser { "accepts" } else { "rejects" },
+                if *valid { "valid" } else { "invalid" },
+                if by_parser {
+                    String::new()
+                } else {
+                    format!(": {}", parsed.stderr.trim())
+                }
+            ));
+        }
+    }
+    assert!(
+        disagree.is_empty(),
+        "disagreements:\n{}",
+        disagree.join("\n")
+    );
 }

@@ -29,6 +29,7 @@ impl FsView<'_> {
             .resolve(p)
             .map_err(|e| Error::Denied(e.to_string()))?;
         self.fs.check_real(&rel, follow, self.policy.grants())?;
+        self.fs.observe(&rel, false);
         Ok(rel)
     }
 
@@ -117,17 +118,21 @@ impl Host for FsView<'_> {
 
     fn list_dir(&mut self, path: String) -> R<Vec<Entry>> {
         let cap = self.policy.listing_cap();
-        Ok(self.resolve(&path, true).and_then(|p| match cap {
-            Some(cap) => self.fs.list_dir_capped(&p, cap),
-            None => self.fs.list_dir(&p),
+        Ok(self.resolve(&path, true).and_then(|p| {
+            self.fs.observe(&p, true);
+            match cap {
+                Some(cap) => self.fs.list_dir_capped(&p, cap),
+                None => self.fs.list_dir(&p),
+            }
         }))
     }
 
     fn list_dir_page(&mut self, path: String, after: Option<String>, limit: u32) -> R<Vec<Entry>> {
         let limit = (limit as usize).clamp(1, super::LIST_PAGE);
-        Ok(self
-            .resolve(&path, true)
-            .and_then(|p| self.fs.list_dir_page(&p, after.as_deref(), limit)))
+        Ok(self.resolve(&path, true).and_then(|p| {
+            self.fs.observe(&p, true);
+            self.fs.list_dir_page(&p, after.as_deref(), limit)
+        }))
     }
 
     fn create_dir(&mut self, path: String, mode: Option<u32>) -> R<Done> {

@@ -73,6 +73,9 @@ pub struct FsCap {
     /// since the last [`FsCap::take_unreadable`]: no step can name them, so none touches
     /// them, but the step's report counts them.
     unreadable: RefCell<std::collections::BTreeSet<String>>,
+    /// Every path a step named and the policy let through, and whether it was listed: what
+    /// a saved plan fingerprints, since that is all of the tree the run could have seen.
+    observed: RefCell<BTreeMap<RelPath, bool>>,
 }
 
 /// The most entries one `list-dir-page` call returns.
@@ -209,7 +212,24 @@ impl FsCap {
             unreadable: RefCell::default(),
             protected: Vec::new(),
             real_dirs: RefCell::new(HashMap::new()),
+            observed: RefCell::default(),
         }
+    }
+
+    /// Note that a step named `path` (`listed`: it read the directory's entries).
+    pub fn observe(&self, path: &RelPath, listed: bool) {
+        let mut seen = self.observed.borrow_mut();
+        let was = seen.entry(path.clone()).or_insert(false);
+        *was |= listed;
+    }
+
+    /// Every path the run's steps named so far, with whether each was listed.
+    pub fn observed(&self) -> Vec<(String, bool)> {
+        self.observed
+            .borrow()
+            .iter()
+            .map(|(p, l)| (p.as_str().to_owned(), *l))
+            .collect()
     }
 
     /// Never let a path lead to `paths` (real absolute paths), through whatever links.

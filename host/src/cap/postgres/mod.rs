@@ -120,6 +120,18 @@ impl Connections {
             .ok_or_else(|| PgError::Invalid("closed PostgreSQL connection handle".into()))
     }
 
+    /// Every database opened, as shown (without a password), sorted.
+    pub fn opened(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .conns
+            .iter()
+            .map(|c| c.target.shown().to_owned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// The database's name without its password.
     pub fn shown(&self, h: usize) -> String {
         self.conns

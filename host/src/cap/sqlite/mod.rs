@@ -459,6 +459,14 @@ impl Databases {
         Ok(self.push(path, opened, created))
     }
 
+    /// Every database this scope opened (under a dry run, with those of plugin steps it
+    /// adopted), as paths under the root.
+    pub fn opened(&self) -> Vec<String> {
+        let mut paths: Vec<String> = self.by_path.keys().map(|p| p.as_str().to_owned()).collect();
+        paths.sort();
+        paths
+    }
+
     /// The count of tree changes this connection last checked against.
     pub fn seen(&self, h: usize) -> Option<u64> {
         self.dbs.get(h).map(|d| d.seen)
