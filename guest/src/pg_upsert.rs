@@ -12,7 +12,7 @@
 //! is exactly `updated` or `inserted`. All of it is one transaction, which the host makes a
 //! savepoint of the run's never-committed transaction under a dry run.
 
-use crate::host::{error, open_records, report};
+use crate::host::{error, report};
 use crate::idem::plugin::postgres::{self, Connection, PgError};
 use crate::idem::plugin::report::{StepError, StepReport};
 use crate::idem::plugin::sqlite::Value;
@@ -164,6 +164,14 @@ pub fn run(step: &UpsertStep) -> Result<StepReport, StepError> {
     }
 }
 
+/// Run an `upsert` into PostgreSQL inside a transaction the caller opened on `conn` (an
+/// `each` record's, which commits its checkpoint mark with it); `None` when the step's
+/// database turns out to be a file, to run as a SQLite upsert.
+pub fn run_in(conn: &Connection, step: &UpsertStep) -> Result<StepReport, StepError> {
+    let shown = conn.shown();
+    load(conn, &shown, step)
+}
+
 struct Column {
     name: String,
     /// The type in the table, as `format_type` writes it.
@@ -175,7 +183,7 @@ struct Column {
 }
 
 fn load(conn: &Connection, shown: &str, step: &UpsertStep) -> Result<StepReport, StepError> {
-    let mut records = open_records(&step.from, step.format)?;
+    let mut records = crate::host::upsert_records(step)?;
     let file = records.file().to_owned();
     let label = records.labeler();
     let table = &step.table;

@@ -252,6 +252,22 @@ fn secrets_of(url: &str) -> Vec<String> {
     found
 }
 
+/// Which server and database a connection reaches, however it was named (two URLs of one
+/// database, through TCP and through the Unix socket, give the same answer): the cluster's
+/// system identifier where the role may read it, the postmaster's start time, and the
+/// database's OID and name.
+pub fn server_identity(c: &mut postgres::Client) -> Result<String, postgres::Error> {
+    let row = c.query_one(
+        "SELECT CASE WHEN has_function_privilege('pg_control_system()', 'EXECUTE')
+                     THEN (SELECT system_identifier::text FROM pg_control_system()) ELSE '' END
+                || '/' || pg_postmaster_start_time()::text
+                || '/' || (SELECT oid FROM pg_database WHERE datname = current_database())::text
+                || '/' || current_database()",
+        &[],
+    )?;
+    Ok(row.get(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
