@@ -14,6 +14,7 @@ mod http;
 mod live;
 mod pg;
 mod pgonce;
+mod pgplugins;
 mod pgstate;
 mod planlang;
 mod plugins;

@@ -166,7 +166,7 @@ fn a_runner_killed_at_random_points_and_rerun_does_each_effect_exactly_once() {
         s.port
     );
     let target = s.url_of(&db);
-    let n = 1_500;
+    let n = 1_000;
     let env = Env::new();
     plan(&env, n);
     let seed = std::time::SystemTime::now()
@@ -193,7 +193,7 @@ fn a_runner_killed_at_random_points_and_rerun_does_each_effect_exactly_once() {
         }
         let done = count(&db, "SELECT count(*) FROM effect");
         assert!(done >= done_before, "effects went away");
-        if done == n || started.elapsed() > Duration::from_secs(20) {
+        if done == n || started.elapsed() > Duration::from_secs(15) {
             break;
         }
     }

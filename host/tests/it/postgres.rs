@@ -353,27 +353,3 @@ fn an_each_sub_step_upserts_into_postgres_named_by_env() {
     );
     run(&t, &url, &["check"], 0);
 }
-
-#[test]
-fn a_plugin_cannot_reach_postgres_even_when_its_step_names_the_database() {
-    let db = fresh_db("plugin");
-    psql(&db, "CREATE TABLE t (id int PRIMARY KEY)");
-    let t = Env::new();
-    t.write("hostile.wasm", &crate::plugins::built().hostile);
-    t.write(
-        "idem.yml",
-        "steps:\n  - plugin: hostile.wasm\n    config: { mode: pg-sql, database: \"env:IDEM_TEST_PG\", sql: \"INSERT INTO t VALUES (1)\" }\n    databases: [\"env:IDEM_TEST_PG\"]\n",
-    );
-    let url = server().url_of(&db);
-    let r = crate::support::Run::from(
-        t.cmd()
-            .env("IDEM_TEST_PG", &url)
-            .args(["apply"])
-            .output()
-            .unwrap(),
-    );
-    r.code(1)
-        .says("denied: plugins do not reach PostgreSQL databases yet");
-    assert!(!r.all().contains(&server().password));
-    assert_eq!(psql(&db, "SELECT count(*) FROM t"), "0");
-}
