@@ -24,6 +24,8 @@ use crate::upsert::{Inferred, quote};
 const BATCH: usize = 5000;
 /// Records whose values decide the types of a created table (as for SQLite).
 const INFER: usize = 1000;
+/// From how many staged records the staging table is analyzed before the merge.
+const ANALYZE_FROM: u64 = 1000;
 
 /// Whether a plan's database name is a PostgreSQL one (or may be: `env:NAME` is resolved by
 /// the host, which answers `not-postgres` with the path when it names a file).
@@ -319,6 +321,13 @@ fn load(conn: &Connection, shown: &str, step: &UpsertStep) -> Result<StepReport,
     }
     loader.flush(conn, shown, &copy)?;
     let total = loader.total;
+    // A temporary table is never analyzed by autovacuum: without statistics the planner
+    // guesses its size from its pages. A handful of rows (an `each` record's) plans well
+    // anyway; a bulk load gets real statistics.
+    if total >= ANALYZE_FROM {
+        conn.execute(&format!("ANALYZE pg_temp.{stage}"), &[])
+            .map_err(|e| pg_fail(format!("{shown}: analyzing the staged records"), e))?;
+    }
 
     let keys = step
         .key
@@ -364,6 +373,24 @@ fn load(conn: &Connection, shown: &str, step: &UpsertStep) -> Result<StepReport,
     // First the rows that differ, then the new ones: an unchanged row is never written nor
     // even offered to an INSERT (whose BEFORE INSERT triggers fire before ON CONFLICT decides),
     // and each statement's own count is exact.
+    // The merge goes through the key's unique index, never by scanning the table once per
+    // staged row: with statistics that call the table empty (analyzed before this load, or
+    // just truncated) the planner would pick a nested loop over a sequential scan, and the
+    // INSERT's scans then read every row it has added so far (quadratic: minutes for 100,000
+    // rows). Set for this transaction only, and put back as it was after the merge.
+    let seqscan = conn
+        .query("SELECT current_setting('enable_seqscan')", &[])
+        .map_err(|e| pg_fail(format!("{shown}: reading enable_seqscan"), e))?;
+    let seqscan = text(seqscan.rows.first().and_then(|r| r.first()));
+    let set_seqscan = |value: &str| {
+        conn.query(
+            "SELECT set_config('enable_seqscan', $1, true)",
+            &[Value::Text(value.to_owned())],
+        )
+        .map(|_| ())
+        .map_err(|e| pg_fail(format!("{shown}: setting enable_seqscan"), e))
+    };
+    set_seqscan("off")?;
     let updated = if rest.is_empty() {
         0
     } else {
@@ -399,6 +426,7 @@ fn load(conn: &Connection, shown: &str, step: &UpsertStep) -> Result<StepReport,
             &[],
         )
         .map_err(|e| pg_fail(format!("{shown}: inserting into {table} from {file}"), e))?;
+    set_seqscan(&seqscan)?;
     let mut counters = vec![
         ("inserted", inserted),
         ("updated", updated),

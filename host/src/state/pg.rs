@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use anyhow::Result;
-use postgres::{Client, NoTls};
+use postgres::Client;
 
 use super::{HistoryFilter, JournalEntry, RunFailure, RunRecord, timestamp};
 use crate::change::Change;
@@ -112,7 +112,9 @@ pub fn connect(target: &PgTarget, purpose: &str) -> Result<Client> {
             std::process::id(),
             super::hostname()
         ));
-    config.connect(NoTls).map_err(|e| {
+    let tls = crate::pgtls::connector(target.tls())
+        .map_err(|e| anyhow::anyhow!("connecting to the state database {}: {e}", target.shown()))?;
+    config.connect(tls).map_err(|e| {
         anyhow::anyhow!(
             "connecting to the state database {}: {}",
             target.shown(),

@@ -449,14 +449,9 @@ pub fn connect(target: &PgTarget) -> PgResult<postgres::Client> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
-    if config.get_ssl_mode() == postgres::config::SslMode::Require {
-        return Err(PgError::Connect(format!(
-            "{}: sslmode=require asks for TLS, which this build of idem does not speak yet; \
-             use sslmode=prefer or disable on a trusted network, or connect through a TLS tunnel",
-            target.shown()
-        )));
-    }
-    config.connect(postgres::NoTls).map_err(|e| {
+    let tls = crate::pgtls::connector(target.tls())
+        .map_err(|e| PgError::Connect(format!("connecting to {}: {e}", target.shown())))?;
+    config.connect(tls).map_err(|e| {
         PgError::Connect(format!(
             "connecting to {}: {}",
             target.shown(),
