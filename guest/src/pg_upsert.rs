@@ -374,23 +374,60 @@ fn load(conn: &Connection, shown: &str, step: &UpsertStep) -> Result<StepReport,
     // even offered to an INSERT (whose BEFORE INSERT triggers fire before ON CONFLICT decides),
     // and each statement's own count is exact.
     // The merge goes through the key's unique index, never by scanning the table once per
-    // staged row: with statistics that call the table empty (analyzed before this load, or
-    // just truncated) the planner would pick a nested loop over a sequential scan, and the
-    // INSERT's scans then read every row it has added so far (quadratic: minutes for 100,000
-    // rows). Set for this transaction only, and put back as it was after the merge.
-    let seqscan = conn
-        .query("SELECT current_setting('enable_seqscan')", &[])
-        .map_err(|e| pg_fail(format!("{shown}: reading enable_seqscan"), e))?;
-    let seqscan = text(seqscan.rows.first().and_then(|r| r.first()));
-    let set_seqscan = |value: &str| {
-        conn.query(
-            "SELECT set_config('enable_seqscan', $1, true)",
-            &[Value::Text(value.to_owned())],
-        )
-        .map(|_| ())
-        .map_err(|e| pg_fail(format!("{shown}: setting enable_seqscan"), e))
+    // staged row nor whole for a few rows:
+    // - a bulk load (statistics on the stage, above): with statistics that call the table
+    //   empty (analyzed before this load, or just truncated) the planner would pick a nested
+    //   loop over a sequential scan, and the INSERT's scans then read every row it has added
+    //   so far (quadratic: minutes for 100,000 rows); so no sequential scan of it;
+    // - a few rows (an `each` record's): the unanalyzed stage looks like hundreds of rows,
+    //   and the planner would hash the whole table for each record; so only nested loops,
+    //   each row found through the index.
+    // JIT is off: those settings' costs would make it compile every statement (0.6 s each).
+    // Set for this transaction only, and put back as they were after the merge.
+    let planner: &[(&str, &str)] = if total >= ANALYZE_FROM {
+        &[("jit", "off"), ("enable_seqscan", "off")]
+    } else {
+        &[
+            ("jit", "off"),
+            ("enable_hashjoin", "off"),
+            ("enable_mergejoin", "off"),
+        ]
     };
-    set_seqscan("off")?;
+    let current = conn
+        .query(
+            &format!(
+                "SELECT {}",
+                planner
+                    .iter()
+                    .map(|(k, _)| format!("current_setting('{k}')"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            &[],
+        )
+        .map_err(|e| pg_fail(format!("{shown}: reading planner settings"), e))?;
+    let was: Vec<String> = (0..planner.len())
+        .map(|i| text(current.rows.first().and_then(|r| r.get(i))))
+        .collect();
+    let set_planner = |values: &[&str]| {
+        let sql = format!(
+            "SELECT {}",
+            planner
+                .iter()
+                .enumerate()
+                .map(|(i, (k, _))| format!("set_config('{k}', ${}, true)", i + 1))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let params: Vec<Value> = values
+            .iter()
+            .map(|v| Value::Text((*v).to_owned()))
+            .collect();
+        conn.query(&sql, &params)
+            .map(|_| ())
+            .map_err(|e| pg_fail(format!("{shown}: setting planner settings"), e))
+    };
+    set_planner(&planner.iter().map(|(_, v)| *v).collect::<Vec<_>>())?;
     let updated = if rest.is_empty() {
         0
     } else {
@@ -426,7 +463,7 @@ fn load(conn: &Connection, shown: &str, step: &UpsertStep) -> Result<StepReport,
             &[],
         )
         .map_err(|e| pg_fail(format!("{shown}: inserting into {table} from {file}"), e))?;
-    set_seqscan(&seqscan)?;
+    set_planner(&was.iter().map(String::as_str).collect::<Vec<_>>())?;
     let mut counters = vec![
         ("inserted", inserted),
         ("updated", updated),

@@ -1,7 +1,7 @@
 //! TLS to PostgreSQL servers, by rustls (with ring, as the HTTP capability), for every
 //! connection idem makes: targets, the state store and its lock.
 //!
-//! libpq's `sslmode` decides what is checked ([`TlsMode`], read by [`crate::dbname`]):
+//! libpq's `sslmode` decides what is checked ([`TlsMode`], read with the name, in `dbname.rs`):
 //! `disable` never speaks TLS; `prefer` (the default) speaks it when the server offers it,
 //! without checking the certificate, as libpq does; `require` insists on TLS, and checks the
 //! chain when `sslrootcert` is given (libpq does the same); `verify-ca` checks the chain
