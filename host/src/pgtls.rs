@@ -256,11 +256,13 @@ where
     type TlsConnect = Handshake;
     type Error = io::Error;
 
+    /// Called for every host of the URL, a Unix socket's directory included (over which the
+    /// driver never speaks TLS): a name that is no DNS name fails only if a handshake is
+    /// really attempted with it.
     fn make_tls_connect(&mut self, domain: &str) -> io::Result<Handshake> {
         let name = match domain.parse::<std::net::IpAddr>() {
-            Ok(ip) => ServerName::from(ip),
-            Err(_) => ServerName::try_from(domain.to_owned())
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            Ok(ip) => Some(ServerName::from(ip)),
+            Err(_) => ServerName::try_from(domain.to_owned()).ok(),
         };
         Ok(Handshake {
             config: self.0.clone(),
@@ -272,7 +274,8 @@ where
 /// One connection's handshake.
 pub struct Handshake {
     config: Arc<rustls::ClientConfig>,
-    name: ServerName<'static>,
+    /// None for a host that is no DNS name or address.
+    name: Option<ServerName<'static>>,
 }
 
 impl<S> TlsConnect<S> for Handshake
@@ -285,8 +288,14 @@ where
 
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
+            let name = self.name.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "TLS needs a host name or address to check the certificate against",
+                )
+            })?;
             let tls = tokio_rustls::TlsConnector::from(self.config)
-                .connect(self.name, stream)
+                .connect(name, stream)
                 .await?;
             Ok(Stream(tls))
         })
