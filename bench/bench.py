@@ -9,7 +9,7 @@ mark, which Linux carries across exec). Ratios are printed against
 the reference the issue names, never asserted: the figures are for people, CI only checks
 that the harness runs.
 
-    bench/bench.py [--quick | --full] [--only upsert,each,classic,cleanup,startup]
+    bench/bench.py [--quick | --full] [--only upsert,each,classic,cleanup,startup,pg-upsert,pg-coop]
                    [--reps N] [--idem PATH] [--json FILE]
 
 Data lives under target/bench-data (gitignored), is reused between runs when its size
@@ -739,6 +739,242 @@ def bench_startup(res: Results, tools: Tools, sz: Sizes, cache: Path, reps: int)
 # Report
 
 
+# --------------------------------------------------------------------------------------------
+# Workloads: PostgreSQL (issue 15). Self-contained: their own server, data, plans and ratios.
+
+
+class PgServer:
+    """A throwaway cluster started by tests/pg.sh for this process, stopped when it exits."""
+
+    def __init__(self) -> None:
+        base = Path(tempfile.mkdtemp(prefix="idem-bench-pg-")) / "cluster"
+        r = run(["bash", str(REPO / "tests" / "pg.sh"), "start", str(base), str(os.getpid())],
+                REPO, rss=False)
+        if r.code != 0:
+            raise Failed(f"tests/pg.sh could not start a server: {r.err.strip()[-400:]}")
+        env = dict(l.split("=", 1) for l in (base / "env").read_text().splitlines() if "=" in l)
+        self.port, self.socket, self.password = env["PG_PORT"], env["PG_SOCKET"], env["PG_PASSWORD"]
+        self.psql = shutil.which("psql") or "psql"
+
+    def url(self, db: str) -> str:
+        return f"postgresql://idem:{self.password}@127.0.0.1:{self.port}/{db}"
+
+    def sql(self, db: str, sql: str) -> str:
+        r = run([self.psql, "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", self.socket,
+                 "-p", self.port, "-U", "idem", "-d", db, "-c", sql], REPO, rss=False)
+        ok(r, f"psql -c {sql[:60]!r}")
+        return r.out.strip()
+
+    def psql_file(self, db: str, script: Path, cwd: Path) -> Run:
+        """Run a psql script over the socket, as a user's shell loop would; timed like idem."""
+        return run([self.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.socket, "-p",
+                    self.port, "-U", "idem", "-d", db, "-f", str(script)], cwd)
+
+
+_PG: PgServer | None = None
+
+
+def pg_server() -> PgServer:
+    global _PG
+    if _PG is None:
+        _PG = PgServer()
+    return _PG
+
+
+PG_UPSERT_PLAN = """steps:
+  - upsert: env:BENCH_PG
+    table: users
+    key: id
+    from: users.csv
+"""
+
+PG_TABLE = "CREATE TABLE users (id bigint PRIMARY KEY, name text, email text)"
+
+PSQL_COPY_SCRIPT = r"""BEGIN;
+CREATE TEMP TABLE stage (LIKE users) ON COMMIT DROP;
+\copy stage FROM 'users.csv' WITH (FORMAT csv, HEADER true)
+INSERT INTO users AS t SELECT * FROM stage
+  ON CONFLICT (id) DO UPDATE SET name = excluded.name, email = excluded.email
+  WHERE (t.name, t.email) IS DISTINCT FROM (excluded.name, excluded.email);
+COMMIT;
+"""
+
+
+def pg_row_loop_script(csv: Path, out: Path) -> Path:
+    """One `INSERT … ON CONFLICT` statement per row, each its own transaction: the loop a
+    shell script over `psql` amounts to (but in one psql session, so no connection per row)."""
+    if out.exists() and out.stat().st_mtime >= csv.stat().st_mtime:
+        return out
+    import csv as csvmod
+    tmp = out.with_suffix(".tmp")
+    with open(csv, newline="") as f, open(tmp, "w") as w:
+        rows = csvmod.reader(f)
+        next(rows)
+        for i, name, email in rows:
+            q = lambda v: "'" + v.replace("'", "''") + "'"
+            w.write(f"INSERT INTO users AS t VALUES ({i}, {q(name)}, {q(email)}) ON CONFLICT (id) DO UPDATE "
+                    "SET name = excluded.name, email = excluded.email "
+                    "WHERE (t.name, t.email) IS DISTINCT FROM (excluded.name, excluded.email);\n")
+    tmp.rename(out)
+    return out
+
+
+def bench_pg_upsert(res: Results, tools: Tools, sz: Sizes, cache: Path, reps: int) -> None:
+    """`upsert` of N rows into PostgreSQL against `psql \\copy` into a temporary table plus
+    the same `INSERT … ON CONFLICT`, and against a per-row INSERT loop; fresh and unchanged."""
+    n = sz.upsert_rows
+    say(f"pg-upsert: {n:,} rows into PostgreSQL")
+    W1, W2 = f"pg upsert {n:,} rows, empty table", f"pg upsert {n:,} rows again, unchanged"
+    if not tools.idem:
+        for w in (W1, W2):
+            res.row(w, "idem").skipped = "no idem binary"
+        return
+    try:
+        pg = pg_server()
+    except Failed as e:
+        for w in (W1, W2):
+            res.row(w, "idem").skipped = str(e)
+        return
+    csv = users_csv(n)
+    root = fresh_dir(DATA / "pg-upsert")
+    link(csv, root / "users.csv")
+    (root / "idem.yml").write_text(PG_UPSERT_PLAN)
+    (root / "copy.sql").write_text(PSQL_COPY_SCRIPT)
+    loop = pg_row_loop_script(csv, DATA / f"users-{n}-s{SEED}.inserts.sql")
+    db = "bench_upsert"
+    pg.sql("postgres", f"DROP DATABASE IF EXISTS {db}")
+    pg.sql("postgres", f"CREATE DATABASE {db}")
+    pg.sql(db, PG_TABLE)
+    env = idem_env(cache)
+    env["BENCH_PG"] = pg.url(db)
+
+    def count() -> int:
+        return int(pg.sql(db, "SELECT count(*) FROM users"))
+
+    def idem_load(expect: str) -> Run:
+        r = run([str(tools.idem), "apply", "--format", "json"], root, env)
+        c = counters(idem_report(r, "idem apply"))
+        want = {"inserted": n} if expect == "fresh" else {"unchanged": n}
+        if any(c.get(k, 0) != v for k, v in want.items()):
+            raise Failed(f"idem reported {c}, expected {want}")
+        return r
+
+    contenders = [
+        ("psql \\copy + INSERT … ON CONFLICT", lambda _e: ok(pg.psql_file(db, root / "copy.sql", root), "psql \\copy")),
+        ("idem", idem_load),
+    ]
+
+    def once(name, fn):
+        def go():
+            pg.sql(db, "TRUNCATE users")
+            pg.sql(db, "VACUUM ANALYZE users")
+            r1 = fn("fresh")
+            if (got := count()) != n:
+                raise Failed(f"{got:,} rows after the load, expected {n:,}")
+            r2 = fn("again")
+            res.row(W1, name).runs.append(r1)
+            res.row(W2, name).runs.append(r2)
+            say(f"  {name}: {r1.wall:.3f} s, again {r2.wall:.3f} s, RSS {mib(r1.rss_kib)}")
+        attempt(res, W1, name, go)
+
+    for _ in range(reps):
+        for name, fn in contenders:
+            once(name, fn)
+    for _ in range(sz.slow_reps):
+        once("psql, one INSERT … ON CONFLICT per row", lambda _e: ok(pg.psql_file(db, loop, root), "psql loop"))
+    copy = "psql \\copy + INSERT … ON CONFLICT"
+    for w, bar in ((W1, "≤ 1.3× psql \\copy"), (W2, "≤ 1.3× psql \\copy, 0 changed")):
+        r = res.ratio(w, "idem", copy)
+        res.target(w, bar, res.both(w, "idem", copy), None if r is None else r <= 1.3)
+    pg.sql("postgres", f"DROP DATABASE IF EXISTS {db}")
+
+
+PG_COOP_PLAN = """steps:
+  - each: users.csv
+    key: id
+    id: coop
+    steps:
+      - upsert: env:BENCH_PG
+        table: coop
+        key: id
+        rows: [{id: "{id}", name: "{name}", email: "{email}"}]
+"""
+
+
+def bench_pg_coop(res: Results, tools: Tools, sz: Sizes, cache: Path, reps: int) -> None:
+    """4 cooperating runners against one over N records whose sub-step upserts a row into
+    PostgreSQL, with the state in that database (so each mark commits with its row)."""
+    # The issue's 100,000 records in full mode; 2,000 in quick mode (CI, debug builds).
+    n = 100_000 if sz is FULL else sz.each_records // 25
+    say(f"pg-coop: {n:,} records, 1 runner against 4 cooperating")
+    W = f"pg each over {n:,} records, state in PostgreSQL"
+    if not tools.idem:
+        res.row(W, "idem, 1 runner").skipped = "no idem binary"
+        return
+    try:
+        pg = pg_server()
+    except Failed as e:
+        res.row(W, "idem, 1 runner").skipped = str(e)
+        return
+    csv = users_csv(n)
+    db = "bench_coop"
+    pg.sql("postgres", f"DROP DATABASE IF EXISTS {db}")
+    pg.sql("postgres", f"CREATE DATABASE {db}")
+    pg.sql(db, "CREATE TABLE coop (id bigint PRIMARY KEY, name text, email text)")
+    roots = []
+    for i in range(4):
+        root = fresh_dir(DATA / f"pg-coop-{i}")
+        link(csv, root / "users.csv")
+        (root / "idem.yml").write_text(PG_COOP_PLAN)
+        roots.append(root)
+    env = idem_env(cache)
+    env["BENCH_PG"] = pg.url(db)
+    url = pg.url(db)
+    key_n = [0]
+
+    def runners(count: int) -> Run:
+        pg.sql(db, "TRUNCATE coop")
+        key_n[0] += 1
+        key = f"bench-{key_n[0]}"
+        args = ["apply", "--format", "json", "--state", url, "--state-key", key]
+        if count > 1:
+            args.append("--cooperate")
+        outs = [tempfile.TemporaryFile() for _ in range(count)]
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen([str(tools.idem)] + args, cwd=roots[i], env=env, stdout=outs[i],
+                                  stderr=subprocess.STDOUT) for i in range(count)]
+        cpu, codes = 0.0, []
+        for p in procs:
+            _, status, ru = os.wait4(p.pid, 0)
+            cpu += ru.ru_utime + ru.ru_stime
+            codes.append(os.waitstatus_to_exitcode(status))
+        wall = time.perf_counter() - t0
+        texts = []
+        for f in outs:
+            f.seek(0)
+            texts.append(f.read().decode(errors="replace"))
+            f.close()
+        if any(codes):
+            raise Failed(f"a runner exited {codes}: {texts[codes.index(next(c for c in codes if c))][-400:]}")
+        done = sum(counters(json.loads(t)).get("processed", 0) for t in texts)
+        if done != n or (got := int(pg.sql(db, "SELECT count(*) FROM coop"))) != n:
+            raise Failed(f"processed {done:,}, table holds {pg.sql(db, 'SELECT count(*) FROM coop')}, expected {n:,}")
+        return Run(wall, cpu, None, 0, "\n".join(texts), "")
+
+    for _ in range(reps):
+        for name, count in (("idem, 1 runner", 1), ("idem, 4 cooperating runners", 4)):
+            def go(count=count, name=name):
+                r = runners(count)
+                res.row(W, name).runs.append(r)
+                say(f"  {name}: {r.wall:.2f} s ({n / r.wall:,.0f} records/s), CPU {r.cpu:.2f} s")
+            attempt(res, W, name, go)
+    one, four = res.get(W, "idem, 1 runner"), res.get(W, "idem, 4 cooperating runners")
+    if one and four and one.median and four.median:
+        speedup = one.median / four.median
+        res.target(f"{W}: throughput of 4 runners over 1", "≥ 1.8×", f"{speedup:.2f}×", speedup >= 1.8)
+    pg.sql("postgres", f"DROP DATABASE IF EXISTS {db}")
+
+
 def mib(kib: int | None) -> str:
     return "—" if not kib else f"{kib / 1024:.1f} MiB"
 
@@ -757,6 +993,7 @@ REFERENCES = {  # the contender each workload's ratios are taken against
     "upsert": "native rusqlite", "each over": "native loop, no checkpoints",
     "cleanup": "find", "start": "bash: mkdir -p, cmp", "peak RSS": None,
 }
+REFERENCES.update({"pg upsert": "psql \\copy", "pg each over": "idem, 1 runner"})  # issue 15
 
 
 def reference_of(res: Results, workload: str) -> Row | None:
@@ -799,6 +1036,7 @@ def machine() -> str:
 
 WORKLOADS = {"upsert": bench_upsert, "each": bench_each, "classic": bench_classic,
              "cleanup": bench_cleanup, "startup": bench_startup}
+WORKLOADS.update({"pg-upsert": bench_pg_upsert, "pg-coop": bench_pg_coop})  # issue 15
 
 
 def main() -> int:

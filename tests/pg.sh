@@ -5,7 +5,8 @@
 #
 #   tests/pg.sh start DIR [PID]   make and start a cluster in DIR (empty or missing); print its
 #                                 superuser URL on stdout and write DIR/env (PG_URL, PG_PORT,
-#                                 PG_SOCKET, PG_PASSWORD). With PID, stop it and remove DIR
+#                                 PG_SOCKET, PG_PASSWORD, PG_CA: the CA that signed the
+#                                 server's TLS certificate). With PID, stop it and remove DIR
 #                                 once PID has exited.
 #   tests/pg.sh stop DIR          stop the cluster in DIR now.
 #
@@ -69,11 +70,26 @@ start)
     die "initdb failed:
 $(cat "$dir/initdb.log")"
   rm -f "$pwfile"
+  # TLS on TCP (the server takes plain connections too): a CA made for this cluster, and a
+  # server certificate it signed for localhost and 127.0.0.1, so tests can check sslmode
+  # require, verify-ca and verify-full against a CA of their own (DIR/ca.crt).
+  command -v openssl >/dev/null || die "openssl is missing (apt-get install openssl)"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3 -subj "/CN=idem test CA" \
+    -keyout "$dir/ca.key" -out "$dir/ca.crt" >"$dir/tls.log" 2>&1 || die "making the test CA failed: $(cat "$dir/tls.log")"
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+    -keyout "$dir/data/server.key" -out "$dir/server.csr" >>"$dir/tls.log" 2>&1 || die "making the server key failed"
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$dir/server.ext"
+  openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+    -days 3 -extfile "$dir/server.ext" -out "$dir/data/server.crt" >>"$dir/tls.log" 2>&1 ||
+    die "signing the server certificate failed: $(cat "$dir/tls.log")"
+  chmod 600 "$dir/data/server.key"
+  ((EUID == 0)) && chown postgres: "$dir/data/server.key" "$dir/data/server.crt"
+  chmod 644 "$dir/ca.crt"
   started=
   for _ in 1 2 3 4 5; do
     port=$((20000 + RANDOM % 30000))
     if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 -c shared_buffers=128MB" \
+      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 -c shared_buffers=128MB -c ssl=on" \
       start >/dev/null 2>&1; then
       started=1
       break
@@ -87,6 +103,7 @@ $(tail -20 "$dir/server.log" 2>/dev/null)"
     echo "PG_PORT=$port"
     echo "PG_SOCKET=$dir"
     echo "PG_PASSWORD=$password"
+    echo "PG_CA=$dir/ca.crt"
   } >"$dir/env"
   if [ -n "${3:-}" ]; then
     watched=$3

@@ -376,8 +376,23 @@ fn run_batch(
             progress.elsewhere += 1;
             continue;
         }
-        match run_subs(&r.subs) {
-            Ok(()) => {
+        // A record whose effects are all in one PostgreSQL database runs in one transaction
+        // there, which carries its mark when the state store is that database.
+        let with_effect = match pg_effect_database(&r.subs) {
+            Some(name) if !step.prune => match run_in_pg(step, scope, &r, name, bare) {
+                Ok(Some(marked)) => Some(Ok(marked)),
+                Ok(None) => None,
+                Err(m) => Some(Err(m)),
+            },
+            _ => None,
+        };
+        let outcome = match with_effect {
+            Some(r) => r,
+            None => run_subs(&r.subs).map(|()| false),
+        };
+        match outcome {
+            Ok(true) => progress.processed += 1,
+            Ok(false) => {
                 progress.processed += 1;
                 if bare {
                     progress.to_mark.push(r.key.clone());
@@ -684,6 +699,70 @@ fn fingerprint(
     Ok(format!("{a:016x}{b:016x}"))
 }
 
+/// The one PostgreSQL database a record's sub-steps all write, when they are all `upsert`s
+/// into it (named alike).
+fn pg_effect_database(subs: &[SubStep]) -> Option<&str> {
+    let mut name = None;
+    for sub in subs {
+        let SubStep::Upsert(u) = sub else {
+            return None;
+        };
+        if !crate::pg_upsert::names_postgres(&u.upsert) || name.is_some_and(|n| n != u.upsert) {
+            return None;
+        }
+        name = Some(u.upsert.as_str());
+    }
+    name
+}
+
+/// Run a record's upserts into the PostgreSQL database `name` in one transaction, committed
+/// with the record's mark when the state store is that database (exactly once: the effect and
+/// the mark are durable together). `Some(true)` when the mark went with it, `Some(false)`
+/// when it is still to be made through `checkpoint`, `None` when `name` is a file after all.
+fn run_in_pg(
+    step: &EachStep,
+    scope: &str,
+    r: &Ready,
+    name: &str,
+    bare: bool,
+) -> Result<Option<bool>, String> {
+    use crate::idem::plugin::postgres::{self, PgError};
+    let conn = match postgres::open(name) {
+        Ok(c) => c,
+        Err(PgError::NotPostgres(_)) => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "opening {}: {}",
+                crate::pg_upsert::redact(name),
+                crate::pg_upsert::describe(&e)
+            ));
+        }
+    };
+    let shown = conn.shown();
+    let value = if bare {
+        None
+    } else {
+        let values = mark_values_now(step, &[r]).map_err(|e| e.message)?;
+        values.into_iter().next()
+    };
+    conn.begin().map_err(|e| {
+        format!(
+            "{shown}: beginning a transaction: {}",
+            crate::pg_upsert::describe(&e)
+        )
+    })?;
+    for sub in &r.subs {
+        let SubStep::Upsert(u) = sub else { continue };
+        if let Err(e) = crate::pg_upsert::run_in(&conn, u) {
+            let _ = conn.rollback();
+            return Err(format!("{}: {}", sub_name(sub), e.message));
+        }
+    }
+    conn.commit_with_marks(scope, &[(r.key.clone(), value)])
+        .map(Some)
+        .map_err(|e| format!("{shown}: committing: {}", crate::pg_upsert::describe(&e)))
+}
+
 /// Run a record's rendered sub-steps; the first failure stops the record.
 fn run_subs(subs: &[SubStep]) -> Result<(), String> {
     for sub in subs {
@@ -714,7 +793,7 @@ fn sub_name(sub: &SubStep) -> String {
         SubStep::Upsert(s) => s.name.clone().unwrap_or_else(|| {
             format!(
                 "upsert {} into {}:{}",
-                s.from,
+                s.source(),
                 crate::pg_upsert::redact(&s.upsert),
                 s.table
             )

@@ -52,17 +52,44 @@ pub fn report(counters: &[(&str, u64)]) -> StepReport {
     }
 }
 
-/// Records read from a file under the root.
+/// Records read from a file under the root, or from rows written in the plan.
 pub type HostRecords = Records<HostReader>;
 
-/// The host's `fs.reader` as a chunk source.
-pub struct HostReader(fs::Reader);
+/// The host's `fs.reader` as a chunk source, or bytes the guest already holds.
+pub enum HostReader {
+    File(fs::Reader),
+    /// The whole text at once, then the end.
+    Memory(Option<Vec<u8>>),
+}
 
 impl ChunkSource for HostReader {
     type Error = Error;
     fn next_chunk(&mut self) -> Result<Vec<u8>, Error> {
-        self.0.next(CHUNK)
+        match self {
+            HostReader::File(r) => r.next(CHUNK),
+            HostReader::Memory(bytes) => Ok(bytes.take().unwrap_or_default()),
+        }
     }
+}
+
+/// An `upsert`'s records: its `from` file, or its inline `rows` read as CSV text (so their
+/// values are typed exactly as a CSV source's fields are), named `rows` in messages.
+pub fn upsert_records(step: &crate::plan::UpsertStep) -> Result<HostRecords, StepError> {
+    let Some(rows) = &step.rows else {
+        return open_records(step.source(), step.format);
+    };
+    let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
+    let io = |e: csv::Error| error(format!("`rows`: {e}"));
+    if let Some(first) = rows.first() {
+        w.write_record(first.0.iter().map(|(c, _)| c)).map_err(io)?;
+    }
+    for row in rows {
+        w.write_record(row.0.iter().map(|(_, v)| v)).map_err(io)?;
+    }
+    let bytes = w.into_inner().map_err(|e| error(format!("`rows`: {e}")))?;
+    let mut records = Records::new(step.source(), Format::Csv, HostReader::Memory(Some(bytes)))?;
+    records.inline = true;
+    Ok(records)
 }
 
 impl From<ReadError<Error>> for StepError {
@@ -82,7 +109,7 @@ pub fn open_records(path: &str, format: Option<Format>) -> Result<HostRecords, S
         ))
     })?;
     let reader = fs::open_reader(path).map_err(|e| fail(format!("opening {path}"), e))?;
-    let mut records = Records::new(path, format, HostReader(reader))?;
+    let mut records = Records::new(path, format, HostReader::File(reader))?;
     // The size lets progress show a total (see `Records::estimated_total`); a file it cannot
     // stat now still reads, without one.
     records.size = fs::stat(path).ok().flatten().map(|m| m.size);

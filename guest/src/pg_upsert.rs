@@ -12,7 +12,7 @@
 //! is exactly `updated` or `inserted`. All of it is one transaction, which the host makes a
 //! savepoint of the run's never-committed transaction under a dry run.
 
-use crate::host::{error, open_records, report};
+use crate::host::{error, report};
 use crate::idem::plugin::postgres::{self, Connection, PgError};
 use crate::idem::plugin::report::{StepError, StepReport};
 use crate::idem::plugin::sqlite::Value;
@@ -24,6 +24,8 @@ use crate::upsert::{Inferred, quote};
 const BATCH: usize = 5000;
 /// Records whose values decide the types of a created table (as for SQLite).
 const INFER: usize = 1000;
+/// From how many staged records the staging table is analyzed before the merge.
+const ANALYZE_FROM: u64 = 1000;
 
 /// Whether a plan's database name is a PostgreSQL one (or may be: `env:NAME` is resolved by
 /// the host, which answers `not-postgres` with the path when it names a file).
@@ -164,6 +166,14 @@ pub fn run(step: &UpsertStep) -> Result<StepReport, StepError> {
     }
 }
 
+/// Run an `upsert` into PostgreSQL inside a transaction the caller opened on `conn` (an
+/// `each` record's, which commits its checkpoint mark with it); `None` when the step's
+/// database turns out to be a file, to run as a SQLite upsert.
+pub fn run_in(conn: &Connection, step: &UpsertStep) -> Result<StepReport, StepError> {
+    let shown = conn.shown();
+    load(conn, &shown, step)
+}
+
 struct Column {
     name: String,
     /// The type in the table, as `format_type` writes it.
@@ -175,7 +185,7 @@ struct Column {
 }
 
 fn load(conn: &Connection, shown: &str, step: &UpsertStep) -> Result<StepReport, StepError> {
-    let mut records = open_records(&step.from, step.format)?;
+    let mut records = crate::host::upsert_records(step)?;
     let file = records.file().to_owned();
     let label = records.labeler();
     let table = &step.table;
@@ -311,6 +321,13 @@ fn load(conn: &Connection, shown: &str, step: &UpsertStep) -> Result<StepReport,
     }
     loader.flush(conn, shown, &copy)?;
     let total = loader.total;
+    // A temporary table is never analyzed by autovacuum: without statistics the planner
+    // guesses its size from its pages. A handful of rows (an `each` record's) plans well
+    // anyway; a bulk load gets real statistics.
+    if total >= ANALYZE_FROM {
+        conn.execute(&format!("ANALYZE pg_temp.{stage}"), &[])
+            .map_err(|e| pg_fail(format!("{shown}: analyzing the staged records"), e))?;
+    }
 
     let keys = step
         .key
@@ -356,6 +373,61 @@ fn load(conn: &Connection, shown: &str, step: &UpsertStep) -> Result<StepReport,
     // First the rows that differ, then the new ones: an unchanged row is never written nor
     // even offered to an INSERT (whose BEFORE INSERT triggers fire before ON CONFLICT decides),
     // and each statement's own count is exact.
+    // The merge goes through the key's unique index, never by scanning the table once per
+    // staged row nor whole for a few rows:
+    // - a bulk load (statistics on the stage, above): with statistics that call the table
+    //   empty (analyzed before this load, or just truncated) the planner would pick a nested
+    //   loop over a sequential scan, and the INSERT's scans then read every row it has added
+    //   so far (quadratic: minutes for 100,000 rows); so no sequential scan of it;
+    // - a few rows (an `each` record's): the unanalyzed stage looks like hundreds of rows,
+    //   and the planner would hash the whole table for each record; so only nested loops,
+    //   each row found through the index.
+    // JIT is off: those settings' costs would make it compile every statement (0.6 s each).
+    // Set for this transaction only, and put back as they were after the merge.
+    let planner: &[(&str, &str)] = if total >= ANALYZE_FROM {
+        &[("jit", "off"), ("enable_seqscan", "off")]
+    } else {
+        &[
+            ("jit", "off"),
+            ("enable_hashjoin", "off"),
+            ("enable_mergejoin", "off"),
+        ]
+    };
+    let current = conn
+        .query(
+            &format!(
+                "SELECT {}",
+                planner
+                    .iter()
+                    .map(|(k, _)| format!("current_setting('{k}')"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            &[],
+        )
+        .map_err(|e| pg_fail(format!("{shown}: reading planner settings"), e))?;
+    let was: Vec<String> = (0..planner.len())
+        .map(|i| text(current.rows.first().and_then(|r| r.get(i))))
+        .collect();
+    let set_planner = |values: &[&str]| {
+        let sql = format!(
+            "SELECT {}",
+            planner
+                .iter()
+                .enumerate()
+                .map(|(i, (k, _))| format!("set_config('{k}', ${}, true)", i + 1))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let params: Vec<Value> = values
+            .iter()
+            .map(|v| Value::Text((*v).to_owned()))
+            .collect();
+        conn.query(&sql, &params)
+            .map(|_| ())
+            .map_err(|e| pg_fail(format!("{shown}: setting planner settings"), e))
+    };
+    set_planner(&planner.iter().map(|(_, v)| *v).collect::<Vec<_>>())?;
     let updated = if rest.is_empty() {
         0
     } else {
@@ -391,6 +463,7 @@ fn load(conn: &Connection, shown: &str, step: &UpsertStep) -> Result<StepReport,
             &[],
         )
         .map_err(|e| pg_fail(format!("{shown}: inserting into {table} from {file}"), e))?;
+    set_planner(&was.iter().map(String::as_str).collect::<Vec<_>>())?;
     let mut counters = vec![
         ("inserted", inserted),
         ("updated", updated),

@@ -234,6 +234,7 @@ pub struct CleanupStep {
 /// Load records into a SQLite or PostgreSQL table.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[schemars(extend("oneOf" = [{"required": ["from"]}, {"required": ["rows"]}]))]
 pub struct UpsertStep {
     /// Shown in reports instead of the generated name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -250,8 +251,14 @@ pub struct UpsertStep {
     /// The column(s) identifying a row.
     #[schemars(with = "OneOrMany")]
     pub key: Vec<String>,
-    /// The records: CSV with a header row, a JSON array of objects, or NDJSON.
-    pub from: String,
+    /// The records: CSV with a header row, a JSON array of objects, or NDJSON (or `rows`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The records written in the plan instead of `from`: `[{id: "{id}", name: "{name}"}]`,
+    /// templated inside `each`. Every row names the same fields; the values are text, typed
+    /// as a CSV source's fields are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<Vec<InlineRow>>,
     /// The records' format; default from the file's extension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<Format>,
@@ -271,6 +278,43 @@ pub struct UpsertStep {
     #[serde(default, skip_serializing_if = "is_false")]
     #[schemars(with = "Flag")]
     pub delete_missing: bool,
+}
+
+/// One row of an `upsert`'s `rows`: its fields in the order written, each value as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InlineRow(pub Vec<(String, String)>);
+
+impl Serialize for InlineRow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl JsonSchema for InlineRow {
+    fn schema_name() -> Cow<'static, str> {
+        "InlineRow".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A row: column names to values (strings, templated inside `each`; numbers and booleans are taken as their text).",
+            "type": "object",
+            "minProperties": 1,
+            "additionalProperties": {"type": ["string", "number", "boolean", "null"]}
+        })
+    }
+}
+
+impl UpsertStep {
+    /// What the records are called in messages: the `from` file, or `rows`.
+    pub fn source(&self) -> &str {
+        self.from.as_deref().unwrap_or("`rows`")
+    }
 }
 
 /// A column type that `types` may declare: SQLite's five affinities.
@@ -556,6 +600,7 @@ const ALL_FIELDS: &[&str] = &[
     "table",
     "key",
     "from",
+    "rows",
     "format",
     "columns",
     "types",
@@ -909,7 +954,11 @@ fn parse_step(node: &Node) -> Result<(Step, Vec<Read>), PlanError> {
                 read(s, "source", false);
             }
         }
-        Step::Upsert(u) => read(&u.from, "from", false),
+        Step::Upsert(u) => {
+            if let Some(from) = &u.from {
+                read(from, "from", false);
+            }
+        }
         Step::Each(e) => read(&e.each, "each", false),
         Step::Plugin(p) => read(&p.plugin, "plugin", true),
         _ => {}
@@ -997,7 +1046,11 @@ fn parse_common(obj: &mut Obj<'_>, op: &str) -> Result<SubStep, PlanError> {
                 upsert: obj.path("upsert")?,
                 table: obj.required("table", Obj::template)?,
                 key: obj.required("key", Obj::names)?,
-                from: obj.path("from")?,
+                from: match obj.has("from") {
+                    true => Some(obj.path("from")?),
+                    false => None,
+                },
+                rows: obj.rows("rows")?,
                 format: obj.format("format")?,
                 columns: obj.names("columns")?,
                 types: obj.types("types")?,
@@ -1028,7 +1081,53 @@ fn parse_common(obj: &mut Obj<'_>, op: &str) -> Result<SubStep, PlanError> {
             if !(obj.templates && step.table.contains('{')) {
                 check_table_name(&step.table).map_err(|e| PlanError::at(obj.loc_of("table"), e))?;
             }
-            check_format(obj, step.format, &step.from, "from")?;
+            match (&step.from, &step.rows) {
+                (Some(_), Some(_)) => {
+                    return Err(PlanError::at(
+                        obj.loc_of("rows"),
+                        "the `upsert` step has both `from` and `rows`",
+                    )
+                    .hint("give exactly one: `from` for a file of records, `rows` for rows written in the plan"));
+                }
+                (None, None) => {
+                    return Err(PlanError::at(
+                        obj.loc,
+                        "the `upsert` step has neither `from` nor `rows`",
+                    )
+                    .hint(
+                        "add `from:` with a file of records, or `rows:` with the rows themselves",
+                    ));
+                }
+                (Some(from), None) => check_format(obj, step.format, from, "from")?,
+                (None, Some(rows)) => {
+                    if let Some(k) = step
+                        .key
+                        .iter()
+                        .find(|k| !rows[0].0.iter().any(|(c, _)| c == *k))
+                    {
+                        return Err(PlanError::at(
+                            obj.loc_of("key"),
+                            format!(
+                                "the key `{k}` is not among the columns of `rows` ({})",
+                                rows[0]
+                                    .0
+                                    .iter()
+                                    .map(|(c, _)| c.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        )
+                        .hint(format!("add `{k}` to every row")));
+                    }
+                    if step.format.is_some() {
+                        return Err(PlanError::at(
+                            obj.loc_of("format"),
+                            "`format` is for the file of `from`, and this `upsert` has `rows`",
+                        )
+                        .hint("remove `format`"));
+                    }
+                }
+            }
             SubStep::Upsert(step)
         }
     })
@@ -1314,6 +1413,128 @@ impl<'a> Obj<'a> {
             .iter()
             .find(|(k, ..)| *k == name)
             .map(|(_, _, v)| *v)
+    }
+
+    /// Whether the field is given.
+    fn has(&self, name: &str) -> bool {
+        self.entries.iter().any(|(k, ..)| *k == name)
+    }
+
+    /// An `upsert`'s inline rows: a non-empty list of mappings from column names to scalars,
+    /// every row naming the same columns; string values are templates inside `each`.
+    fn rows(&mut self, name: &'static str) -> Result<Option<Vec<InlineRow>>, PlanError> {
+        let Some(node) = self.take(name) else {
+            return Ok(None);
+        };
+        let Kind::Seq(items) = &node.kind else {
+            return Err(PlanError::at(
+                node.loc,
+                format!(
+                    "`{name}` must be a list of mappings, found {}",
+                    node.describe()
+                ),
+            )
+            .hint("write rows: [{id: \"{id}\", name: \"{name}\"}]"));
+        };
+        if items.is_empty() {
+            return Err(PlanError::at(
+                node.loc,
+                format!("`{name}` is an empty list"),
+            ));
+        }
+        let mut rows: Vec<InlineRow> = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let Kind::Map(entries) = &item.kind else {
+                return Err(PlanError::at(
+                    item.loc,
+                    format!(
+                        "row {} of `{name}` must be a mapping of columns to values, found {}",
+                        i + 1,
+                        item.describe()
+                    ),
+                ));
+            };
+            let mut row = Vec::with_capacity(entries.len());
+            for (k, v) in entries {
+                let Kind::Scalar { text: column, .. } = &k.kind else {
+                    return Err(PlanError::at(k.loc, "a column name must be a plain string"));
+                };
+                if column.is_empty() {
+                    return Err(PlanError::at(k.loc, "a column name is empty"));
+                }
+                if row.iter().any(|(c, _): &(String, String)| c == column) {
+                    return Err(PlanError::at(
+                        k.loc,
+                        format!("`{column}` is given twice in this row"),
+                    ));
+                }
+                let value = match (&v.kind, v.scalar()) {
+                    (_, Some(Scalar::Null)) => String::new(),
+                    (Kind::Scalar { text, .. }, _) => text.clone(),
+                    _ => {
+                        return Err(PlanError::at(
+                            v.loc,
+                            format!(
+                                "the value of `{column}` must be a string, a number or a boolean, found {}",
+                                v.describe()
+                            ),
+                        ));
+                    }
+                };
+                if self.templates
+                    && let Err(e) = template::parse(&value)
+                {
+                    return Err(PlanError::at(v.loc, format!("`{name}`: `{column}`: {e}")));
+                }
+                row.push((column.clone(), value));
+            }
+            if row.is_empty() {
+                return Err(PlanError::at(
+                    item.loc,
+                    format!("row {} of `{name}` has no columns", i + 1),
+                ));
+            }
+            if let Some(first) = rows.first() {
+                fn names(r: &InlineRow) -> Vec<&str> {
+                    let mut n: Vec<&str> = r.0.iter().map(|(c, _)| c.as_str()).collect();
+                    n.sort_unstable();
+                    n
+                }
+                let this = InlineRow(row);
+                if names(first) != names(&this) {
+                    return Err(PlanError::at(
+                        item.loc,
+                        format!(
+                            "row {} of `{name}` names the columns {}, but row 1 names {}",
+                            i + 1,
+                            this.0
+                                .iter()
+                                .map(|(c, _)| c.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            first
+                                .0
+                                .iter()
+                                .map(|(c, _)| c.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                    .hint("every row names the same columns; write \"\" for an empty value"));
+                }
+                // In row 1's order, so that the rows read as one table.
+                let mut ordered = Vec::with_capacity(this.0.len());
+                for (c, _) in &first.0 {
+                    if let Some((k, v)) = this.0.iter().find(|(k, _)| k == c) {
+                        ordered.push((k.clone(), v.clone()));
+                    }
+                }
+                rows.push(InlineRow(ordered));
+            } else {
+                rows.push(InlineRow(row));
+            }
+        }
+        Ok(Some(rows))
     }
 
     fn loc_of(&self, name: &str) -> Loc {
@@ -1754,7 +1975,7 @@ impl Step {
             (Some(name), _) => name.clone(),
             (None, Step::Upsert(s)) => format!(
                 "upsert {} into {}:{}",
-                s.from,
+                s.source(),
                 crate::pg_upsert::redact(&s.upsert),
                 s.table
             ),
@@ -1796,7 +2017,15 @@ impl SubStep {
                 f("upsert", Use::Path, &mut s.upsert)?;
                 f("table", Use::Text, &mut s.table)?;
                 check_table_name(&s.table)?;
-                f("from", Use::Path, &mut s.from)
+                if let Some(from) = &mut s.from {
+                    f("from", Use::Path, from)?;
+                }
+                for row in s.rows.iter_mut().flatten() {
+                    for (_, value) in &mut row.0 {
+                        f("rows", Use::Text, value)?;
+                    }
+                }
+                Ok(())
             }
         }
     }

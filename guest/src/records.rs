@@ -385,6 +385,9 @@ pub struct Records<S: ChunkSource> {
     count: u64,
     /// The file's size in bytes, when known: what progress totals are estimated from.
     pub size: Option<u64>,
+    /// Rows written in the plan (an `upsert`'s `rows`), read as CSV: named `row N` alone,
+    /// since their lines are not the plan's.
+    pub inline: bool,
     inner: Inner<S>,
 }
 
@@ -449,6 +452,7 @@ impl<S: ChunkSource> Records<S> {
             file: file.to_owned(),
             count: 0,
             size: None,
+            inline: false,
             inner,
         })
     }
@@ -495,6 +499,9 @@ impl<S: ChunkSource> Records<S> {
 
     /// How this format names a position: `row 3 (line 4)`, `record 3`, `line 3`.
     pub fn labeler(&self) -> fn(Pos) -> String {
+        if self.inline {
+            return |p| format!("row {}", p.index);
+        }
         match &self.inner {
             Inner::Csv { .. } => |p| format!("row {} (line {})", p.index, p.line),
             Inner::Json { .. } => |p| format!("record {}", p.index),

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
 
 use crate::host::HostRecords;
-use crate::host::{error, fail, open_records, report};
+use crate::host::{error, fail, report};
 use crate::idem::plugin::report::{StepError, StepReport};
 use crate::idem::plugin::sqlite::{self, Database, Row, Value};
 use crate::idem::plugin::types::Error;
@@ -303,7 +303,7 @@ pub fn run(step: &UpsertStep) -> Result<StepReport, StepError> {
     if crate::pg_upsert::names_postgres(&step.upsert) {
         return crate::pg_upsert::run(step);
     }
-    let mut records = open_records(&step.from, step.format)?;
+    let mut records = crate::host::upsert_records(step)?;
     // The first batch is read before the database is opened, so that a file that is bad from
     // the start does not leave a new, empty database behind.
     let first = first_records(step, &mut records, BATCH)?;
@@ -357,7 +357,8 @@ pub(crate) fn first_records(
         return Err(error(format!(
             "{}: the source has no records, and with `delete-missing` that would delete every row of {}; \
              refusing, in case the export that wrote it failed (delete the rows with SQL if that is meant)",
-            step.from, step.table
+            step.source(),
+            step.table
         )));
     }
     Ok(first)
@@ -797,7 +798,7 @@ fn find_earlier(
     key: &[Value],
     here: Pos,
 ) -> Result<Option<Pos>, StepError> {
-    let mut records = open_records(&step.from, step.format)?;
+    let mut records = crate::host::upsert_records(step)?;
     while records.advance()? {
         let pos = records.position();
         if pos.index >= here.index {

@@ -23,6 +23,8 @@ pub enum DbName {
 pub struct PgTarget {
     config: postgres::Config,
     shown: String,
+    /// `sslmode` and `sslrootcert`, which the driver's own parser does not know in full.
+    tls: crate::pgtls::TlsSettings,
 }
 
 impl fmt::Debug for PgTarget {
@@ -36,6 +38,11 @@ impl PgTarget {
     /// The connection settings, with the libpq environment defaults applied.
     pub fn config(&self) -> &postgres::Config {
         &self.config
+    }
+
+    /// What TLS the connection speaks and checks.
+    pub fn tls(&self) -> &crate::pgtls::TlsSettings {
+        &self.tls
     }
 
     /// The name to print: the URL with its password and secrets removed, and the variable it
@@ -117,6 +124,7 @@ pub fn resolve_with(
             DbName::Postgres(t) => DbName::Postgres(Box::new(PgTarget {
                 shown: format!("{} (from env:{var})", t.shown),
                 config: t.config,
+                tls: t.tls,
             })),
             file => file,
         });
@@ -129,6 +137,11 @@ fn resolve_direct(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Db
         return Ok(DbName::File(text.into()));
     }
     let shown = redact(text);
+    let (text, tls) = take_tls(text, env).map_err(|reason| DbNameError::BadUrl {
+        shown: shown.clone(),
+        reason,
+    })?;
+    let text = text.as_str();
     let mut config = postgres::Config::from_str(text).map_err(|e| DbNameError::BadUrl {
         shown: shown.clone(),
         // The parser's messages name options and positions, never values; scrub anyway.
@@ -169,7 +182,92 @@ fn resolve_direct(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Db
         config.dbname(&d);
     }
     config.application_name("idem");
-    Ok(DbName::Postgres(Box::new(PgTarget { config, shown })))
+    config.ssl_mode(match tls.mode {
+        TlsMode::Disable => postgres::config::SslMode::Disable,
+        TlsMode::Prefer => postgres::config::SslMode::Prefer,
+        TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => {
+            postgres::config::SslMode::Require
+        }
+    });
+    Ok(DbName::Postgres(Box::new(PgTarget { config, shown, tls })))
+}
+
+use crate::pgtls::{Roots, TlsMode, TlsSettings};
+
+/// The URL without its TLS parameters, which idem reads itself (`sslmode`, `sslrootcert`,
+/// and libpq's `PGSSLMODE`, `PGSSLROOTCERT` for what the URL leaves out); client
+/// certificates are refused with the reason.
+fn take_tls(
+    url: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(String, TlsSettings), String> {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, q),
+        None => (url, ""),
+    };
+    let mut mode = None;
+    let mut root = None;
+    let mut kept = Vec::new();
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match k {
+            "sslmode" => mode = Some(percent_decode(v)),
+            "sslrootcert" => root = Some(percent_decode(v)),
+            "sslcert" | "sslkey" | "sslpassword" | "sslcrl" | "sslcrldir" => {
+                return Err(format!(
+                    "`{k}` is not supported: idem speaks TLS without client certificates \
+                     (sslmode, sslrootcert)"
+                ));
+            }
+            _ => kept.push(kv),
+        }
+    }
+    let mode_text = mode
+        .or_else(|| env("PGSSLMODE"))
+        .unwrap_or_else(|| "prefer".into());
+    let mode = TlsMode::parse(&mode_text).ok_or_else(|| {
+        format!(
+            "sslmode `{mode_text}` is not one of disable, allow, prefer, require, verify-ca, \
+             verify-full"
+        )
+    })?;
+    let roots = root
+        .or_else(|| env("PGSSLROOTCERT"))
+        .map(|r| match r.as_str() {
+            "system" => Roots::System,
+            path => Roots::File(path.into()),
+        });
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, TlsSettings { mode, roots }))
+}
+
+/// `%2F` and friends decoded; anything malformed left as written.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn valid_var(v: &str) -> bool {
@@ -250,6 +348,22 @@ fn secrets_of(url: &str) -> Vec<String> {
         }
     }
     found
+}
+
+/// Which server and database a connection reaches, however it was named (two URLs of one
+/// database, through TCP and through the Unix socket, give the same answer): the cluster's
+/// system identifier where the role may read it, the postmaster's start time, and the
+/// database's OID and name.
+pub fn server_identity(c: &mut postgres::Client) -> Result<String, postgres::Error> {
+    let row = c.query_one(
+        "SELECT CASE WHEN has_function_privilege('pg_control_system()', 'EXECUTE')
+                     THEN (SELECT system_identifier::text FROM pg_control_system()) ELSE '' END
+                || '/' || pg_postmaster_start_time()::text
+                || '/' || (SELECT oid FROM pg_database WHERE datname = current_database())::text
+                || '/' || current_database()",
+        &[],
+    )?;
+    Ok(row.get(0))
 }
 
 #[cfg(test)]

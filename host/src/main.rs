@@ -13,6 +13,7 @@ mod dbname;
 mod init;
 mod live;
 mod netpolicy;
+mod pgtls;
 mod policy;
 mod redact;
 mod report;

@@ -168,6 +168,9 @@ pub struct Policy {
     reserved: Vec<RelPath>,
     /// Databases a plugin step may open; `None` means any database under the allowed paths.
     allowed_databases: Option<Vec<RelPath>>,
+    /// PostgreSQL databases (URLs and `env:NAME`) a plugin step may open, spelled as the step
+    /// names them; `None` (the standard operations) means any.
+    allowed_pg: Option<Vec<String>>,
     /// The user's words for the allowed paths, for messages.
     allowed_text: String,
     /// Where the step may send HTTP requests (none but a plugin's `hosts:`).
@@ -194,6 +197,7 @@ impl Policy {
             allowed_paths: None,
             reserved: Vec::new(),
             allowed_databases: None,
+            allowed_pg: None,
             allowed_text: String::new(),
             network: crate::netpolicy::NetPolicy::none(),
         }
@@ -215,7 +219,13 @@ impl Policy {
             .iter()
             .map(|p| base.resolve(p))
             .collect::<Result<Vec<_>, _>>()?;
-        // PostgreSQL names are no files: the postgres capability checks them.
+        // PostgreSQL names are no files: the postgres capability checks them. `env:NAME`
+        // may name either, and is allowed to both.
+        let allowed_pg = databases
+            .iter()
+            .filter(|d| crate::dbname::is_postgres_url(d) || d.starts_with("env:"))
+            .cloned()
+            .collect();
         let allowed_databases = databases
             .iter()
             .filter(|d| !crate::dbname::is_postgres_url(d) && !d.starts_with("env:"))
@@ -234,6 +244,7 @@ impl Policy {
             reserved: vec![RelPath(".git".into())],
             allowed_paths: Some(allowed_paths),
             allowed_databases: Some(allowed_databases),
+            allowed_pg: Some(allowed_pg),
             network: crate::netpolicy::NetPolicy::none(),
         })
     }
@@ -364,10 +375,32 @@ impl Policy {
         format!("{}{scope}", self.scope_prefix)
     }
 
-    /// Whether the step may reach PostgreSQL databases: the standard operations may; plugins
-    /// not yet, until the host owns their transactions and refuses their escapes.
-    pub fn reaches_postgres(&self) -> bool {
-        self.allowed_databases.is_none()
+    /// Whether the step may open the PostgreSQL database `name`: the standard operations any;
+    /// a plugin those its step names in `databases:`, spelled alike. The reason when not.
+    pub fn may_open_postgres(&self, name: &str) -> Result<(), String> {
+        match &self.allowed_pg {
+            None => Ok(()),
+            Some(names) if names.iter().any(|n| n == name) => Ok(()),
+            Some(names) if names.is_empty() => Err(format!(
+                "{}: the step names no PostgreSQL database in `databases:`",
+                crate::dbname::redact(name)
+            )),
+            Some(names) => Err(format!(
+                "{}: not among the step's databases ({}); name it in `databases:` as the plugin spells it",
+                crate::dbname::redact(name),
+                names
+                    .iter()
+                    .map(|n| crate::dbname::redact(n))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    /// Whether the step is a plugin's, whose PostgreSQL statements the host checks
+    /// ([`crate::cap::postgres`]'s guard).
+    pub fn checks_sql(&self) -> bool {
+        self.allowed_pg.is_some()
     }
 
     /// The databases the step names (none for the standard operations, which may open any).

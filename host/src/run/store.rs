@@ -77,11 +77,15 @@ impl RunState {
         let state = StateStore::open_at(state, mode.dry_run(), sharing)?;
         let mut fs = FsCap::new(dir, sink, diffs);
         fs.protect(protected_paths);
+        let mut pg = Connections::new(mode.dry_run());
+        if let Some(home) = state.pg_home() {
+            pg.set_state_home(home);
+        }
         Ok(RunState {
             fs,
             http_changes: Vec::new(),
             dbs: Databases::new(root.to_path_buf(), backing),
-            pg: Connections::new(mode.dry_run()),
+            pg,
             state: state.metered(progress.clone()),
             progress,
             now,

@@ -453,6 +453,19 @@ impl StateStore {
         Ok(conn)
     }
 
+    /// Under apply with the state in PostgreSQL: which server and database it is, and the
+    /// state key, so that a target connection to that same database commits marks with its
+    /// effects.
+    pub fn pg_home(&self) -> Option<crate::cap::postgres::StateHome> {
+        match (&self.db, self.dry_run) {
+            (Some(Db::Pg(p)), false) => Some(crate::cap::postgres::StateHome {
+                identity: p.identity.clone(),
+                key: p.key().to_owned(),
+            }),
+            _ => None,
+        }
+    }
+
     /// Tell `progress` of the running step's checkpoint answers and marks.
     pub fn metered(mut self, progress: Progress) -> Self {
         self.progress = progress;

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use anyhow::Result;
-use postgres::{Client, NoTls};
+use postgres::Client;
 
 use super::{HistoryFilter, JournalEntry, RunFailure, RunRecord, timestamp};
 use crate::change::Change;
@@ -112,7 +112,9 @@ pub fn connect(target: &PgTarget, purpose: &str) -> Result<Client> {
             std::process::id(),
             super::hostname()
         ));
-    config.connect(NoTls).map_err(|e| {
+    let tls = crate::pgtls::connector(target.tls())
+        .map_err(|e| anyhow::anyhow!("connecting to the state database {}: {e}", target.shown()))?;
+    config.connect(tls).map_err(|e| {
         anyhow::anyhow!(
             "connecting to the state database {}: {}",
             target.shown(),
@@ -145,6 +147,9 @@ pub struct PgStore {
     client: Mutex<Client>,
     key: String,
     shown: String,
+    /// Which server and database this is ([`crate::dbname::server_identity`]): a target
+    /// connection to the same one commits an `each` record's marks with its effect.
+    pub identity: String,
 }
 
 impl PgStore {
@@ -153,6 +158,8 @@ impl PgStore {
     pub fn open(target: &PgTarget, key: &str, dry_run: bool) -> Result<Option<PgStore>> {
         let mut client = connect(target, "state")?;
         let shown = target.shown().to_string();
+        let identity = crate::dbname::server_identity(&mut client)
+            .map_err(|e| pg_err(e, &shown, "reading"))?;
         if dry_run {
             let made: bool = client
                 .query_one("SELECT to_regclass('idem.schema_version') IS NOT NULL", &[])
@@ -168,7 +175,13 @@ impl PgStore {
             client: Mutex::new(client),
             key: key.to_string(),
             shown,
+            identity,
         }))
+    }
+
+    /// The job's state key.
+    pub fn key(&self) -> &str {
+        &self.key
     }
 
     fn client(&self) -> std::sync::MutexGuard<'_, Client> {
@@ -321,10 +334,7 @@ impl PgStore {
         for (scope, entries) in marks {
             let (keys, values): (Vec<&String>, Vec<&Option<String>>) = entries.iter().unzip();
             tx.execute(
-                "INSERT INTO idem.checkpoints (state_key, scope, key, value)
-                 SELECT $1, $2, k, v FROM unnest($3::text[], $4::text[]) AS m(k, v)
-                 ON CONFLICT (state_key, scope, key) DO UPDATE SET value = excluded.value
-                 WHERE excluded.value IS NOT NULL",
+                crate::cap::postgres::WRITE_MARKS,
                 &[&self.key, scope, &keys, &values],
             )
             .map_err(self.wrap("writing checkpoints to"))?;

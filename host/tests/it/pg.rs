@@ -19,6 +19,9 @@ pub struct Server {
     pub port: u16,
     /// The directory holding the Unix socket (connections there are trusted).
     pub socket_dir: PathBuf,
+    /// The CA certificate (PEM) that signed the server's TLS certificate, for `localhost`
+    /// and `127.0.0.1`.
+    pub ca: PathBuf,
 }
 
 impl Server {
@@ -79,6 +82,7 @@ fn start() -> Server {
         password: get("PG_PASSWORD"),
         port: get("PG_PORT").parse().unwrap(),
         socket_dir: PathBuf::from(get("PG_SOCKET")),
+        ca: PathBuf::from(get("PG_CA")),
     }
 }
 

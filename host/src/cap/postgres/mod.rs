@@ -13,8 +13,11 @@
 //! closes. Counts and constraint errors are those of an apply; nothing is ever committed, by
 //! construction rather than by a check in each method.
 //!
-//! Plugins do not reach PostgreSQL yet: the view refuses them (see docs/postgres.md).
+//! A plugin reaches only the databases its step names, and each of its statements passes
+//! [`guard`] first and a check of the session after (see there): it stays in the database,
+//! in the host's transaction, and in the role the host connected as.
 
+pub mod guard;
 mod host;
 mod values;
 
@@ -40,8 +43,32 @@ const STEP_SAVEPOINT: &str = "idem_step";
 /// The savepoint around one statement run outside a guest transaction under a dry run.
 const STATEMENT_SAVEPOINT: &str = "idem_statement";
 
+/// Write marks (`$1` state key, `$2` scope, `$3` keys, `$4` values); a bare mark (a null
+/// value) never clears a value. Run by the state store, and by this capability inside a
+/// target's transaction to commit an `each` record's marks with its effect.
+pub const WRITE_MARKS: &str = "INSERT INTO idem.checkpoints (state_key, scope, key, value)
+     SELECT $1, $2, k, v FROM unnest($3::text[], $4::text[]) AS m(k, v)
+     ON CONFLICT (state_key, scope, key) DO UPDATE SET value = excluded.value
+     WHERE excluded.value IS NOT NULL";
+
+/// The run's state store, when it is a PostgreSQL database and the run applies.
+#[derive(Clone, Debug)]
+pub struct StateHome {
+    /// Which server and database it is ([`crate::dbname::server_identity`]).
+    pub identity: String,
+    /// The job's state key.
+    pub key: String,
+}
+
 struct Conn {
     target: PgTarget,
+    /// Which server and database this is, once asked.
+    identity: Option<String>,
+    /// The session as a plugin first found it (`current_user`, `session_user`,
+    /// `search_path`), which its statements must leave as it was.
+    session: Option<String>,
+    /// A plugin's statement changed the session: the connection is not used again.
+    poisoned: bool,
     client: postgres::Client,
     /// A guest transaction is open.
     in_tx: bool,
@@ -70,6 +97,8 @@ pub struct Connections {
     /// Handles by the name as the plan wrote it.
     by_name: HashMap<String, usize>,
     dry_run: bool,
+    /// Where marks committed with an effect go.
+    home: Option<StateHome>,
 }
 
 impl Connections {
@@ -79,7 +108,14 @@ impl Connections {
             conns: Vec::new(),
             by_name: HashMap::new(),
             dry_run,
+            home: None,
         }
+    }
+
+    /// The run's state store is this PostgreSQL database: marks given to
+    /// [`Connections::commit_with_marks`] on a connection to it commit with the effect.
+    pub fn set_state_home(&mut self, home: StateHome) {
+        self.home = Some(home);
     }
 
     /// The handle of the database `name` (a URL or `env:NAME`), connecting at first use.
@@ -95,6 +131,9 @@ impl Connections {
         let client = connect(&target)?;
         let mut conn = Conn {
             target,
+            identity: None,
+            session: None,
+            poisoned: false,
             client,
             in_tx: false,
             dry_run: false,
@@ -115,9 +154,49 @@ impl Connections {
     }
 
     fn conn(&mut self, h: usize) -> PgResult<&mut Conn> {
-        self.conns
+        let c = self
+            .conns
             .get_mut(h)
-            .ok_or_else(|| PgError::Invalid("closed PostgreSQL connection handle".into()))
+            .ok_or_else(|| PgError::Invalid("closed PostgreSQL connection handle".into()))?;
+        if c.poisoned {
+            return Err(PgError::Denied(format!(
+                "{}: a plugin's statement changed this session's role or search_path; the \
+                 connection is not used again in this run",
+                c.target.shown()
+            )));
+        }
+        Ok(c)
+    }
+
+    /// Remember the session as it is, before a plugin's first statement on `h`.
+    pub fn note_session(&mut self, h: usize) -> PgResult<()> {
+        let c = self.conn(h)?;
+        if c.session.is_none() {
+            let now = session_of(&mut c.client).map_err(|e| pg_error(&c.target, e))?;
+            c.session = Some(now);
+        }
+        Ok(())
+    }
+
+    /// After a plugin's statement: the session must be as [`Connections::note_session`] found
+    /// it. When it is not, the guest's transaction is rolled back, the connection is never
+    /// used again, and the step is denied.
+    pub fn check_session(&mut self, h: usize) -> PgResult<()> {
+        let c = self.conn(h)?;
+        let now = session_of(&mut c.client).ok();
+        if now.is_some() && now == c.session {
+            return Ok(());
+        }
+        let _ = c.client.batch_execute("ROLLBACK");
+        c.in_tx = false;
+        c.poisoned = true;
+        Err(PgError::Denied(format!(
+            "{}: the statement changed the session's role or search_path (now {}, was {}); \
+             plugins may not",
+            c.target.shown(),
+            now.as_deref().unwrap_or("unknown"),
+            c.session.as_deref().unwrap_or("unknown")
+        )))
     }
 
     /// Every database opened, as shown (without a password), sorted.
@@ -268,6 +347,50 @@ impl Connections {
         self.end(h, true)
     }
 
+    /// Commit the guest's transaction with checkpoint marks (`scope` already namespaced by the
+    /// step's policy): when the run's state store is this same server and database, the marks
+    /// are written inside the transaction just before COMMIT, so the effect and its marks are
+    /// durable together or not at all. True when they were; otherwise (the state is
+    /// elsewhere, or a dry run, which writes no marks here) this only commits, and the guest
+    /// marks through `checkpoint`.
+    pub fn commit_with_marks(
+        &mut self,
+        h: usize,
+        scope: &str,
+        entries: &[(String, Option<String>)],
+    ) -> PgResult<bool> {
+        let Some(home) = self.home.clone() else {
+            self.commit(h)?;
+            return Ok(false);
+        };
+        let c = self.conn(h)?;
+        if c.dry_run || !c.in_tx {
+            self.commit(h)?;
+            return Ok(false);
+        }
+        if c.identity.is_none() {
+            let id = crate::dbname::server_identity(&mut c.client)
+                .map_err(|e| pg_error(&c.target, e))?;
+            c.identity = Some(id);
+        }
+        if c.identity.as_deref() != Some(home.identity.as_str()) {
+            self.commit(h)?;
+            return Ok(false);
+        }
+        let (keys, values): (Vec<&String>, Vec<&Option<String>>) =
+            entries.iter().map(|(k, v)| (k, v)).unzip();
+        if let Err(e) = c
+            .client
+            .execute(WRITE_MARKS, &[&home.key, &scope, &keys, &values])
+        {
+            let e = pg_error(&c.target, e);
+            let _ = self.rollback(h);
+            return Err(e);
+        }
+        self.commit(h)?;
+        Ok(true)
+    }
+
     /// Abandon the guest's transaction.
     pub fn rollback(&mut self, h: usize) -> PgResult<()> {
         self.end(h, false)
@@ -323,20 +446,24 @@ fn what_it_changes(sql: &str) -> Changes {
     }
 }
 
+/// Who the session is and where it looks for names.
+fn session_of(c: &mut postgres::Client) -> Result<String, postgres::Error> {
+    Ok(c.query_one(
+        "SELECT current_user::text || ' ' || session_user::text || ' search_path=' || current_setting('search_path')",
+        &[],
+    )?
+    .get(0))
+}
+
 /// Connect to `target`, with a connection timeout when its URL gives none.
 pub fn connect(target: &PgTarget) -> PgResult<postgres::Client> {
     let mut config = target.config().clone();
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
-    if config.get_ssl_mode() == postgres::config::SslMode::Require {
-        return Err(PgError::Connect(format!(
-            "{}: sslmode=require asks for TLS, which this build of idem does not speak yet; \
-             use sslmode=prefer or disable on a trusted network, or connect through a TLS tunnel",
-            target.shown()
-        )));
-    }
-    config.connect(postgres::NoTls).map_err(|e| {
+    let tls = crate::pgtls::connector(target.tls())
+        .map_err(|e| PgError::Connect(format!("connecting to {}: {e}", target.shown())))?;
+    config.connect(tls).map_err(|e| {
         PgError::Connect(format!(
             "connecting to {}: {}",
             target.shown(),

@@ -10,6 +10,12 @@
 //! - `open-database`: open `database`.
 //! - `sql`: open `database` and execute `sql`.
 //! - `pg-sql`: open the PostgreSQL database `database` (a URL or `env:NAME`) and execute `sql`.
+//! - `pg-copy`: open the PostgreSQL database `database` and run `sql` through `copy-in` with
+//!   `content` as the data.
+//! - `pg-items`: a well-behaved PostgreSQL step: in one transaction of the host's, ensure
+//!   table `items (name text primary key)` of `database` holds each of `items`, inserting
+//!   only the missing ones (`inserted` counts them); when `sql` is given, run it first, inside
+//!   the transaction (to try transaction control from inside one).
 //! - `loop`: never return.
 //! - `allocate`: allocate memory until something gives.
 //! - `trap-halfway`: write `a.txt`, `b.txt`, `c.txt` under `path`, then panic before `d.txt`.
@@ -120,6 +126,42 @@ impl Guest for Hostile {
                 let db = postgres::open(&c.database).map_err(|e| own(pg_text(&e)))?;
                 db.execute(&c.sql, &[]).map_err(|e| own(pg_text(&e)))?;
                 Ok(report(&[]))
+            }
+            "pg-copy" => {
+                let db = postgres::open(&c.database).map_err(|e| own(pg_text(&e)))?;
+                db.copy_in(&c.sql, c.content.as_bytes())
+                    .map_err(|e| own(pg_text(&e)))?;
+                Ok(report(&[]))
+            }
+            "pg-items" => {
+                let db = postgres::open(&c.database).map_err(|e| own(pg_text(&e)))?;
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS items (name text PRIMARY KEY)",
+                    &[],
+                )
+                .map_err(|e| own(pg_text(&e)))?;
+                db.begin().map_err(|e| own(pg_text(&e)))?;
+                let mut inserted = 0;
+                let work = (|| {
+                    if !c.sql.is_empty() {
+                        db.execute(&c.sql, &[])?;
+                    }
+                    for item in &c.items {
+                        inserted += db.execute(
+                            "INSERT INTO items (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+                            &[sqlite::Value::Text(item.clone())],
+                        )?;
+                    }
+                    Ok(())
+                })();
+                match work {
+                    Ok(()) => db.commit().map_err(|e| own(pg_text(&e)))?,
+                    Err(e) => {
+                        let _ = db.rollback();
+                        return Err(own(pg_text(&e)));
+                    }
+                }
+                Ok(report(&[("inserted", inserted)]))
             }
             "loop" => {
                 let mut n: u64 = 0;
