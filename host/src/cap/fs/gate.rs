@@ -28,6 +28,9 @@ pub struct Prior<'a> {
 pub struct Gate {
     sink: Box<dyn Sink + Send>,
     changes: Vec<Change>,
+    /// The changes of files a group commit staged, in write order: recorded once the barrier
+    /// put them in place (a staged write whose rename failed did not happen).
+    staged: Vec<Change>,
     /// Counts removals and replacements, so a capability holding a file open (a database
     /// connection) knows when to look again whether it is still the file at its path.
     generation: u64,
@@ -78,6 +81,7 @@ impl Gate {
         Gate {
             sink,
             changes: Vec::new(),
+            staged: Vec::new(),
             generation: 0,
             diffs,
         }
@@ -105,6 +109,52 @@ impl Gate {
 
     pub fn disk_is_frozen(&self) -> bool {
         self.sink.disk_is_frozen()
+    }
+
+    // Group commit (see `Disk`).
+
+    /// Make later writes durable together, at [`Gate::settle`], until [`Gate::end_group`].
+    pub fn begin_group(&mut self, root: &Dir) {
+        self.sink.begin_group(root);
+    }
+
+    /// Whether a staged write would change what `path` (or a path under it) shows.
+    pub fn staged_at(&self, path: &RelPath) -> bool {
+        self.sink.staged_at(path)
+    }
+
+    /// The barrier: every write since the last one durable and in place, then recorded.
+    pub fn settle(&mut self, root: &Dir) -> io::Result<()> {
+        let (done, result) = self.sink.settle(root);
+        self.put_in_place(done);
+        result
+    }
+
+    /// Settle, and make each write durable on its own again.
+    pub fn end_group(&mut self, root: &Dir) -> io::Result<()> {
+        let (done, result) = self.sink.end_group(root);
+        self.put_in_place(done);
+        result
+    }
+
+    /// Record the first `done` staged writes, which are in place now; forget the rest.
+    fn put_in_place(&mut self, done: usize) {
+        let staged = std::mem::take(&mut self.staged);
+        for change in staged.into_iter().take(done) {
+            self.generation += 1;
+            self.record(change);
+        }
+    }
+
+    /// Record the change of a file write the sink made: now, or at the barrier when it was
+    /// staged.
+    fn record_write(&mut self, path: &RelPath, change: Change) {
+        if self.sink.staged_at(path) {
+            self.staged.push(change);
+        } else {
+            self.generation += 1;
+            self.record(change);
+        }
     }
 
     // Mutations: each carried out by the sink, then recorded.
@@ -169,8 +219,7 @@ impl Gate {
             });
         }
         self.sink.replace_file(root, parent, path, content, mode)?;
-        self.generation += 1;
-        self.record(change);
+        self.record_write(path, change);
         Ok(())
     }
 
@@ -219,8 +268,7 @@ impl Gate {
                 _ => format!("(no diff: {path} is larger than 1 MiB)\n"),
             });
         }
-        self.generation += 1;
-        self.record(change);
+        self.record_write(path, change);
         Ok(())
     }
 

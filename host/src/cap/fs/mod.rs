@@ -1153,10 +1153,48 @@ impl FsCap {
         Ok(out)
     }
 
+    /// Group commit for the rest of the step (see [`Disk`]): writes are staged and made
+    /// durable together at the next barrier.
+    pub fn begin_group(&mut self) {
+        self.gate.begin_group(&self.root);
+    }
+
+    /// The barrier, if `path` is (or holds) a staged write: so that any call about a path
+    /// sees this run's own writes in place.
+    pub fn settle_for(&mut self, path: &RelPath) -> CapResult<()> {
+        if self.gate.staged_at(path) {
+            return self.settle();
+        }
+        Ok(())
+    }
+
+    /// The barrier: every write since the last one durable and in place.
+    pub fn settle(&mut self) -> CapResult<()> {
+        self.gate.settle(&self.root).map_err(barrier_error)
+    }
+
+    /// Settle, and end the group commit: later writes are durable one by one again.
+    pub fn end_group(&mut self) -> CapResult<()> {
+        self.gate.end_group(&self.root).map_err(barrier_error)
+    }
+
     /// Remove temporary files that a killed run left behind, anywhere under the root (a dry
     /// run's sink removes none).
     pub fn sweep_temporaries(&mut self) -> io::Result<usize> {
         self.gate.sweep_temporaries(&self.root)
+    }
+}
+
+/// A failed group-commit barrier: the writes it covered are not known to be durable.
+fn barrier_error(e: io::Error) -> Error {
+    Error::Io(format!(
+        "making this step's writes durable (sync of the root's filesystem, then renames): {e}"
+    ))
+}
+
+impl crate::cap::Barrier for FsCap {
+    fn settle(&mut self) -> CapResult<()> {
+        FsCap::settle(self)
     }
 }
 
