@@ -26,6 +26,9 @@
 //! own writes), before a database is opened or used, and when the step ends. A kill -9 leaves
 //! staged temporaries behind, which the next run sweeps as any other.
 //!
+//! The barrier covers the group's removals and mode changes as well (`syncfs` flushes every
+//! change of the filesystem), which outside a group are not synced at all.
+//!
 //! `syncfs` flushes the whole filesystem, other processes' dirty data included: a barrier
 //! per batch of records (hundreds of files) costs about one fsync, where the files' own
 //! fsyncs cost one or two each. Since Linux 5.8 it reports writeback errors of the filesystem
@@ -185,6 +188,15 @@ impl Disk {
         sync_dir(root, parent)
     }
 
+    /// Under a group commit, a removal or mode change at `path` is made durable by the next
+    /// barrier too (outside one, as before, it is not synced: see docs/guarantees.md).
+    fn touched(&mut self, path: &RelPath) {
+        if let Some(g) = &mut self.group {
+            g.dirty = true;
+            g.dirs.insert(path.parent().unwrap_or_default());
+        }
+    }
+
     /// The group's barrier (see the module comment): returns how many staged files were put
     /// in place, and the first error. On error the temporaries not yet renamed are removed.
     fn barrier(&mut self, root: &Dir) -> (usize, io::Result<()>) {
@@ -297,22 +309,30 @@ impl Sink for Disk {
     fn unmirror(&mut self, _path: &RelPath) {}
 
     fn chmod(&mut self, root: &Dir, path: &RelPath, mode: u32, _current: &Found) -> io::Result<()> {
-        root.set_permissions(path.as_fs(), Permissions::from_mode(mode))
+        root.set_permissions(path.as_fs(), Permissions::from_mode(mode))?;
+        self.touched(path);
+        Ok(())
     }
 
     fn unlink(&mut self, root: &Dir, dir: Option<&Dir>, path: &RelPath) -> io::Result<()> {
         match dir {
             Some(d) => d.remove_file(path.file_name()),
             None => root.remove_file(path.as_fs()),
-        }
+        }?;
+        self.touched(path);
+        Ok(())
     }
 
     fn rmdir(&mut self, root: &Dir, path: &RelPath) -> io::Result<()> {
-        root.remove_dir(path.as_fs())
+        root.remove_dir(path.as_fs())?;
+        self.touched(path);
+        Ok(())
     }
 
     fn rmtree(&mut self, root: &Dir, path: &RelPath) -> io::Result<()> {
-        root.remove_dir_all(path.as_fs())
+        root.remove_dir_all(path.as_fs())?;
+        self.touched(path);
+        Ok(())
     }
 
     fn begin_group(&mut self, root: &Dir) {

@@ -82,8 +82,24 @@ impl Host for FsView<'_> {
         &mut self,
         paths: Vec<String>,
     ) -> wasmtime::Result<Vec<CapResult<Option<Metadata>>>> {
-        let resolved: Vec<CapResult<RelPath>> = paths.iter().map(|p| self.path(p)).collect();
-        Ok(self.fs.stat_many(&resolved))
+        // Without grants, the one check left after the policy's (that a path does not really
+        // lead into idem's state) is made by `stat_many` from the parent handles it opens.
+        let here = self.policy.grants().is_none();
+        let resolved: Vec<CapResult<RelPath>> = paths
+            .iter()
+            .map(|p| {
+                if !here {
+                    return self.path(p);
+                }
+                let rel = self
+                    .policy
+                    .resolve(p)
+                    .map_err(|e| Error::Denied(e.to_string()))?;
+                self.fs.settle_for(&rel)?;
+                Ok(rel)
+            })
+            .collect();
+        Ok(self.fs.stat_many(&resolved, here))
     }
 
     fn read(&mut self, path: String) -> R<Vec<u8>> {
