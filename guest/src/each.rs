@@ -77,7 +77,8 @@ pub fn record_key(record: Record<'_>, key: &[String]) -> Result<(String, String)
             label.push_str(", ");
         }
         checkpoint_key.push_str(&text);
-        label.push_str(&format!("{k}={text}"));
+        use std::fmt::Write as _;
+        let _ = write!(label, "{k}={text}");
     }
     Ok((checkpoint_key, label))
 }
@@ -118,11 +119,13 @@ pub fn run(step: &EachStep) -> Result<StepReport, StepError> {
     while let Some(r) = records.next_record()? {
         let record = r.to_owned();
         let key = record_key(record.as_record(), &step.key);
-        pending.push(Pending {
-            record,
-            item: records.item(),
-            key,
-        });
+        // How the record is named when its key cannot be read (formatted only then).
+        let item = if key.is_err() {
+            records.item()
+        } else {
+            String::new()
+        };
+        pending.push(Pending { record, item, key });
         if pending.len() >= BATCH {
             let total = records.estimated_total(records.count());
             run_batch(step, &scope, &mut pending, &mut progress, total)?;
