@@ -61,6 +61,9 @@ FULL = Sizes(1_000_000, 250_000, 1_000_000, 100_000, (1_000, 10_000, 30_000), 1_
 # Records of the `pages` workload traced with `strace -f -c` for system calls per record (the
 # counts are per record, so a prefix of the data gives them; a traced run is slow).
 STRACE_RECORDS = 2_000
+# With --callgrind: sizes counted (and twice them, so start-up drops out of the difference).
+CALLGRIND = False
+CALLGRIND_EACH, CALLGRIND_PAGES, CALLGRIND_ROWS = 10_000, 5_000, 20_000
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,6 +451,31 @@ def bench_upsert(res: Results, tools: Tools, sz: Sizes, cache: Path, reps: int) 
         res.row(W3, f"idem, {n:,} rows").runs = list(res.get(W1, "idem").runs)
         shutil.rmtree(sroot, ignore_errors=True)
 
+    if CALLGRIND and tools.idem and tools.native:
+        croot = fresh_dir(DATA / "upsert-cg")
+
+        def loader(who: str, again: bool):
+            def prepare(size: int):
+                link(users_csv(size), croot / "users.csv")
+                db = f"{who}-{size}.db"
+                if not again or not (croot / db).exists():
+                    empty_db(croot / db, schema)
+                if again and row_count(croot / db) != size:
+                    fill = (idem_cmd(db) if who == "idem" else
+                            [str(tools.native), "upsert", db, "users", "users.csv"])
+                    ok(run(fill, croot, idem_env(cache)), "filling the table")
+                return (idem_cmd(db) if who == "idem" else
+                        [str(tools.native), "upsert", db, "users", "users.csv"]), croot, idem_env(cache)
+            return prepare
+
+        def idem_cmd(db: str) -> list[str]:
+            (croot / "idem.yml").write_text(UPSERT_PLAN.format(db=db))
+            return [str(tools.idem), "apply", "--format", "json"]
+        per_record_ir(res, "upsert into an empty table", CALLGRIND_ROWS,
+                      {"native": loader("native", False), "idem": loader("idem", False)})
+        per_record_ir(res, "upsert, every row unchanged", CALLGRIND_ROWS,
+                      {"native": loader("native", True), "idem": loader("idem", True)})
+        shutil.rmtree(croot, ignore_errors=True)
     r1 = res.ratio(W1, "idem", "native rusqlite")
     r2 = res.ratio(W2, "idem", "native rusqlite")
     res.target(W1, "≤ 1.25× native", res.both(W1, "idem", "native rusqlite"), None if r1 is None else r1 <= 1.25)
@@ -487,6 +515,9 @@ def bench_each(res: Results, tools: Tools, sz: Sizes, cache: Path, reps: int) ->
         if r.out.split()[-1] != str(n):
             raise Failed(f"native reported {r.out.strip()}")
         res.row(W, "native loop, no checkpoints").runs.append(r)
+        # The reference of the converged re-run too (issue 13): every path is absent, so each
+        # record's `unlink` is one failed look-up, as a `stat` of each output would be.
+        res.row(WR, "native loop, no checkpoints").runs.append(r)
 
     def python_plain():
         r = ok(run([sys.executable, str(REPO / "bench" / "classic_checkpoint.py"), "users.csv", ".",
@@ -525,6 +556,38 @@ def bench_each(res: Results, tools: Tools, sz: Sizes, cache: Path, reps: int) ->
     ratio = res.ratio(W, "idem", "native loop, no checkpoints")
     res.target(W, "≤ 2× the loop without checkpoints", res.both(W, "idem", "native loop, no checkpoints"),
                None if ratio is None else ratio <= 2)
+    if CALLGRIND and tools.idem and tools.native:
+        def each_root(size: int) -> Path:
+            croot = DATA / f"each-cg-{size}"
+            if not croot.exists():
+                fresh_dir(croot)
+                link(users_csv(size), croot / "users.csv")
+                (croot / "spool").mkdir()
+                (croot / "idem.yml").write_text(EACH_PLAN)
+            return croot
+
+        def idem_first(size: int):
+            croot = each_root(size)
+            shutil.rmtree(croot / ".idem", ignore_errors=True)
+            return [str(tools.idem), "apply", "--format", "json"], croot, idem_env(cache)
+
+        def idem_again(size: int):
+            croot = each_root(size)
+            if not (croot / ".idem").exists():
+                ok(run([str(tools.idem), "apply"], croot, idem_env(cache)), "idem apply")
+            return [str(tools.idem), "apply", "--format", "json"], croot, idem_env(cache)
+
+        def native_each(size: int):
+            return [str(tools.native), "each", "users.csv", "."], each_root(size), None
+        per_record_ir(res, "`each` with a no-op `remove`, first apply", CALLGRIND_EACH,
+                      {"native loop": native_each, "idem": idem_first})
+        per_record_ir(res, "`each` with a no-op `remove`, converged re-run", CALLGRIND_EACH,
+                      {"native loop": native_each, "idem": idem_again})
+        for size in (CALLGRIND_EACH, 2 * CALLGRIND_EACH):
+            shutil.rmtree(DATA / f"each-cg-{size}", ignore_errors=True)
+    ratio = res.ratio(WR, "idem", "native loop, no checkpoints")
+    res.target(WR, "≤ 3× the native loop (issue 13: a converged re-run)",
+               res.both(WR, "idem", "native loop, no checkpoints"), None if ratio is None else ratio <= 3)
 
 
 PAGES_PLAN = """steps:
@@ -561,6 +624,44 @@ def strace_counts(cmd: list[str], cwd: Path, env: dict | None, records: int) -> 
     shown = [kv for kv in top[:5]] + [kv for kv in top[5:] if "sync" in kv[0]]
     detail = ", ".join(f"{k} {v / records:.2f}" for k, v in shown)
     return total / records, detail
+
+
+def callgrind_ir(cmd: list[str], cwd: Path, env: dict | None) -> int | None:
+    """Instructions a run executes, counted by `valgrind --tool=callgrind` (the same whatever
+    else runs on the machine); `None` without valgrind or when the run fails."""
+    valgrind = shutil.which("valgrind")
+    if not valgrind:
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "callgrind.out"
+        r = run([valgrind, "--tool=callgrind", "--dump-instr=no", f"--callgrind-out-file={out}"] + cmd,
+                cwd, env, rss=False)
+        if r.code != 0 or not out.exists():
+            return None
+        for line in out.read_text(errors="replace").splitlines():
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    return None
+
+
+def per_record_ir(res: Results, what: str, k: int, contenders: dict) -> None:
+    """Instructions per record of each contender: callgrind at `k` and `2k` records, the
+    difference divided by `k`, so start-up (idem's loading of its compiled guest) is left
+    out. `contenders`: name -> function(records) -> (cmd, cwd, env), which prepares a root."""
+    got = {}
+    for who, prepare in contenders.items():
+        counts = []
+        for size in (k, 2 * k):
+            cmd, cwd, env = prepare(size)
+            counts.append(callgrind_ir(cmd, cwd, env))
+        if None not in counts:
+            got[who] = (counts[1] - counts[0]) / k
+    if not got:
+        return
+    ref = next(iter(got.values()))
+    parts = [f"{who} {ir:,.0f}" + ("" if ir is ref else f" ({ir / ref:.2f}×)") for who, ir in got.items()]
+    res.notes.append(f"instructions per record, {what} (callgrind, {k:,} and {2 * k:,} records): "
+                     + ", ".join(parts))
 
 
 def bench_pages(res: Results, tools: Tools, sz: Sizes, cache: Path, reps: int) -> None:
@@ -635,6 +736,23 @@ def bench_pages(res: Results, tools: Tools, sz: Sizes, cache: Path, reps: int) -
     if tools.native:
         traced["native stat loop"] = strace_counts([str(tools.native), "stat-pages", "users.csv", "."],
                                                    sroot, None, k)
+    if CALLGRIND and tools.idem and tools.native:
+        def converged(size: int):
+            croot = DATA / f"pages-cg-{size}"
+            if not (croot / ".idem").exists():
+                fresh_dir(croot)
+                link(users_csv(size), croot / "users.csv")
+                (croot / "idem.yml").write_text(PAGES_PLAN)
+                ok(run([str(tools.idem), "apply"], croot, idem_env(cache)), "idem apply")
+            return [str(tools.idem), "apply", "--format", "json"], croot, idem_env(cache)
+
+        def native_stat(size: int):
+            _, croot, _ = converged(size)
+            return [str(tools.native), "stat-pages", "users.csv", "."], croot, None
+        per_record_ir(res, "converged re-run of the pages `each`", CALLGRIND_PAGES,
+                      {"native stat loop": native_stat, "idem": converged})
+        for size in (CALLGRIND_PAGES, 2 * CALLGRIND_PAGES):
+            shutil.rmtree(DATA / f"pages-cg-{size}", ignore_errors=True)
     shutil.rmtree(sroot, ignore_errors=True)
     for who, t in traced.items():
         if t:
@@ -958,6 +1076,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, help="repetitions of each measurement")
     ap.add_argument("--idem", help="the idem binary [default: target/release/idem]")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
+    ap.add_argument("--callgrind", action="store_true",
+                    help="also count instructions per record with valgrind's callgrind (slow)")
     ap.add_argument("--pages-records", type=int, help="records of the `pages` workload "
                     "(100,000 in full mode; the Python reference takes 2-10 ms a record)")
     a = ap.parse_args()
@@ -965,6 +1085,8 @@ def main() -> int:
     sz = FULL if a.full else QUICK
     if a.pages_records:
         sz = Sizes(**{**sz.__dict__, "pages_records": a.pages_records})
+    global CALLGRIND
+    CALLGRIND = a.callgrind
     reps = a.reps or sz.reps
     only = [w.strip() for w in a.only.split(",") if w.strip()]
     if unknown := [w for w in only if w not in WORKLOADS]:
