@@ -9,8 +9,8 @@ mark, which Linux carries across exec). Ratios are printed against
 the reference the issue names, never asserted: the figures are for people, CI only checks
 that the harness runs.
 
-    bench/bench.py [--quick | --full] [--only upsert,each,classic,cleanup,startup,pg-upsert,pg-coop]
-                   [--reps N] [--idem PATH] [--json FILE]
+    bench/bench.py [--quick | --full] [--only upsert,each,pages,classic,cleanup,startup,pg-upsert,pg-coop]
+                   [--reps N] [--idem PATH] [--json FILE] [--pages-records N]
 
 Data lives under target/bench-data (gitignored), is reused between runs when its size
 and seed match, and is never written anywhere else.
@@ -46,6 +46,7 @@ class Sizes:
     upsert_rows: int
     rss_small_rows: int  # the smaller file of the "flat in the file's size" comparison
     each_records: int
+    pages_records: int  # the `each` that writes a directory and a file per record
     classic_sizes: tuple[int, ...]
     cleanup_dirs: int
     cleanup_files_per_dir: int
@@ -55,8 +56,14 @@ class Sizes:
     slow_reps: int  # references that take a minute a run (sqlite-utils, the classic pattern)
 
 
-QUICK = Sizes(100_000, 25_000, 50_000, (1_000, 3_000), 100, 100, 15, 5, 3, 1)
-FULL = Sizes(1_000_000, 250_000, 1_000_000, (1_000, 10_000, 30_000), 1_000, 100, 50, 20, 5, 1)
+QUICK = Sizes(100_000, 25_000, 50_000, 2_000, (1_000, 3_000), 100, 100, 15, 5, 3, 1)
+FULL = Sizes(1_000_000, 250_000, 1_000_000, 100_000, (1_000, 10_000, 30_000), 1_000, 100, 50, 20, 5, 1)
+# Records of the `pages` workload traced with `strace -f -c` for system calls per record (the
+# counts are per record, so a prefix of the data gives them; a traced run is slow).
+STRACE_RECORDS = 2_000
+# With --callgrind: sizes counted (and twice them, so start-up drops out of the difference).
+CALLGRIND = False
+CALLGRIND_EACH, CALLGRIND_PAGES, CALLGRIND_ROWS = 10_000, 5_000, 20_000
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,6 +147,7 @@ class Results:
     def __init__(self) -> None:
         self.rows: list[Row] = []
         self.targets: list[tuple[str, str, str, bool | None]] = []  # what, target, measured, met
+        self.notes: list[str] = []  # counts printed under the tables (system calls, instructions)
 
     def row(self, workload: str, contender: str) -> Row:
         for r in self.rows:
@@ -205,8 +213,12 @@ class Tools:
             return p if p.is_file() and os.access(p, os.X_OK) else None
 
         venv_su = REPO / "target" / "bench" / "venv" / "bin" / "sqlite-utils"
+        # bench/run.sh builds idem into $CARGO_TARGET_DIR when it is set.
+        built = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+        if not built.is_absolute():
+            built = REPO / built
         return Tools(
-            idem=exe(Path(idem).resolve()) if idem else exe(REPO / "target" / "release" / "idem"),
+            idem=exe(Path(idem).resolve()) if idem else exe(built / "release" / "idem"),
             native=exe(REPO / "target" / "bench" / "release" / "idem-bench-native"),
             sqlite3=shutil.which("sqlite3"),
             sqlite_utils=str(venv_su) if exe(venv_su) else shutil.which("sqlite-utils"),
@@ -439,6 +451,31 @@ def bench_upsert(res: Results, tools: Tools, sz: Sizes, cache: Path, reps: int) 
         res.row(W3, f"idem, {n:,} rows").runs = list(res.get(W1, "idem").runs)
         shutil.rmtree(sroot, ignore_errors=True)
 
+    if CALLGRIND and tools.idem and tools.native:
+        croot = fresh_dir(DATA / "upsert-cg")
+
+        def loader(who: str, again: bool):
+            def prepare(size: int):
+                link(users_csv(size), croot / "users.csv")
+                db = f"{who}-{size}.db"
+                if not again or not (croot / db).exists():
+                    empty_db(croot / db, schema)
+                if again and row_count(croot / db) != size:
+                    fill = (idem_cmd(db) if who == "idem" else
+                            [str(tools.native), "upsert", db, "users", "users.csv"])
+                    ok(run(fill, croot, idem_env(cache)), "filling the table")
+                return (idem_cmd(db) if who == "idem" else
+                        [str(tools.native), "upsert", db, "users", "users.csv"]), croot, idem_env(cache)
+            return prepare
+
+        def idem_cmd(db: str) -> list[str]:
+            (croot / "idem.yml").write_text(UPSERT_PLAN.format(db=db))
+            return [str(tools.idem), "apply", "--format", "json"]
+        per_record_ir(res, "upsert into an empty table", CALLGRIND_ROWS,
+                      {"native": loader("native", False), "idem": loader("idem", False)})
+        per_record_ir(res, "upsert, every row unchanged", CALLGRIND_ROWS,
+                      {"native": loader("native", True), "idem": loader("idem", True)})
+        shutil.rmtree(croot, ignore_errors=True)
     r1 = res.ratio(W1, "idem", "native rusqlite")
     r2 = res.ratio(W2, "idem", "native rusqlite")
     res.target(W1, "≤ 1.25× native", res.both(W1, "idem", "native rusqlite"), None if r1 is None else r1 <= 1.25)
@@ -478,6 +515,9 @@ def bench_each(res: Results, tools: Tools, sz: Sizes, cache: Path, reps: int) ->
         if r.out.split()[-1] != str(n):
             raise Failed(f"native reported {r.out.strip()}")
         res.row(W, "native loop, no checkpoints").runs.append(r)
+        # The reference of the converged re-run too (issue 13): every path is absent, so each
+        # record's `unlink` is one failed look-up, as a `stat` of each output would be.
+        res.row(WR, "native loop, no checkpoints").runs.append(r)
 
     def python_plain():
         r = ok(run([sys.executable, str(REPO / "bench" / "classic_checkpoint.py"), "users.csv", ".",
@@ -516,6 +556,223 @@ def bench_each(res: Results, tools: Tools, sz: Sizes, cache: Path, reps: int) ->
     ratio = res.ratio(W, "idem", "native loop, no checkpoints")
     res.target(W, "≤ 2× the loop without checkpoints", res.both(W, "idem", "native loop, no checkpoints"),
                None if ratio is None else ratio <= 2)
+    if CALLGRIND and tools.idem and tools.native:
+        def each_root(size: int) -> Path:
+            croot = DATA / f"each-cg-{size}"
+            if not croot.exists():
+                fresh_dir(croot)
+                link(users_csv(size), croot / "users.csv")
+                (croot / "spool").mkdir()
+                (croot / "idem.yml").write_text(EACH_PLAN)
+            return croot
+
+        def idem_first(size: int):
+            croot = each_root(size)
+            shutil.rmtree(croot / ".idem", ignore_errors=True)
+            return [str(tools.idem), "apply", "--format", "json"], croot, idem_env(cache)
+
+        def idem_again(size: int):
+            croot = each_root(size)
+            if not (croot / ".idem").exists():
+                ok(run([str(tools.idem), "apply"], croot, idem_env(cache)), "idem apply")
+            return [str(tools.idem), "apply", "--format", "json"], croot, idem_env(cache)
+
+        def native_each(size: int):
+            return [str(tools.native), "each", "users.csv", "."], each_root(size), None
+        per_record_ir(res, "`each` with a no-op `remove`, first apply", CALLGRIND_EACH,
+                      {"native loop": native_each, "idem": idem_first})
+        per_record_ir(res, "`each` with a no-op `remove`, converged re-run", CALLGRIND_EACH,
+                      {"native loop": native_each, "idem": idem_again})
+        for size in (CALLGRIND_EACH, 2 * CALLGRIND_EACH):
+            shutil.rmtree(DATA / f"each-cg-{size}", ignore_errors=True)
+    ratio = res.ratio(WR, "idem", "native loop, no checkpoints")
+    res.target(WR, "≤ 3× the native loop (issue 13: a converged re-run)",
+               res.both(WR, "idem", "native loop, no checkpoints"), None if ratio is None else ratio <= 3)
+
+
+PAGES_PLAN = """steps:
+  - each: users.csv
+    key: id
+    steps:
+      - dir: "pages/{id}"
+      - file: "pages/{id}/index.txt"
+        content: "{name} <{email}>\\n"
+"""
+
+
+def strace_counts(cmd: list[str], cwd: Path, env: dict | None, records: int) -> tuple[float, str] | None:
+    """`strace -f -c` of one run: system calls per record, in total and for the calls that
+    matter here (the five most frequent, and every sync)."""
+    strace = shutil.which("strace")
+    if not strace:
+        return None
+    with tempfile.NamedTemporaryFile("r", suffix=".strace") as out:
+        r = run([strace, "-f", "-c", "-o", out.name, "--"] + cmd, cwd, env, rss=False)
+        if r.code != 0:
+            return None
+        calls: dict[str, int] = {}
+        for line in out.read().splitlines():
+            f = line.split()
+            # "% time seconds usecs/call calls [errors] syscall"
+            if len(f) >= 5 and f[0][0].isdigit() and f[-1] != "total":
+                try:
+                    calls[f[-1]] = int(f[3])
+                except ValueError:
+                    continue
+    total = sum(calls.values())
+    top = sorted(calls.items(), key=lambda kv: -kv[1])
+    shown = [kv for kv in top[:5]] + [kv for kv in top[5:] if "sync" in kv[0]]
+    detail = ", ".join(f"{k} {v / records:.2f}" for k, v in shown)
+    return total / records, detail
+
+
+def callgrind_ir(cmd: list[str], cwd: Path, env: dict | None) -> int | None:
+    """Instructions a run executes, counted by `valgrind --tool=callgrind` (the same whatever
+    else runs on the machine); `None` without valgrind or when the run fails."""
+    valgrind = shutil.which("valgrind")
+    if not valgrind:
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "callgrind.out"
+        r = run([valgrind, "--tool=callgrind", "--dump-instr=no", f"--callgrind-out-file={out}"] + cmd,
+                cwd, env, rss=False)
+        if r.code != 0 or not out.exists():
+            return None
+        for line in out.read_text(errors="replace").splitlines():
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    return None
+
+
+def per_record_ir(res: Results, what: str, k: int, contenders: dict) -> None:
+    """Instructions per record of each contender: callgrind at `k` and `2k` records, the
+    difference divided by `k`, so start-up (idem's loading of its compiled guest) is left
+    out. `contenders`: name -> function(records) -> (cmd, cwd, env), which prepares a root."""
+    got = {}
+    for who, prepare in contenders.items():
+        counts = []
+        for size in (k, 2 * k):
+            cmd, cwd, env = prepare(size)
+            counts.append(callgrind_ir(cmd, cwd, env))
+        if None not in counts:
+            got[who] = (counts[1] - counts[0]) / k
+    if not got:
+        return
+    ref = next(iter(got.values()))
+    parts = [f"{who} {ir:,.0f}" + ("" if ir is ref else f" ({ir / ref:.2f}×)") for who, ir in got.items()]
+    res.notes.append(f"instructions per record, {what} (callgrind, {k:,} and {2 * k:,} records): "
+                     + ", ".join(parts))
+
+
+def bench_pages(res: Results, tools: Tools, sz: Sizes, cache: Path, reps: int) -> None:
+    """Issue 20's real `each`: a directory and a small file per record, made durable, against a
+    Python loop with the same durability; then the converged re-run against a native loop
+    that stats each output."""
+    n = sz.pages_records
+    say(f"pages: each over {n:,} records writing a directory and a file each")
+    root = fresh_dir(DATA / "pages")
+    link(users_csv(n), root / "users.csv")
+    (root / "idem.yml").write_text(PAGES_PLAN)
+    W = f"each over {n:,} records writing a file each, apply"
+    WR = f"each over {n:,} records writing a file each, converged re-run"
+    PY, NAT = "Python loop, fsync per file and dir", "native loop, lstat each output"
+    reps = min(reps, 3)
+
+    def clean() -> None:
+        shutil.rmtree(root / "pages", ignore_errors=True)
+        shutil.rmtree(root / ".idem", ignore_errors=True)
+
+    def python_ref():
+        clean()
+        r = ok(run([sys.executable, str(REPO / "bench" / "durable_pages.py"), "users.csv", "."], root),
+               "python loop")
+        if r.out.split()[-1] != str(n):
+            raise Failed(f"the Python loop reported {r.out.strip()}")
+        res.row(W, PY).runs.append(r)
+
+    def idem():
+        clean()
+        r = run([str(tools.idem), "apply", "--format", "json"], root, idem_env(cache))
+        c = counters(idem_report(r, "idem apply"))
+        if c.get("processed") != n:
+            raise Failed(f"idem reported {c}, expected processed {n}")
+        page = (root / "pages" / "7" / "index.txt").read_text()
+        if not page.endswith(">\n") or "@example.org" not in page:
+            raise Failed(f"pages/7/index.txt holds {page!r}")
+        res.row(W, "idem").runs.append(r)
+        for _ in range(2):  # the re-run and its reference, interleaved, twice
+            if tools.native:
+                rn = ok(run([str(tools.native), "stat-pages", "users.csv", "."], root), "native")
+                if rn.out.split()[1] != str(2 * n):
+                    raise Failed(f"native reported {rn.out.strip()}")
+                res.row(WR, NAT).runs.append(rn)
+            r2 = run([str(tools.idem), "apply", "--format", "json"], root, idem_env(cache))
+            c2 = counters(idem_report(r2, "idem apply, converged"))
+            if c2.get("skipped") != n:
+                raise Failed(f"idem's re-run reported {c2}, expected skipped {n}")
+            res.row(WR, "idem").runs.append(r2)
+
+    for rep in range(reps):
+        if rep < max(1, sz.slow_reps):
+            attempt(res, W, PY, python_ref)
+        if tools.idem:
+            attempt(res, W, "idem", idem)
+        else:
+            res.row(W, "idem").skipped = "no idem binary"
+    # System calls per record, on a prefix of the data (strace slows every call alike).
+    k = min(n, STRACE_RECORDS)
+    sroot = fresh_dir(DATA / "pages-strace")
+    link(users_csv(k), sroot / "users.csv")
+    (sroot / "idem.yml").write_text(PAGES_PLAN)
+    traced = {}
+    if tools.idem:
+        traced["idem apply"] = strace_counts([str(tools.idem), "apply", "--format", "json"], sroot,
+                                             idem_env(cache), k)
+        traced["idem re-run"] = strace_counts([str(tools.idem), "apply", "--format", "json"], sroot,
+                                              idem_env(cache), k)
+    shutil.rmtree(sroot / "pages", ignore_errors=True)
+    traced["Python loop"] = strace_counts([sys.executable, str(REPO / "bench" / "durable_pages.py"),
+                                           "users.csv", "."], sroot, None, k)
+    if tools.native:
+        traced["native stat loop"] = strace_counts([str(tools.native), "stat-pages", "users.csv", "."],
+                                                   sroot, None, k)
+    if CALLGRIND and tools.idem and tools.native:
+        def converged(size: int):
+            croot = DATA / f"pages-cg-{size}"
+            if not (croot / ".idem").exists():
+                fresh_dir(croot)
+                link(users_csv(size), croot / "users.csv")
+                (croot / "idem.yml").write_text(PAGES_PLAN)
+                ok(run([str(tools.idem), "apply"], croot, idem_env(cache)), "idem apply")
+            return [str(tools.idem), "apply", "--format", "json"], croot, idem_env(cache)
+
+        def native_stat(size: int):
+            _, croot, _ = converged(size)
+            return [str(tools.native), "stat-pages", "users.csv", "."], croot, None
+        per_record_ir(res, "converged re-run of the pages `each`", CALLGRIND_PAGES,
+                      {"native stat loop": native_stat, "idem": converged})
+        for size in (CALLGRIND_PAGES, 2 * CALLGRIND_PAGES):
+            shutil.rmtree(DATA / f"pages-cg-{size}", ignore_errors=True)
+    shutil.rmtree(sroot, ignore_errors=True)
+    for who, t in traced.items():
+        if t:
+            res.notes.append(f"system calls per record, {who} ({k:,} records, `strace -f -c`): "
+                             f"{t[0]:.1f} ({t[1]})")
+    clean()
+    for w in (W, WR):
+        for r in res.rows:
+            if r.workload == w and r.runs:
+                say(f"  {w}: {r.contender}: median {fmt_time(r.median)}")
+    py, ours = res.get(W, PY), res.get(W, "idem")
+    if py and ours and py.median and ours.median:
+        speed = py.median / ours.median
+        res.target(W, "≥ 2× the throughput of the Python loop (same durability)",
+                   f"{speed:.2f}× its throughput ({res.both(W, 'idem', PY)} of its time)", speed >= 2)
+    else:
+        res.target(W, "≥ 2× the throughput of the Python loop (same durability)", "n/a", None)
+    ratio = res.ratio(WR, "idem", NAT)
+    res.target(WR, "≤ 3× the native stat loop", res.both(WR, "idem", NAT),
+               None if ratio is None else ratio <= 3)
 
 
 def bench_classic(res: Results, tools: Tools, sz: Sizes, cache: Path, reps: int) -> None:
@@ -996,9 +1253,16 @@ REFERENCES = {  # the contender each workload's ratios are taken against
 REFERENCES.update({"pg upsert": "psql \\copy", "pg each over": "idem, 1 runner"})  # issue 15
 
 
+# Workloads whose reference is not the one their prefix names.
+REFERENCES_BY_PART = {"writing a file each, apply": "Python loop, fsync",
+                      "writing a file each, converged": "native loop, lstat"}
+
+
 def reference_of(res: Results, workload: str) -> Row | None:
-    for prefix, ref in REFERENCES.items():
-        if workload.startswith(prefix) and ref:
+    refs = [ref for part, ref in REFERENCES_BY_PART.items() if part in workload]
+    refs = refs or [ref for prefix, ref in REFERENCES.items() if workload.startswith(prefix)]
+    for ref in refs:
+        if ref:
             for r in res.rows:
                 if r.workload == workload and r.contender.startswith(ref) and r.runs:
                     return r
@@ -1025,6 +1289,8 @@ def render(res: Results, sz: Sizes, mode: str, wall: float) -> str:
             "| target | bar | measured | met |", "|---|---|---|---|"]
     for what, bar, measured, met in res.targets:
         out.append(f"| {what} | {bar} | {measured} | {'—' if met is None else 'yes' if met else 'NO'} |")
+    if res.notes:
+        out += [""] + [f"- {n}" for n in res.notes]
     return "\n".join(out)
 
 
@@ -1034,7 +1300,7 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs, {cpu}, {mem / 2**20:.1f} GiB RAM, {platform.system()} {platform.release()}"
 
 
-WORKLOADS = {"upsert": bench_upsert, "each": bench_each, "classic": bench_classic,
+WORKLOADS = {"upsert": bench_upsert, "each": bench_each, "pages": bench_pages, "classic": bench_classic,
              "cleanup": bench_cleanup, "startup": bench_startup}
 WORKLOADS.update({"pg-upsert": bench_pg_upsert, "pg-coop": bench_pg_coop})  # issue 15
 
@@ -1048,9 +1314,17 @@ def main() -> int:
     ap.add_argument("--reps", type=int, help="repetitions of each measurement")
     ap.add_argument("--idem", help="the idem binary [default: target/release/idem]")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
+    ap.add_argument("--callgrind", action="store_true",
+                    help="also count instructions per record with valgrind's callgrind (slow)")
+    ap.add_argument("--pages-records", type=int, help="records of the `pages` workload "
+                    "(100,000 in full mode; the Python reference takes 2-10 ms a record)")
     a = ap.parse_args()
     mode = "full" if a.full else "quick"
     sz = FULL if a.full else QUICK
+    if a.pages_records:
+        sz = Sizes(**{**sz.__dict__, "pages_records": a.pages_records})
+    global CALLGRIND
+    CALLGRIND = a.callgrind
     reps = a.reps or sz.reps
     only = [w.strip() for w in a.only.split(",") if w.strip()]
     if unknown := [w for w in only if w not in WORKLOADS]:

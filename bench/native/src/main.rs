@@ -4,6 +4,7 @@
 //! ```text
 //! idem-bench-native upsert DB TABLE CSV   one transaction, one cached prepared statement
 //! idem-bench-native each CSV ROOT         per record, ensure ROOT/spool/{id}.lock is absent
+//! idem-bench-native stat-pages CSV ROOT   per record, stat ROOT/pages/{id} and its index.txt
 //! ```
 //! Each prints one line of counts, which the harness checks against idem's report.
 
@@ -16,7 +17,11 @@ fn main() -> ExitCode {
     let r = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["upsert", db, table, csv] => upsert(db, table, csv),
         ["each", csv, root] => each(csv, root),
-        _ => Err("usage: idem-bench-native upsert DB TABLE CSV | each CSV ROOT".into()),
+        ["stat-pages", csv, root] => stat_pages(csv, root),
+        _ => Err(
+            "usage: idem-bench-native upsert DB TABLE CSV | each CSV ROOT | stat-pages CSV ROOT"
+                .into(),
+        ),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -89,5 +94,33 @@ fn each(csv: &str, root: &str) -> Result<()> {
         }
     }
     println!("removed {removed} absent {absent}");
+    Ok(())
+}
+
+/// What a converged re-run of the `each` that writes pages must at least do, without
+/// checkpoints or fingerprints: for every record, `lstat` its directory `pages/{id}` and its
+/// file `pages/{id}/index.txt`, as a build tool stats its outputs. Counts the outputs present.
+fn stat_pages(csv: &str, root: &str) -> Result<()> {
+    let (mut present, mut missing) = (0u64, 0u64);
+    let mut path = String::new();
+    for line in rows(csv)? {
+        let line = line?;
+        let id = line.split(',').next().unwrap_or_default();
+        path.clear();
+        path.push_str(root);
+        path.push_str("/pages/");
+        path.push_str(id);
+        for leaf in ["", "/index.txt"] {
+            let at = path.len();
+            path.push_str(leaf);
+            match std::fs::symlink_metadata(&path) {
+                Ok(_) => present += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing += 1,
+                Err(e) => return Err(format!("{path}: {e}").into()),
+            }
+            path.truncate(at);
+        }
+    }
+    println!("present {present} missing {missing}");
     Ok(())
 }

@@ -46,6 +46,9 @@ pub const LIST_PAGE: usize = 1024;
 pub struct CheckpointView<'a> {
     pub marks: &'a mut dyn Marks,
     pub policy: &'a Policy,
+    /// The file capability's group-commit barrier: settled before any mark is taken, so a
+    /// mark is never written before the effects it stands for are durable.
+    pub files: &'a mut dyn crate::cap::Barrier,
 }
 
 type R<T> = wasmtime::Result<Result<T, Error>>;
@@ -61,6 +64,9 @@ impl Host for CheckpointView<'_> {
     }
 
     fn mark(&mut self, scope: String, keys: Vec<String>) -> R<()> {
+        if let Err(e) = self.files.settle() {
+            return Ok(Err(e));
+        }
         let scope = self.policy.checkpoint_scope(&scope);
         Ok(self.marks.mark(&scope, &keys).map_err(state_error))
     }
@@ -71,6 +77,9 @@ impl Host for CheckpointView<'_> {
     }
 
     fn mark_values(&mut self, scope: String, entries: Vec<(String, String)>) -> R<()> {
+        if let Err(e) = self.files.settle() {
+            return Ok(Err(e));
+        }
         let scope = self.policy.checkpoint_scope(&scope);
         Ok(self
             .marks

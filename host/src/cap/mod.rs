@@ -38,9 +38,18 @@ pub enum PlannedContent {
     Spilled(Arc<PathBuf>),
 }
 
+/// The file capability's group-commit barrier (see `cap::fs::Disk`), for a capability whose
+/// effects must come after the files written so far are durable and in place: a checkpoint
+/// mark, a database opened or used.
+pub trait Barrier {
+    /// Make every write since the last barrier durable and put staged files in place; nothing
+    /// to do outside a group commit.
+    fn settle(&mut self) -> Result<(), Error>;
+}
+
 /// How the run sees a path (including a dry run's planned changes), for capabilities other
 /// than `fs` that must know whether a file is there.
-pub trait PathProbe {
+pub trait PathProbe: Barrier {
     /// The path's metadata as this run sees it, or `None` when nothing is there.
     fn probe(&self, path: &RelPath) -> Result<Option<Metadata>, Error>;
 

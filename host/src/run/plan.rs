@@ -700,7 +700,16 @@ fn finish_step(
     if result.is_err() {
         run.dbs.discard_failed_creations(&mut run.fs);
     }
-    let flushed = run.state.flush();
+    // A group commit's last writes are durable and in place before the step's marks are
+    // written and its changes taken.
+    let settled = run.fs.end_group();
+    let flushed = match &settled {
+        Ok(()) => run.state.flush(),
+        Err(e) => Err(anyhow::anyhow!(
+            "{}; the marks of the step's last records were not written",
+            crate::report::error_text(e)
+        )),
+    };
     let mut changes = run.fs.take_changes();
     changes.extend(run.dbs.take_changes());
     let unreadable = run.fs.take_unreadable();

@@ -211,6 +211,7 @@ impl Ctx {
         CheckpointView {
             marks: &mut run.state,
             policy: &self.policy,
+            files: &mut run.fs,
         }
     }
 

@@ -1928,7 +1928,7 @@ fn generated_plans_keep_every_promise() {
 
 /// The system calls a kill point can precede: every one that changes a file, a directory or a
 /// database (opens are left out: they change nothing a re-run could see half-done).
-const MUTATING_CALLS: &str = "write,pwrite64,fsync,fdatasync,rename,renameat,renameat2,unlink,\
+const MUTATING_CALLS: &str = "write,pwrite64,fsync,fdatasync,syncfs,rename,renameat,renameat2,unlink,\
                               unlinkat,mkdir,mkdirat,rmdir,fchmod,fchmodat,ftruncate,fchown,\
                               linkat,symlinkat";
 

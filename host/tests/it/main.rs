@@ -8,6 +8,7 @@ mod core;
 mod crash;
 mod data;
 mod dbfiles;
+mod durability;
 mod fidelity;
 mod generated;
 mod http;

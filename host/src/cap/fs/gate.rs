@@ -28,6 +28,10 @@ pub struct Prior<'a> {
 pub struct Gate {
     sink: Box<dyn Sink + Send>,
     changes: Vec<Change>,
+    /// Where in `changes` the writes a group commit staged are, in write order: recorded in
+    /// the order of the calls (as a dry run records them), and taken back out when the
+    /// barrier could not put them in place (a write whose rename failed did not happen).
+    staged: Vec<usize>,
     /// Counts removals and replacements, so a capability holding a file open (a database
     /// connection) knows when to look again whether it is still the file at its path.
     generation: u64,
@@ -78,13 +82,17 @@ impl Gate {
         Gate {
             sink,
             changes: Vec::new(),
+            staged: Vec::new(),
             generation: 0,
             diffs,
         }
     }
 
-    /// The changes since the last call.
+    /// The changes since the last call. Called once a group commit has settled (a step's end
+    /// settles first): a write still staged is taken as made.
     pub fn take_changes(&mut self) -> Vec<Change> {
+        debug_assert!(self.staged.is_empty(), "changes taken before the barrier");
+        self.staged.clear();
         std::mem::take(&mut self.changes)
     }
 
@@ -105,6 +113,53 @@ impl Gate {
 
     pub fn disk_is_frozen(&self) -> bool {
         self.sink.disk_is_frozen()
+    }
+
+    // Group commit (see `Disk`).
+
+    /// Make later writes durable together, at [`Gate::settle`], until [`Gate::end_group`].
+    pub fn begin_group(&mut self, root: &Dir) {
+        self.sink.begin_group(root);
+    }
+
+    /// Whether a staged write would change what `path` (or a path under it) shows.
+    pub fn staged_at(&self, path: &RelPath) -> bool {
+        self.sink.staged_at(path)
+    }
+
+    /// The barrier: every write since the last one durable and in place, then recorded.
+    pub fn settle(&mut self, root: &Dir) -> io::Result<()> {
+        let (done, result) = self.sink.settle(root);
+        self.put_in_place(done);
+        result
+    }
+
+    /// Settle, and make each write durable on its own again.
+    pub fn end_group(&mut self, root: &Dir) -> io::Result<()> {
+        let (done, result) = self.sink.end_group(root);
+        self.put_in_place(done);
+        result
+    }
+
+    /// The first `done` staged writes are in place now; the changes of the rest are taken
+    /// back out.
+    fn put_in_place(&mut self, done: usize) {
+        let staged = std::mem::take(&mut self.staged);
+        self.generation += done.min(staged.len()) as u64;
+        for &i in staged[done.min(staged.len())..].iter().rev() {
+            self.changes.remove(i);
+        }
+    }
+
+    /// Record the change of a file write the sink made (when it was staged, as made: the
+    /// barrier takes it back out if it cannot put the file in place).
+    fn record_write(&mut self, path: &RelPath, change: Change) {
+        if self.sink.staged_at(path) {
+            self.staged.push(self.changes.len());
+        } else {
+            self.generation += 1;
+        }
+        self.record(change);
     }
 
     // Mutations: each carried out by the sink, then recorded.
@@ -169,8 +224,7 @@ impl Gate {
             });
         }
         self.sink.replace_file(root, parent, path, content, mode)?;
-        self.generation += 1;
-        self.record(change);
+        self.record_write(path, change);
         Ok(())
     }
 
@@ -219,8 +273,7 @@ impl Gate {
                 _ => format!("(no diff: {path} is larger than 1 MiB)\n"),
             });
         }
-        self.generation += 1;
-        self.record(change);
+        self.record_write(path, change);
         Ok(())
     }
 
@@ -353,6 +406,103 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Issue 20: under a group commit a write is staged and in place only at the barrier,
+    /// recorded in the order of the calls; the barrier leaves no temporary, and after the
+    /// group writes are made one by one again.
+    #[test]
+    fn a_group_commit_puts_its_writes_in_place_and_records_them_at_the_barrier() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("old"), "old").unwrap();
+        let root = Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
+        let mut g = Gate::new(Box::new(Disk::default()), false);
+        g.begin_group(&root);
+        g.mkdir(&root, &p("d"), None, 0o755).unwrap();
+        g.write_file(&root, &p("d"), &p("d/new"), b"n".to_vec(), 0o640, None)
+            .unwrap();
+        let prior = Prior {
+            hash: None,
+            data: Some(b"old"),
+        };
+        g.write_file(&root, &p(""), &p("old"), b"o2".to_vec(), 0o644, Some(prior))
+            .unwrap();
+        // Staged: the temporaries are there, the targets not yet.
+        assert!(!t.path().join("d/new").exists());
+        assert_eq!(std::fs::read(t.path().join("old")).unwrap(), b"old");
+        for (path, staged) in [("d/new", true), ("d", true), ("", true), ("old", true)] {
+            assert_eq!(g.staged_at(&p(path)), staged, "{path}");
+        }
+        assert!(!g.staged_at(&p("d/other")));
+        let generation = g.generation();
+        g.settle(&root).unwrap();
+        assert_eq!(std::fs::read(t.path().join("d/new")).unwrap(), b"n");
+        assert_eq!(std::fs::read(t.path().join("old")).unwrap(), b"o2");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(t.path().join("d/new"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o640);
+        let after: Vec<(String, String)> = g
+            .take_changes()
+            .iter()
+            .map(|c| (c.kind.as_str().to_string(), c.path.clone()))
+            .collect();
+        assert_eq!(
+            after,
+            [
+                ("create-dir".to_string(), "d".to_string()),
+                ("create-file".to_string(), "d/new".to_string()),
+                ("update-file".to_string(), "old".to_string())
+            ],
+            "in the order of the calls"
+        );
+        assert_eq!(g.generation(), generation + 2);
+        assert!(!g.staged_at(&p("d/new")) && !g.staged_at(&p("")));
+        let names = |dir: &str| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(t.path().join(dir))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(""), ["d", "old"]);
+        assert_eq!(names("d"), ["new"]);
+        // Settled with nothing staged: nothing to do. Ended: a write is in place at once.
+        g.settle(&root).unwrap();
+        g.end_group(&root).unwrap();
+        g.write_file(&root, &p(""), &p("after"), b"a".to_vec(), 0o644, None)
+            .unwrap();
+        assert_eq!(std::fs::read(t.path().join("after")).unwrap(), b"a");
+        assert_eq!(g.take_changes().len(), 1);
+    }
+
+    /// A barrier whose rename fails records only the writes it put in place, and leaves no
+    /// temporary behind.
+    #[test]
+    fn a_failed_barrier_records_only_what_it_put_in_place() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("d")).unwrap();
+        let root = Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
+        let mut g = Gate::new(Box::new(Disk::default()), false);
+        g.begin_group(&root);
+        g.write_file(&root, &p(""), &p("a"), b"a".to_vec(), 0o644, None)
+            .unwrap();
+        g.write_file(&root, &p("d"), &p("d/b"), b"b".to_vec(), 0o644, None)
+            .unwrap();
+        // Something else puts a non-empty directory where `d/b` goes: its rename fails.
+        std::fs::create_dir_all(t.path().join("d/b/x")).unwrap();
+        assert!(g.settle(&root).is_err());
+        let recorded: Vec<String> = g.take_changes().iter().map(|c| c.path.clone()).collect();
+        assert_eq!(recorded, ["a"]);
+        assert_eq!(std::fs::read(t.path().join("a")).unwrap(), b"a");
+        let left: Vec<String> = std::fs::read_dir(t.path().join("d"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, ["b"], "no temporary left");
     }
 
     #[test]

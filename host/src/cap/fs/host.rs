@@ -23,22 +23,26 @@ impl FsView<'_> {
     /// The guest's path, resolved by the policy, and refused when it really leads (through
     /// links inside the root) into idem's state or out of the step's grants. `follow`: the
     /// call follows a link at the path itself (listing, creating under it).
-    fn resolve(&self, p: &str, follow: bool) -> CapResult<RelPath> {
+    ///
+    /// Under a group commit, a path that a staged write would change settles the group first
+    /// (see `Disk`): every call sees the step's own writes in place.
+    fn resolve(&mut self, p: &str, follow: bool) -> CapResult<RelPath> {
         let rel = self
             .policy
             .resolve(p)
             .map_err(|e| Error::Denied(e.to_string()))?;
         self.fs.check_real(&rel, follow, self.policy.grants())?;
+        self.fs.settle_for(&rel)?;
         self.fs.observe(&rel, false);
         Ok(rel)
     }
 
-    fn path(&self, p: &str) -> CapResult<RelPath> {
+    fn path(&mut self, p: &str) -> CapResult<RelPath> {
         self.resolve(p, false)
     }
 
     /// The path, when the step may also set `mode` on it.
-    fn path_for_mode(&self, p: &str, mode: Option<u32>) -> CapResult<RelPath> {
+    fn path_for_mode(&mut self, p: &str, mode: Option<u32>) -> CapResult<RelPath> {
         let rel = self.path(p)?;
         if let Some(m) = mode {
             self.policy
@@ -62,6 +66,15 @@ impl HostReader for FsView<'_> {
 }
 
 impl Host for FsView<'_> {
+    fn group_writes(&mut self) -> wasmtime::Result<()> {
+        self.fs.begin_group();
+        Ok(())
+    }
+
+    fn sync(&mut self) -> R<()> {
+        Ok(self.fs.settle())
+    }
+
     fn stat(&mut self, path: String) -> R<Option<Metadata>> {
         Ok(self.path(&path).and_then(|p| self.fs.stat(&p)))
     }
@@ -70,8 +83,24 @@ impl Host for FsView<'_> {
         &mut self,
         paths: Vec<String>,
     ) -> wasmtime::Result<Vec<CapResult<Option<Metadata>>>> {
-        let resolved: Vec<CapResult<RelPath>> = paths.iter().map(|p| self.path(p)).collect();
-        Ok(self.fs.stat_many(&resolved))
+        // Without grants, the one check left after the policy's (that a path does not really
+        // lead into idem's state) is made by `stat_many` from the parent handles it opens.
+        let here = self.policy.grants().is_none();
+        let resolved: Vec<CapResult<RelPath>> = paths
+            .iter()
+            .map(|p| {
+                if !here {
+                    return self.path(p);
+                }
+                let rel = self
+                    .policy
+                    .resolve(p)
+                    .map_err(|e| Error::Denied(e.to_string()))?;
+                self.fs.settle_for(&rel)?;
+                Ok(rel)
+            })
+            .collect();
+        Ok(self.fs.stat_many(&resolved, here))
     }
 
     fn read(&mut self, path: String) -> R<Vec<u8>> {

@@ -288,12 +288,7 @@ impl FsCap {
         let Some(real) = self.real_location(path, follow) else {
             return Ok(());
         };
-        if let Some(p) = self.protected.iter().find(|p| real.starts_with(p)) {
-            return Err(Error::Denied(format!(
-                "{path} leads into idem's own state ({}), which steps may not touch",
-                p.display()
-            )));
-        }
+        self.refuse_protected(path, &real)?;
         if let Some(grants) = grants {
             let inside = grants.iter().any(|g| {
                 self.real_location(g, true)
@@ -306,6 +301,17 @@ impl FsCap {
             }
         }
         Ok(())
+    }
+
+    /// Refuse `path`, whose real location is `real`, when that is inside idem's state.
+    fn refuse_protected(&self, path: &RelPath, real: &Path) -> CapResult<()> {
+        match self.protected.iter().find(|p| real.starts_with(p)) {
+            Some(p) => Err(Error::Denied(format!(
+                "{path} leads into idem's own state ({}), which steps may not touch",
+                p.display()
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// True when removing the directory at real location `dir` would remove idem's state.
@@ -450,32 +456,65 @@ impl FsCap {
     }
 
     /// `stat-many`: [`FsCap::stat`] of each path, in order, opening each parent directory
-    /// once for the consecutive paths under it (a batch of `each` records names its outputs
-    /// side by side) and asking it about the leaf only: one `fstatat` per path instead of a
-    /// walk from the root. A parent that cannot be opened takes [`FsCap::stat`]'s way, so its
-    /// error or absence is the same one.
-    pub fn stat_many(&self, paths: &[CapResult<RelPath>]) -> Vec<CapResult<Option<Metadata>>> {
-        let mut parent: Option<(RelPath, Option<Dir>)> = None;
+    /// once for the paths under it (a batch of `each` records names its outputs side by side:
+    /// `pages/1`, `pages/1/index.txt`, `pages/2`, ...; a few recent parents stay open) and
+    /// asking it about the leaf only: one `fstatat` per path instead of a walk from the root.
+    /// With `check`, the paths were resolved by the policy only, and each is refused here when
+    /// it really leads into idem's state, as [`FsCap::check_real`] refuses it, from the real
+    /// location of the parent handle just opened (one `readlink` per new directory, instead
+    /// of opening it a second time). A parent that cannot be opened takes [`FsCap::stat`]'s
+    /// way, so its error or absence is the same one.
+    pub fn stat_many(
+        &self,
+        paths: &[CapResult<RelPath>],
+        check: bool,
+    ) -> Vec<CapResult<Option<Metadata>>> {
+        /// Parent directories kept open within one call.
+        const OPEN_PARENTS: usize = 8;
+        let mut parents: Vec<(RelPath, Option<Dir>)> = Vec::with_capacity(OPEN_PARENTS);
         paths
             .iter()
             .map(|path| {
                 let path = path.as_ref().map_err(Clone::clone)?;
+                let slow = |fs: &Self| -> CapResult<Option<Metadata>> {
+                    if check {
+                        fs.check_real(path, false, None)?;
+                    }
+                    fs.stat(path)
+                };
                 if self.gate.planned(path).is_some() {
-                    return self.stat(path);
+                    return slow(self);
                 }
                 let Some(up) = path.parent() else {
-                    return self.stat(path);
+                    return slow(self);
                 };
-                if parent.as_ref().is_none_or(|(p, _)| *p != up) {
-                    let handle = self.root.open_dir(up.as_fs()).ok();
-                    parent = Some((up, handle));
-                }
-                match parent.as_ref().and_then(|(_, d)| d.as_ref()) {
-                    Some(dir) => {
-                        Ok(real_state(path, dir.symlink_metadata(path.file_name()))?.metadata())
+                let at = match parents.iter().position(|(p, _)| *p == up) {
+                    Some(i) => i,
+                    None => {
+                        if parents.len() >= OPEN_PARENTS {
+                            parents.remove(0);
+                        }
+                        let handle = self.root.open_dir(up.as_fs()).ok();
+                        parents.push((up.clone(), handle));
+                        parents.len() - 1
                     }
-                    None => self.stat(path),
+                };
+                let Some(dir) = parents[at].1.as_ref() else {
+                    return slow(self);
+                };
+                if check && !self.protected.is_empty() {
+                    let known = self.real_dirs.borrow().get(&up).cloned();
+                    let real = match known.or_else(|| real_path_of(dir)) {
+                        Some(r) => r,
+                        None => return slow(self),
+                    };
+                    self.real_dirs
+                        .borrow_mut()
+                        .entry(up)
+                        .or_insert(real.clone());
+                    self.refuse_protected(path, &real.join(path.file_name()))?;
                 }
+                Ok(real_state(path, dir.symlink_metadata(path.file_name()))?.metadata())
             })
             .collect()
     }
@@ -1173,10 +1212,48 @@ impl FsCap {
         Ok(out)
     }
 
+    /// Group commit for the rest of the step (see [`Disk`]): writes are staged and made
+    /// durable together at the next barrier.
+    pub fn begin_group(&mut self) {
+        self.gate.begin_group(&self.root);
+    }
+
+    /// The barrier, if `path` is (or holds) a staged write: so that any call about a path
+    /// sees this run's own writes in place.
+    pub fn settle_for(&mut self, path: &RelPath) -> CapResult<()> {
+        if self.gate.staged_at(path) {
+            return self.settle();
+        }
+        Ok(())
+    }
+
+    /// The barrier: every write since the last one durable and in place.
+    pub fn settle(&mut self) -> CapResult<()> {
+        self.gate.settle(&self.root).map_err(barrier_error)
+    }
+
+    /// Settle, and end the group commit: later writes are durable one by one again.
+    pub fn end_group(&mut self) -> CapResult<()> {
+        self.gate.end_group(&self.root).map_err(barrier_error)
+    }
+
     /// Remove temporary files that a killed run left behind, anywhere under the root (a dry
     /// run's sink removes none).
     pub fn sweep_temporaries(&mut self) -> io::Result<usize> {
         self.gate.sweep_temporaries(&self.root)
+    }
+}
+
+/// A failed group-commit barrier: the writes it covered are not known to be durable.
+fn barrier_error(e: io::Error) -> Error {
+    Error::Io(format!(
+        "making this step's writes durable (sync of the root's filesystem, then renames): {e}"
+    ))
+}
+
+impl crate::cap::Barrier for FsCap {
+    fn settle(&mut self) -> CapResult<()> {
+        FsCap::settle(self)
     }
 }
 
@@ -1291,7 +1368,7 @@ mod tests {
                 .map(|n| Ok(p(n)))
                 .chain([Err(Error::Denied("refused".into()))])
                 .collect();
-            let many = fs.stat_many(&paths);
+            let many = fs.stat_many(&paths, false);
             let one: Vec<_> = paths
                 .iter()
                 .map(|r| r.clone().and_then(|rel| fs.stat(&rel)))
@@ -1313,6 +1390,47 @@ mod tests {
                 }))
             ));
             assert!(matches!(many[13], Err(Error::Denied(_))));
+        }
+    }
+
+    /// Issue 20: `stat-many` checks idem's state from the parent handles it opens, and refuses
+    /// exactly what `check_real` and `stat` refuse.
+    #[test]
+    fn stat_many_refuses_paths_into_idems_state_as_check_real_does() {
+        let (t, mut fs) = cap(false);
+        std::fs::create_dir(t.path().join("state")).unwrap();
+        std::fs::write(t.path().join("state/db"), "s").unwrap();
+        std::os::unix::fs::symlink("state", t.path().join("link")).unwrap();
+        std::fs::create_dir(t.path().join("via")).unwrap();
+        std::os::unix::fs::symlink("../state", t.path().join("via/up")).unwrap();
+        let state = std::fs::canonicalize(t.path().join("state")).unwrap();
+        fs.protect(vec![state]);
+        let names = [
+            "state/db",
+            "link/db",
+            "via/up",
+            "via/up/db",
+            "d/f",
+            "link",
+            "state",
+            "d/sub",
+        ];
+        let paths: Vec<CapResult<RelPath>> = names.iter().map(|n| Ok(p(n))).collect();
+        let many = fs.stat_many(&paths, true);
+        let one: Vec<_> = paths
+            .iter()
+            .map(|r| {
+                r.clone().and_then(|rel| {
+                    fs.check_real(&rel, false, None)
+                        .and_then(|()| fs.stat(&rel))
+                })
+            })
+            .collect();
+        assert_eq!(format!("{many:?}"), format!("{one:?}"));
+        for (name, got) in names.iter().zip(&many) {
+            let refused = matches!(got, Err(Error::Denied(_)));
+            let expect = ["state/db", "link/db", "via/up/db", "state"].contains(name);
+            assert_eq!(refused, expect, "{name}: {got:?}");
         }
     }
 

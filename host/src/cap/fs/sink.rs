@@ -163,4 +163,28 @@ pub trait Sink {
     /// Remove the temporary files of atomic writes that a killed run left (by name marker).
     /// Returns how many were removed; a dry run removes none.
     fn sweep_temporaries(&mut self, root: &Dir) -> io::Result<usize>;
+
+    /// Group commit: from now until [`Sink::end_group`], make writes durable together at
+    /// [`Sink::settle`] rather than one by one (see `Disk`). A sink that writes nothing durable
+    /// (the dry run's overlay) ignores it.
+    fn begin_group(&mut self, _root: &Dir) {}
+
+    /// Whether a write was staged since the last [`Sink::settle`]: it is complete in a
+    /// temporary file but not yet at its path, so what `path` (or, for a directory, a path
+    /// under it) shows would change at the next settle.
+    fn staged_at(&self, _path: &RelPath) -> bool {
+        false
+    }
+
+    /// The barrier: make every write and directory creation since the last settle durable,
+    /// putting staged files in place. Returns how many staged files were put in place (in the
+    /// order they were written), even on error: the ones after a failure were not.
+    fn settle(&mut self, _root: &Dir) -> (usize, io::Result<()>) {
+        (0, Ok(()))
+    }
+
+    /// Settle, and make each later write durable on its own again.
+    fn end_group(&mut self, root: &Dir) -> (usize, io::Result<()>) {
+        self.settle(root)
+    }
 }

@@ -39,7 +39,11 @@ impl SqliteView<'_> {
     }
 
     /// Reopen database `h` if a step removed or replaced its file since it was last used.
+    ///
+    /// Under a group commit the files written so far are settled first: a database is only
+    /// used once the writes before it are durable and in place (it may be one of them).
     fn fresh(&mut self, h: usize) -> CapResult<()> {
+        self.paths.settle()?;
         let seen = self.paths.generation();
         if self.dbs.seen(h) == Some(seen) {
             return Ok(());
@@ -187,6 +191,9 @@ impl Host for SqliteView<'_> {
             Err(e) => return Ok(Err(Error::Denied(e.to_string()))),
         };
         if let Err(e) = self.paths.check(&rel, None) {
+            return Ok(Err(e));
+        }
+        if let Err(e) = self.paths.settle() {
             return Ok(Err(e));
         }
         let exists = match self.paths.probe(&rel) {
