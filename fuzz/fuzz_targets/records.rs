@@ -82,9 +82,12 @@ fn reference(format: Format, data: &[u8]) -> Option<Rows> {
             }
             Some(rows)
         }
-        Format::Json => serde_json::from_slice::<Vec<Map<String, Value>>>(data)
-            .ok()
-            .map(object_rows),
+        // The reader takes one UTF-8 byte order mark at the start; serde_json takes none.
+        Format::Json => serde_json::from_slice::<Vec<Map<String, Value>>>(
+            data.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(data),
+        )
+        .ok()
+        .map(object_rows),
         Format::Ndjson => {
             let text = std::str::from_utf8(data).ok()?;
             let mut objects = Vec::new();

@@ -557,6 +557,15 @@ pub fn parse(source: &str) -> Result<Loaded, PlanError> {
 
 /// Parse and validate a plan's source with the host's variable values and environment.
 pub fn parse_with(source: &str, inputs: &Inputs) -> Result<Loaded, PlanError> {
+    // A node at the very end of the input (an empty document's null) is marked on a line after
+    // the last; an error is shown where an editor can put the cursor.
+    load(source, inputs).map_err(|e| PlanError {
+        loc: e.loc.map(|l| yaml::within(source, l)),
+        ..e
+    })
+}
+
+fn load(source: &str, inputs: &Inputs) -> Result<Loaded, PlanError> {
     let root = yaml::parse(source)
         .map_err(|e| PlanError {
             message: if e.limit {
@@ -1732,6 +1741,17 @@ steps:
             loaded.locations.iter().map(|l| l.line).collect::<Vec<_>>(),
             [4, 6, 9, 12, 14, 19, 24, 31]
         );
+    }
+
+    /// Issue 19 (found by the `plan` fuzz target): the null document of `---` was reported on
+    /// line 2 of a one-line text, where no editor and no excerpt can show it.
+    #[test]
+    fn an_error_at_the_end_of_the_plan_is_on_its_last_line() {
+        let e = err("---");
+        assert!(e.message.contains("mapping"), "{e:?}");
+        assert_eq!(e.loc, Some(Loc { line: 1, column: 4 }));
+        let e = err("steps:\n  - dir: a\n  -");
+        assert_eq!(e.loc.map(|l| l.line), Some(3), "{e:?}");
     }
 
     #[test]
