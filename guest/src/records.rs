@@ -307,6 +307,33 @@ impl<S: ChunkSource> Bytes<S> {
         Ok(true)
     }
 
+    /// Gather at least `n` bytes in the current chunk, or what is left of the file, joining
+    /// chunks as needed.
+    fn gather(&mut self, n: usize) -> Result<(), S::Error> {
+        while self.chunk.len() - self.pos < n && !self.eof {
+            let next = self.source.next_chunk()?;
+            self.eof = next.is_empty();
+            self.chunk.drain(..self.pos);
+            self.offset += self.pos as u64;
+            self.pos = 0;
+            self.chunk.extend_from_slice(&next);
+        }
+        Ok(())
+    }
+
+    /// Skip a UTF-8 byte order mark at the start of a CSV file, and hand the `csv` crate its
+    /// first bytes three or more at once: it strips a mark only when it sees all three bytes
+    /// in its first read, so with a file split into small chunks it would keep one that a file
+    /// read whole loses. The quoting check never sees the mark (a `"` right after it opens a
+    /// field); a second mark is the crate's to strip, whatever the chunking.
+    fn skip_bom(&mut self) -> Result<(), S::Error> {
+        self.gather(3)?;
+        if self.buffered().starts_with(b"\xEF\xBB\xBF") {
+            self.pos += 3;
+        }
+        self.gather(3)
+    }
+
     /// Bytes of the file consumed so far.
     fn consumed(&self) -> u64 {
         self.offset + self.pos as u64
@@ -413,6 +440,10 @@ impl<S: ChunkSource> Records<S> {
         let mut bytes = Bytes::new(source);
         let inner = match format {
             Format::Csv => {
+                bytes.skip_bom().map_err(|e| ReadError {
+                    message: format!("{file}: cannot read the header row"),
+                    cause: Some(e),
+                })?;
                 bytes.csv = Some(CsvCheck::new());
                 let mut reader = csv::ReaderBuilder::new()
                     .flexible(true)
@@ -749,6 +780,10 @@ fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, String> {
     let quoted;
     let bytes = match quote_wide_integers(bytes) {
         Some(q) => {
+            // Quoting must not make valid what is not (`{123…: 1}`, `[00123…]`): the text is
+            // checked as it is first, which only objects with wide integers pay for.
+            serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+                .map_err(|e| format!("invalid JSON: {e}"))?;
             quoted = q;
             &quoted[..]
         }
@@ -1044,6 +1079,14 @@ mod tests {
         let sizes: Vec<usize> = std::iter::once(data.len()).chain(1..=30).collect();
         let e = read_bytes(Format::Csv, data, &sizes).unwrap_err();
         assert_eq!(e, "in: row 1 (line 2) is not valid UTF-8");
+        // A byte order mark, read whole or a byte at a time, and a quoted field right after it
+        // (as spreadsheets write them).
+        let data = b"\xEF\xBB\xBF,,2\n1,2,3\n";
+        let sizes: Vec<usize> = std::iter::once(data.len()).chain(1..=8).collect();
+        let e = read_bytes(Format::Csv, data, &sizes).unwrap_err();
+        assert_eq!(e, "in: the header names `` twice");
+        let rows = read_bytes(Format::Csv, b"\xEF\xBB\xBF\"id\",n\n1,2\n", &sizes).unwrap();
+        assert_eq!(rows, [pairs(&[("id", "1"), ("n", "2")])]);
         // And the other way round: the quote comes first.
         let data = b"id,name\n1,Li\"nus\n2,Ad\xffa\n";
         let e = read_bytes(Format::Csv, data, &sizes).unwrap_err();
@@ -1204,6 +1247,26 @@ mod tests {
                 .contains("expected `,`")
         );
         assert!(read_all(Format::Json, "").unwrap_err().contains("empty"));
+    }
+
+    /// Issue 19 (found by the `records` fuzz target): an integer too wide for 64 bits is made
+    /// a string to keep its digits, and that made `{12345678901234567890: 1}` (a number as a
+    /// key) and `00012345678901234567890` (leading zeros) valid. They are errors again; a wide
+    /// value keeps its digits.
+    #[test]
+    fn keeping_a_wide_integer_never_makes_invalid_json_valid() {
+        for bad in [
+            "[{12345678901234567890: \"x\"}]",
+            "[{\"a\": 00012345678901234567890}]",
+            "[{\"a\": 12345678901234567890-1}]",
+        ] {
+            let e = read_all(Format::Json, bad).unwrap_err();
+            assert!(e.contains("invalid JSON"), "{bad}: {e}");
+            let nd = bad.trim_start_matches('[').trim_end_matches(']');
+            assert!(read_all(Format::Ndjson, nd).is_err(), "{nd}");
+        }
+        let rows = read_all(Format::Json, "[{\"a\": 12345678901234567890}]").unwrap();
+        assert_eq!(rows, [pairs(&[("a", "12345678901234567890")])]);
     }
 
     /// Issue 19 (found by the `records` fuzz target): what follows an empty array was never
