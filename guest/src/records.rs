@@ -144,6 +144,8 @@ struct Bytes<S: ChunkSource> {
     error: Option<S::Error>,
     /// For CSV: the quoting check of every byte handed to the `csv` crate.
     csv: Option<CsvCheck>,
+    /// The next read hands out at most one byte (see [`Bytes::skip_bom`]).
+    first_byte: bool,
 }
 
 /// RFC 4180 quoting, checked strictly: the `csv` crate reads `"Li"nus` as `Linus` and lets
@@ -290,6 +292,7 @@ impl<S: ChunkSource> Bytes<S> {
             eof: false,
             error: None,
             csv: None,
+            first_byte: false,
         }
     }
 
@@ -321,17 +324,18 @@ impl<S: ChunkSource> Bytes<S> {
         Ok(())
     }
 
-    /// Skip a UTF-8 byte order mark at the start of a CSV file, and hand the `csv` crate its
-    /// first bytes three or more at once: it strips a mark only when it sees all three bytes
-    /// in its first read, so with a file split into small chunks it would keep one that a file
-    /// read whole loses. The quoting check never sees the mark (a `"` right after it opens a
-    /// field); a second mark is the crate's to strip, whatever the chunking.
+    /// Skip a UTF-8 byte order mark at the start of a CSV file, however the file is chunked.
+    /// The `csv` crate strips one only when all three bytes come in its first read, so a file
+    /// split into small chunks kept a mark that a file read whole lost; so idem strips it, and
+    /// the crate's first read is one byte (see `first_byte`), so the crate never strips
+    /// another. The quoting check never sees the mark (a `"` right after it opens a field).
     fn skip_bom(&mut self) -> Result<(), S::Error> {
         self.gather(3)?;
         if self.buffered().starts_with(b"\xEF\xBB\xBF") {
             self.pos += 3;
         }
-        self.gather(3)
+        self.first_byte = true;
+        Ok(())
     }
 
     /// Bytes of the file consumed so far.
@@ -356,6 +360,10 @@ impl<S: ChunkSource> io::Read for Bytes<S> {
             }
             Ok(true) => {
                 let mut n = self.buffered().len().min(out.len());
+                if self.first_byte {
+                    self.first_byte = false;
+                    n = n.min(1);
+                }
                 let data = &self.chunk[self.pos..self.pos + n];
                 // The `csv` crate reads the bytes before a violation, and meets the violation
                 // only when it reads on, so that whichever of its own errors (UTF-8, say) or
@@ -1087,6 +1095,9 @@ mod tests {
         assert_eq!(e, "in: the header names `` twice");
         let rows = read_bytes(Format::Csv, b"\xEF\xBB\xBF\"id\",n\n1,2\n", &sizes).unwrap();
         assert_eq!(rows, [pairs(&[("id", "1"), ("n", "2")])]);
+        // One mark is skipped, as the `csv` crate does; a second is text of the first field.
+        let rows = read_bytes(Format::Csv, b"\xEF\xBB\xBF\xEF\xBB\xBFid\n1\n", &sizes).unwrap();
+        assert_eq!(rows, [pairs(&[("\u{feff}id", "1")])]);
         // And the other way round: the quote comes first.
         let data = b"id,name\n1,Li\"nus\n2,Ad\xffa\n";
         let e = read_bytes(Format::Csv, data, &sizes).unwrap_err();
