@@ -47,9 +47,9 @@ use crate::support::*;
 
 const DEFAULT_SEED: u64 = 0x1de4_0019_9e37_79b9;
 /// Generated cases in the default run (measured: see docs/guarantees.md).
-const DEFAULT_CASES: u32 = 1000;
+const DEFAULT_CASES: u32 = 600;
 /// Kill points in the default run, [`POINTS_PER_PLAN`] in each generated plan.
-const DEFAULT_KILLS: usize = 400;
+const DEFAULT_KILLS: usize = 240;
 const POINTS_PER_PLAN: usize = 4;
 
 // ---------------------------------------------------------------------------------------------
