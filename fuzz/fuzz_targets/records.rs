@@ -102,6 +102,23 @@ fn reference(format: Format, data: &[u8]) -> Option<Rows> {
     }
 }
 
+/// A record's wide integers (digits that do not fit in 64 bits) as serde_json writes their
+/// float.
+fn rounded(row: Vec<(String, String)>) -> Vec<(String, String)> {
+    row.into_iter()
+        .map(|(k, v)| {
+            let digits = v.strip_prefix('-').unwrap_or(&v);
+            let wide = !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && v.parse::<i64>().is_err();
+            match serde_json::from_str::<Value>(&v) {
+                Ok(n) if wide => (k, n.to_string()),
+                _ => (k, v),
+            }
+        })
+        .collect()
+}
+
 fuzz_target!(|input: &[u8]| {
     let [which, size, data @ ..] = input else {
         return;
@@ -121,6 +138,12 @@ fuzz_target!(|input: &[u8]| {
         ),
         Ok(rows) => {
             if let Some(expected) = reference(format, data) {
+                // The reader keeps an integer beyond 64 bits as its digits (docs/plan.md);
+                // serde_json rounds it to a float: compare such a value as serde_json has it.
+                let rows = match format {
+                    Format::Csv => rows,
+                    Format::Json | Format::Ndjson => rows.into_iter().map(rounded).collect(),
+                };
                 assert_eq!(
                     rows, expected,
                     "the reader disagrees with the reference reading"
