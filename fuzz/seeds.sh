@@ -14,6 +14,14 @@ while IFS= read -r f; do
   cp "$f" "$out/plan/$n.yml"
 done < <(find examples tests/fidelity -name 'idem.yml' -o -name '*.idem.yml' | LC_ALL=C sort)
 
+# Every input a target once failed on (fuzz/findings/TARGET-what-it-showed) seeds that target,
+# so a fixed finding is re-checked by every run.
+for f in fuzz/findings/*; do
+  t=${f##*/}
+  t=${t%%-*}
+  [[ -d $out/$t ]] && cp "$f" "$out/$t/finding-${f##*/}"
+done
+
 # records: a format byte (0 CSV, 1 JSON, 2 NDJSON) and a chunk-size byte, then the file.
 n=0
 while IFS= read -r f; do

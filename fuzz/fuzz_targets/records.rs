@@ -82,9 +82,12 @@ fn reference(format: Format, data: &[u8]) -> Option<Rows> {
             }
             Some(rows)
         }
-        Format::Json => serde_json::from_slice::<Vec<Map<String, Value>>>(data)
-            .ok()
-            .map(object_rows),
+        // The reader takes one UTF-8 byte order mark at the start; serde_json takes none.
+        Format::Json => serde_json::from_slice::<Vec<Map<String, Value>>>(
+            data.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(data),
+        )
+        .ok()
+        .map(object_rows),
         Format::Ndjson => {
             let text = std::str::from_utf8(data).ok()?;
             let mut objects = Vec::new();
@@ -97,6 +100,23 @@ fn reference(format: Format, data: &[u8]) -> Option<Rows> {
             Some(object_rows(objects))
         }
     }
+}
+
+/// A record's wide integers (digits that do not fit in 64 bits) as serde_json writes their
+/// float.
+fn rounded(row: Vec<(String, String)>) -> Vec<(String, String)> {
+    row.into_iter()
+        .map(|(k, v)| {
+            let digits = v.strip_prefix('-').unwrap_or(&v);
+            let wide = !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && v.parse::<i64>().is_err();
+            match serde_json::from_str::<Value>(&v) {
+                Ok(n) if wide => (k, n.to_string()),
+                _ => (k, v),
+            }
+        })
+        .collect()
 }
 
 fuzz_target!(|input: &[u8]| {
@@ -118,6 +138,16 @@ fuzz_target!(|input: &[u8]| {
         ),
         Ok(rows) => {
             if let Some(expected) = reference(format, data) {
+                // The reader keeps an integer beyond 64 bits as its digits (docs/plan.md);
+                // serde_json rounds it to a float: compare such a value as serde_json has it.
+                // (Both sides: a string of such digits is text to both, and rounds alike.)
+                let (rows, expected): (Rows, Rows) = match format {
+                    Format::Csv => (rows, expected),
+                    Format::Json | Format::Ndjson => (
+                        rows.into_iter().map(rounded).collect(),
+                        expected.into_iter().map(rounded).collect(),
+                    ),
+                };
                 assert_eq!(
                     rows, expected,
                     "the reader disagrees with the reference reading"

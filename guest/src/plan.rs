@@ -748,6 +748,27 @@ pub fn parse_composed(
     plan_path: Option<&str>,
     read: crate::include::Reader<'_>,
 ) -> Result<Loaded, PlanError> {
+    // A node at the very end of the input (an empty document's null) is marked on a line after
+    // the last; an error is shown where an editor can put the cursor. (An included file's
+    // errors are placed by its own load.)
+    load_composed(source, inputs, plan_path, read).map_err(|e| PlanError {
+        loc: e.loc.map(|l| {
+            if l.file.is_none() {
+                yaml::within(source, l)
+            } else {
+                l
+            }
+        }),
+        ..e
+    })
+}
+
+fn load_composed(
+    source: &str,
+    inputs: &Inputs,
+    plan_path: Option<&str>,
+    read: crate::include::Reader<'_>,
+) -> Result<Loaded, PlanError> {
     let root = yaml::parse(source)
         .map_err(|e| PlanError {
             message: if e.limit {
@@ -2120,6 +2141,24 @@ steps:
             loaded.locations.iter().map(|l| l.line).collect::<Vec<_>>(),
             [4, 6, 9, 12, 14, 19, 24, 31]
         );
+    }
+
+    /// Issue 19 (found by the `plan` fuzz target): the null document of `---` was reported on
+    /// line 2 of a one-line text, where no editor and no excerpt can show it.
+    #[test]
+    fn an_error_at_the_end_of_the_plan_is_on_its_last_line() {
+        let e = err("---");
+        assert!(e.message.contains("mapping"), "{e:?}");
+        assert_eq!(
+            e.loc,
+            Some(Loc {
+                line: 1,
+                column: 4,
+                file: None
+            })
+        );
+        let e = err("steps:\n  - dir: a\n  -");
+        assert_eq!(e.loc.map(|l| l.line), Some(3), "{e:?}");
     }
 
     #[test]

@@ -144,6 +144,8 @@ struct Bytes<S: ChunkSource> {
     error: Option<S::Error>,
     /// For CSV: the quoting check of every byte handed to the `csv` crate.
     csv: Option<CsvCheck>,
+    /// The next read hands out at most one byte (see [`Bytes::skip_bom`]).
+    first_byte: bool,
 }
 
 /// RFC 4180 quoting, checked strictly: the `csv` crate reads `"Li"nus` as `Linus` and lets
@@ -181,16 +183,18 @@ impl CsvCheck {
         }
     }
 
-    /// Check `data`; false at the first violation, which is kept in `error`. The state is
-    /// held in locals for the loop (this runs once per byte of every CSV file) and written
-    /// back at the end.
-    fn feed(&mut self, data: &[u8]) -> bool {
+    /// Check `data` and return how many of its bytes come before the first violation (all of
+    /// them when there is none); the violation is kept in `error`. The state is held in locals
+    /// for the loop (this runs once per byte of every CSV file) and written back at the end.
+    fn feed(&mut self, data: &[u8]) -> usize {
         let (mut line, mut records) = (self.line, self.records);
         let (mut field_start, mut record_empty) = (self.field_start, self.record_empty);
         let (mut in_quotes, mut quote_pending) = (self.in_quotes, self.quote_pending);
         let mut quote_line = self.quote_line;
         let mut problem: Option<String> = None;
-        for &b in data {
+        let mut good = data.len();
+        for (i, &b) in data.iter().enumerate() {
+            good = i;
             if in_quotes {
                 if quote_pending {
                     quote_pending = false;
@@ -252,8 +256,11 @@ impl CsvCheck {
         self.quote_pending = quote_pending;
         self.quote_line = quote_line;
         match problem {
-            Some(what) => self.fail(what),
-            None => true,
+            Some(what) => {
+                self.fail(what);
+                good
+            }
+            None => data.len(),
         }
     }
 
@@ -285,6 +292,7 @@ impl<S: ChunkSource> Bytes<S> {
             eof: false,
             error: None,
             csv: None,
+            first_byte: false,
         }
     }
 
@@ -300,6 +308,34 @@ impl<S: ChunkSource> Bytes<S> {
             self.eof = self.chunk.is_empty();
         }
         Ok(true)
+    }
+
+    /// Gather at least `n` bytes in the current chunk, or what is left of the file, joining
+    /// chunks as needed.
+    fn gather(&mut self, n: usize) -> Result<(), S::Error> {
+        while self.chunk.len() - self.pos < n && !self.eof {
+            let next = self.source.next_chunk()?;
+            self.eof = next.is_empty();
+            self.chunk.drain(..self.pos);
+            self.offset += self.pos as u64;
+            self.pos = 0;
+            self.chunk.extend_from_slice(&next);
+        }
+        Ok(())
+    }
+
+    /// Skip a UTF-8 byte order mark at the start of a CSV file, however the file is chunked.
+    /// The `csv` crate strips one only when all three bytes come in its first read, so a file
+    /// split into small chunks kept a mark that a file read whole lost; so idem strips it, and
+    /// the crate's first read is one byte (see `first_byte`), so the crate never strips
+    /// another. The quoting check never sees the mark (a `"` right after it opens a field).
+    fn skip_bom(&mut self) -> Result<(), S::Error> {
+        self.gather(3)?;
+        if self.buffered().starts_with(b"\xEF\xBB\xBF") {
+            self.pos += 3;
+        }
+        self.first_byte = true;
+        Ok(())
     }
 
     /// Bytes of the file consumed so far.
@@ -323,14 +359,26 @@ impl<S: ChunkSource> io::Read for Bytes<S> {
                 Ok(0)
             }
             Ok(true) => {
-                let n = self.buffered().len().min(out.len());
-                let data = &self.chunk[self.pos..self.pos + n];
-                if let Some(check) = &mut self.csv
-                    && !check.feed(data)
-                {
-                    return Err(malformed());
+                let mut n = self.buffered().len().min(out.len());
+                if self.first_byte {
+                    self.first_byte = false;
+                    n = n.min(1);
                 }
-                out[..n].copy_from_slice(data);
+                let data = &self.chunk[self.pos..self.pos + n];
+                // The `csv` crate reads the bytes before a violation, and meets the violation
+                // only when it reads on, so that whichever of its own errors (UTF-8, say) or
+                // the quoting comes first in the file is the one reported, however the file
+                // is split into chunks.
+                if let Some(check) = &mut self.csv {
+                    if check.error.is_some() {
+                        return Err(malformed());
+                    }
+                    n = check.feed(data);
+                    if n == 0 {
+                        return Err(malformed());
+                    }
+                }
+                out[..n].copy_from_slice(&data[..n]);
                 self.pos += n;
                 Ok(n)
             }
@@ -344,10 +392,16 @@ impl<S: ChunkSource> io::Read for Bytes<S> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum JsonState {
-    /// Before the opening `[`.
+    /// At the first byte of the file.
     Start,
-    /// After `[` or `,`: an element or `]` comes next.
+    /// Inside a UTF-8 byte order mark at the start: how many of its bytes have been read.
+    Bom(u8),
+    /// Before the opening `[`, after whitespace (or the mark).
+    Lead,
+    /// After `[`: an element or `]` comes next.
     Before,
+    /// After `,`: an element comes next (JSON has no trailing comma).
+    Next,
     /// Inside an element.
     InValue,
     /// After an element: `,` or `]` comes next.
@@ -397,6 +451,10 @@ impl<S: ChunkSource> Records<S> {
         let mut bytes = Bytes::new(source);
         let inner = match format {
             Format::Csv => {
+                bytes.skip_bom().map_err(|e| ReadError {
+                    message: format!("{file}: cannot read the header row"),
+                    cause: Some(e),
+                })?;
                 bytes.csv = Some(CsvCheck::new());
                 let mut reader = csv::ReaderBuilder::new()
                     .flexible(true)
@@ -405,7 +463,7 @@ impl<S: ChunkSource> Records<S> {
                 let header = match reader.headers() {
                     Ok(h) => h.iter().map(str::to_owned).collect::<Vec<_>>(),
                     Err(e) => {
-                        if let Some(e) = quoting_error(file, reader.get_mut()) {
+                        if let Some(e) = quoting_error(file, &e, reader.get_mut()) {
                             return Err(e);
                         }
                         let cause = reader.get_mut().error.take();
@@ -572,7 +630,7 @@ impl<S: ChunkSource> Records<S> {
                     Ok(Some(Record::Csv(header, record)))
                 }
                 Err(e) => {
-                    if let Some(e) = quoting_error(file, reader.get_mut()) {
+                    if let Some(e) = quoting_error(file, &e, reader.get_mut()) {
                         return Err(e);
                     }
                     let cause = reader.get_mut().error.take();
@@ -596,14 +654,15 @@ impl<S: ChunkSource> Records<S> {
                     escaped,
                 };
                 element.clear();
-                let complete = loop {
+                loop {
                     match bytes.fill() {
                         Ok(true) => {}
                         Ok(false) => {
                             if *scan.state == JsonState::Done {
                                 return Ok(None);
                             }
-                            let what = if *scan.state == JsonState::Start {
+                            let what = if matches!(*scan.state, JsonState::Start | JsonState::Lead)
+                            {
                                 "the file is empty; expected a JSON array of objects"
                             } else {
                                 "the JSON array is not closed with `]`"
@@ -625,8 +684,7 @@ impl<S: ChunkSource> Records<S> {
                     bytes.pos += used;
                     match outcome {
                         Feed::More => {}
-                        Feed::Element => break true,
-                        Feed::End => break false,
+                        Feed::Element => break,
                         Feed::Error(what) => {
                             return Err(ReadError {
                                 message: format!("{file}: after record {}: {what}", self.count),
@@ -634,9 +692,6 @@ impl<S: ChunkSource> Records<S> {
                             });
                         }
                     }
-                };
-                if !complete {
-                    return Ok(None);
                 }
                 self.count += 1;
                 *object = parse_object(element).map_err(|e| ReadError {
@@ -698,8 +753,16 @@ impl<S: ChunkSource> Records<S> {
     }
 }
 
-/// The quoting check's error, worded with the row and line.
-fn quoting_error<S: ChunkSource>(file: &str, bytes: &mut Bytes<S>) -> Option<ReadError<S::Error>> {
+/// The quoting check's error, worded with the row and line, when it is what stopped the `csv`
+/// crate: a violation the crate has not read up to yet (its own error came first) waits.
+fn quoting_error<S: ChunkSource>(
+    file: &str,
+    e: &csv::Error,
+    bytes: &mut Bytes<S>,
+) -> Option<ReadError<S::Error>> {
+    if !matches!(e.kind(), csv::ErrorKind::Io(_)) {
+        return None;
+    }
     let (records, line, what) = bytes.csv.as_mut()?.error.take()?;
     let row = if records == 0 {
         "the header row".to_owned()
@@ -732,6 +795,10 @@ fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, String> {
     let quoted;
     let bytes = match quote_wide_integers(bytes) {
         Some(q) => {
+            // Quoting must not make valid what is not (`{123…: 1}`, `[00123…]`): the text is
+            // checked as it is first, which only objects with wide integers pay for.
+            serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+                .map_err(|e| format!("invalid JSON: {e}"))?;
             quoted = q;
             &quoted[..]
         }
@@ -804,8 +871,6 @@ enum Feed {
     More,
     /// An element's bytes are complete.
     Element,
-    /// The array ended.
-    End,
     /// Not a JSON array.
     Error(String),
 }
@@ -826,21 +891,43 @@ impl JsonScan<'_> {
         while i < data.len() {
             let b = data[i];
             match *self.state {
-                JsonState::Start => {
-                    if b == b'[' {
-                        *self.state = JsonState::Before;
-                    } else if !is_space_or_bom(b) {
+                JsonState::Start | JsonState::Lead | JsonState::Bom(_) => {
+                    // One byte order mark, only as the file's first bytes; then JSON's own
+                    // whitespace (not `is_ascii_whitespace`, which has form feed).
+                    const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
+                    *self.state = match (*self.state, b) {
+                        (JsonState::Start, 0xEF) => JsonState::Bom(1),
+                        (JsonState::Bom(n), b) if b == BOM[usize::from(n)] => {
+                            if n == 2 {
+                                JsonState::Lead
+                            } else {
+                                JsonState::Bom(n + 1)
+                            }
+                        }
+                        (JsonState::Start | JsonState::Lead, b'[') => JsonState::Before,
+                        (JsonState::Start | JsonState::Lead, b) if is_json_space(b) => {
+                            JsonState::Lead
+                        }
+                        _ => {
+                            return (
+                                i,
+                                Feed::Error("expected a JSON array starting with `[`".into()),
+                            );
+                        }
+                    };
+                }
+                JsonState::Before | JsonState::Next => {
+                    if b == b']' && *self.state == JsonState::Before {
+                        // The rest of the file is still read: only whitespace may follow.
+                        *self.state = JsonState::Done;
+                    } else if b == b']' {
                         return (
                             i,
-                            Feed::Error("expected a JSON array starting with `[`".into()),
+                            Feed::Error(
+                                "a `,` before the closing `]` (JSON has no trailing comma)".into(),
+                            ),
                         );
-                    }
-                }
-                JsonState::Before => {
-                    if b == b']' {
-                        *self.state = JsonState::Done;
-                        return (i + 1, Feed::End);
-                    } else if !b.is_ascii_whitespace() {
+                    } else if !is_json_space(b) {
                         *self.state = JsonState::InValue;
                         continue;
                     }
@@ -877,9 +964,9 @@ impl JsonScan<'_> {
                     element.push(b);
                 }
                 JsonState::After => match b {
-                    b',' => *self.state = JsonState::Before,
+                    b',' => *self.state = JsonState::Next,
                     b']' => *self.state = JsonState::Done,
-                    _ if b.is_ascii_whitespace() => {}
+                    _ if is_json_space(b) => {}
                     _ => {
                         return (
                             i,
@@ -891,7 +978,7 @@ impl JsonScan<'_> {
                     }
                 },
                 JsonState::Done => {
-                    if !b.is_ascii_whitespace() {
+                    if !is_json_space(b) {
                         return (i, Feed::Error("content after the closing `]`".into()));
                     }
                 }
@@ -915,8 +1002,9 @@ pub fn estimated_total(done: u64, position: u64, size: u64) -> u64 {
     u64::try_from(estimate).unwrap_or(u64::MAX).max(done)
 }
 
-fn is_space_or_bom(b: u8) -> bool {
-    b.is_ascii_whitespace() || matches!(b, 0xEF | 0xBB | 0xBF)
+/// JSON's whitespace (RFC 8259: space, tab, line feed, carriage return).
+fn is_json_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
 #[cfg(test)]
@@ -949,12 +1037,18 @@ mod tests {
 
     /// Read every record as (field, text) pairs, at several chunk sizes that must agree.
     fn read_all(format: Format, data: &str) -> Result<Vec<Vec<(String, String)>>, String> {
+        read_bytes(format, data.as_bytes(), &[1, 2, 3, 7, 64 * 1024])
+    }
+
+    /// Read `data` split into chunks of each of `sizes`; every split must read alike.
+    fn read_bytes(
+        format: Format,
+        data: &[u8],
+        sizes: &[usize],
+    ) -> Result<Vec<Vec<(String, String)>>, String> {
         let mut results = Vec::new();
-        for size in [1, 2, 3, 7, 64 * 1024] {
-            let source = Chunks {
-                data: data.as_bytes(),
-                size,
-            };
+        for &size in sizes {
+            let source = Chunks { data, size };
             let result = (|| {
                 let mut records = Records::new("in", format, source).map_err(|e| e.message)?;
                 let mut out = Vec::new();
@@ -973,10 +1067,48 @@ mod tests {
             })();
             results.push(result);
         }
-        for r in &results[1..] {
-            assert_eq!(r, &results[0]);
+        for (r, size) in results[1..].iter().zip(&sizes[1..]) {
+            assert_eq!(
+                r, &results[0],
+                "chunks of {size} bytes against {}",
+                sizes[0]
+            );
         }
         results.remove(0)
+    }
+
+    /// Issue 19 (fuzz finding `records-error-depends-on-chunking`): a header that is not
+    /// UTF-8, with a stray quote on a later line, was a quote error when the quoting check saw
+    /// the whole file at once and a UTF-8 error when the file came in small chunks. The error
+    /// is now the one that comes first in the file, for every split.
+    #[test]
+    fn a_csv_error_does_not_depend_on_how_the_file_is_chunked() {
+        let finding = include_bytes!("../../fuzz/findings/records-error-depends-on-chunking");
+        // The finding is the fuzz target's input: a format byte, a chunk-size byte, the file.
+        let data = &finding[2..];
+        let sizes: Vec<usize> = std::iter::once(data.len()).chain(1..=40).collect();
+        let e = read_bytes(Format::Csv, data, &sizes).unwrap_err();
+        assert_eq!(e, "in: the header row (line 1) is not valid UTF-8");
+        // Within the rows: a row that is not UTF-8 before a row with a stray quote.
+        let data = b"id,name\n1,Ad\xffa\n2,Li\"nus\n";
+        let sizes: Vec<usize> = std::iter::once(data.len()).chain(1..=30).collect();
+        let e = read_bytes(Format::Csv, data, &sizes).unwrap_err();
+        assert_eq!(e, "in: row 1 (line 2) is not valid UTF-8");
+        // A byte order mark, read whole or a byte at a time, and a quoted field right after it
+        // (as spreadsheets write them).
+        let data = b"\xEF\xBB\xBF,,2\n1,2,3\n";
+        let sizes: Vec<usize> = std::iter::once(data.len()).chain(1..=8).collect();
+        let e = read_bytes(Format::Csv, data, &sizes).unwrap_err();
+        assert_eq!(e, "in: the header names `` twice");
+        let rows = read_bytes(Format::Csv, b"\xEF\xBB\xBF\"id\",n\n1,2\n", &sizes).unwrap();
+        assert_eq!(rows, [pairs(&[("id", "1"), ("n", "2")])]);
+        // One mark is skipped, as the `csv` crate does; a second is text of the first field.
+        let rows = read_bytes(Format::Csv, b"\xEF\xBB\xBF\xEF\xBB\xBFid\n1\n", &sizes).unwrap();
+        assert_eq!(rows, [pairs(&[("\u{feff}id", "1")])]);
+        // And the other way round: the quote comes first.
+        let data = b"id,name\n1,Li\"nus\n2,Ad\xffa\n";
+        let e = read_bytes(Format::Csv, data, &sizes).unwrap_err();
+        assert!(e.starts_with("in: row 1 (line 2): a `\"` inside"), "{e}");
     }
 
     #[test]
@@ -1133,6 +1265,57 @@ mod tests {
                 .contains("expected `,`")
         );
         assert!(read_all(Format::Json, "").unwrap_err().contains("empty"));
+    }
+
+    /// Issue 19 (found by the `records` fuzz target): an integer too wide for 64 bits is made
+    /// a string to keep its digits, and that made `{12345678901234567890: 1}` (a number as a
+    /// key) and `00012345678901234567890` (leading zeros) valid. They are errors again; a wide
+    /// value keeps its digits.
+    #[test]
+    fn keeping_a_wide_integer_never_makes_invalid_json_valid() {
+        for bad in [
+            "[{12345678901234567890: \"x\"}]",
+            "[{\"a\": 00012345678901234567890}]",
+            "[{\"a\": 12345678901234567890-1}]",
+        ] {
+            let e = read_all(Format::Json, bad).unwrap_err();
+            assert!(e.contains("invalid JSON"), "{bad}: {e}");
+            let nd = bad.trim_start_matches('[').trim_end_matches(']');
+            assert!(read_all(Format::Ndjson, nd).is_err(), "{nd}");
+        }
+        let rows = read_all(Format::Json, "[{\"a\": 12345678901234567890}]").unwrap();
+        assert_eq!(rows, [pairs(&[("a", "12345678901234567890")])]);
+    }
+
+    /// Issue 19 (found by the `records` fuzz target): what follows an empty array was never
+    /// read (`[]]]]` loaded as no records), a trailing comma was accepted (`[{},]`), and the
+    /// byte order mark's three bytes, or a form feed, were taken as whitespace anywhere before
+    /// the `[`. Each is now an error, as in every JSON parser.
+    #[test]
+    fn json_arrays_are_read_to_the_end_of_the_file_as_json_defines_them() {
+        let e = read_all(Format::Json, "[]]]]").unwrap_err();
+        assert!(e.contains("content after the closing `]`"), "{e}");
+        assert!(read_all(Format::Json, "[] x").is_err());
+        assert_eq!(read_all(Format::Json, " [ ] \r\n\t").unwrap().len(), 0);
+        let e = read_all(Format::Json, "[{\"a\":1},]").unwrap_err();
+        assert!(e.contains("trailing comma"), "{e}");
+        assert!(read_all(Format::Json, "[{\"a\":1}, ]").is_err());
+        let bad: [&[u8]; 6] = [
+            b"\xBB[{}]",
+            b"\xBF\xEF[{}]",
+            b"\xEF\xBB\xBF\xEF\xBB\xBF[{}]",
+            b" \xEF\xBB\xBF[{}]",
+            b"\x0c[{}]",
+            b"[{}]\x0c",
+        ];
+        for b in bad {
+            assert!(
+                read_bytes(Format::Json, b, &[1, 2, 64]).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(b)
+            );
+        }
+        assert_eq!(read_all(Format::Json, "\u{feff} [{}]").unwrap().len(), 1);
     }
 
     #[test]

@@ -79,8 +79,8 @@ pub struct YamlError {
     pub message: String,
     /// Where it stopped.
     pub loc: Option<Loc>,
-    /// Well-formed YAML that the loader refuses to expand (nesting or aliases too large),
-    /// rather than a syntax error.
+    /// Well-formed YAML that the loader refuses (nesting or aliases too large, a bare
+    /// carriage return), rather than a syntax error.
     pub limit: bool,
 }
 
@@ -209,8 +209,62 @@ enum Frame {
     Map(Vec<(Node, Node)>, Option<Node>, Loc, usize),
 }
 
+/// The first carriage return that is not followed by a line feed, as a location counted in
+/// line feeds.
+///
+/// YAML counts a bare CR (classic Mac OS line ends) as a line break, and so would the parser's
+/// markers; editors do not agree (VS Code breaks the line, vim and Emacs show `^M` inside it),
+/// and idem's excerpts, like `grep -n`, count line feeds. A bare CR is therefore refused where
+/// it is, so that every line and column idem reports is the one an editor shows: a plan has
+/// LF or CRLF line ends (a CRLF is one line end), and a literal CR in a value is written
+/// `"\r"`.
+fn bare_cr(source: &str) -> Option<Loc> {
+    let bytes = source.as_bytes();
+    let at = bytes
+        .iter()
+        .enumerate()
+        .position(|(i, &b)| b == b'\r' && bytes.get(i + 1) != Some(&b'\n'))?;
+    let before = &source[..at];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    Some(Loc {
+        line: u32::try_from(before.bytes().filter(|&b| b == b'\n').count() + 1).unwrap_or(u32::MAX),
+        column: u32::try_from(before[line_start..].chars().count() + 1).unwrap_or(u32::MAX),
+        file: None,
+    })
+}
+
+/// `loc` moved into the text where it lies past it: the parser marks the end of the input as
+/// the start of a line after the last (`{{` fails at 2:1), where an editor has no such line;
+/// the error is then at the end of the last line.
+pub fn within(source: &str, loc: Loc) -> Loc {
+    let lines: Vec<&str> = source.split('\n').collect();
+    let line = (loc.line.max(1) as usize).min(lines.len());
+    let text = lines[line - 1];
+    let width = text.strip_suffix('\r').unwrap_or(text).chars().count();
+    let column = if line < loc.line as usize {
+        width + 1
+    } else {
+        (loc.column as usize).min(width + 1)
+    };
+    Loc {
+        line: u32::try_from(line).unwrap_or(u32::MAX),
+        column: u32::try_from(column.max(1)).unwrap_or(u32::MAX),
+        file: loc.file,
+    }
+}
+
 /// Parse one YAML document into a tree; `None` when the source holds no document.
 pub fn parse(source: &str) -> Result<Option<Node>, YamlError> {
+    if let Some(loc) = bare_cr(source) {
+        return Err(YamlError {
+            limit: true,
+            message: "a carriage return that does not end a line (a bare CR); idem counts \
+                      lines by line feeds, so save the plan with LF or CRLF line ends, and \
+                      write a CR inside a value as \"\\r\""
+                .into(),
+            loc: Some(loc),
+        });
+    }
     let mut stack: Vec<Frame> = Vec::new();
     // Each anchored node with its size, computed once.
     let mut anchors: HashMap<usize, (Node, (usize, usize))> = HashMap::new();
@@ -231,7 +285,10 @@ pub fn parse(source: &str) -> Result<Option<Node>, YamlError> {
         let (event, span) = event.map_err(|e| YamlError {
             limit: false,
             message: e.info().to_string(),
-            loc: Some(marker_loc(e.marker().line(), e.marker().col())),
+            loc: Some(within(
+                source,
+                marker_loc(e.marker().line(), e.marker().col()),
+            )),
         })?;
         let (node, anchor) = match event {
             Event::DocumentStart(_) => {
@@ -444,6 +501,90 @@ mod tests {
         assert_eq!(e.loc.map(|l| l.line), Some(1));
         let fine = format!("{}{}", "[".repeat(100), "]".repeat(100));
         assert!(parse(&fine).is_ok(), "{:?}", parse(&fine));
+    }
+
+    /// Issue 19 (fuzz finding `plan-error-location-outside-text`): bare CRs counted as line
+    /// breaks put an error on line 112 of a text of four lines. A bare CR is refused at the
+    /// line and column an editor counting line feeds shows; CRLF line ends still read.
+    #[test]
+    fn a_bare_cr_is_refused_at_the_line_an_editor_shows() {
+        let finding = include_str!("../../fuzz/findings/plan-error-location-outside-text");
+        let e = parse(finding).unwrap_err();
+        assert!(e.message.contains("bare CR"), "{e:?}");
+        let first = finding.find('\r').unwrap();
+        assert_eq!(
+            e.loc,
+            Some(Loc {
+                line: 1,
+                column: first as u32 + 1,
+                file: None
+            })
+        );
+        let e = parse("steps:\n  - dir: a\n  # note\r  - dir: b\n").unwrap_err();
+        assert_eq!(
+            e.loc,
+            Some(Loc {
+                line: 3,
+                column: 9,
+                file: None
+            })
+        );
+        assert_eq!(
+            parse("a: 1\r").unwrap_err().loc,
+            Some(Loc {
+                line: 1,
+                column: 5,
+                file: None
+            })
+        );
+        let root = parse("steps:\r\n  - dir: a\r\n  - dir: é\r\n  - [x\r\n")
+            .unwrap_err()
+            .loc
+            .unwrap();
+        assert_eq!(root.line, 5, "CRLF is one line end");
+        let root = parse("steps:\r\n  - dir: a\r\n  - dir: b\r\n")
+            .unwrap()
+            .unwrap();
+        let Kind::Map(entries) = &root.kind else {
+            panic!("not a map")
+        };
+        let Kind::Seq(steps) = &entries[0].1.kind else {
+            panic!("not a seq")
+        };
+        assert_eq!(
+            steps[1].loc,
+            Loc {
+                line: 3,
+                column: 5,
+                file: None
+            }
+        );
+    }
+
+    /// Issue 19 (found by the `plan` fuzz target): an error at the end of the input was put
+    /// on a line after the last one (`{{` at 2:1), which no editor shows and no excerpt can
+    /// quote. It is at the end of the last line.
+    #[test]
+    fn an_error_at_the_end_of_the_input_is_on_its_last_line() {
+        assert_eq!(
+            parse("{{").unwrap_err().loc,
+            Some(Loc {
+                line: 1,
+                column: 3,
+                file: None
+            })
+        );
+        assert_eq!(
+            parse("steps:\r\n  - [a").unwrap_err().loc,
+            Some(Loc {
+                line: 2,
+                column: 7,
+                file: None
+            })
+        );
+        // After a final line feed the empty last line is there, in an editor too.
+        let e = parse("steps:\n  - [a\n").unwrap_err().loc.unwrap();
+        assert!(e.line <= 3, "{e:?}");
     }
 
     #[test]

@@ -514,7 +514,11 @@ fn check_hosts(steps: &[StepInfo]) -> std::result::Result<(), PlanError> {
             if let Err(why) = crate::netpolicy::HostRule::parse_entry(host) {
                 return Err(PlanError {
                     message: why,
-                    location: net.host_locations.get(i).cloned().or_else(|| step.location.clone()),
+                    location: net
+                        .host_locations
+                        .get(i)
+                        .cloned()
+                        .or_else(|| step.location.clone()),
                     hint: Some(crate::netpolicy::HOSTS_HINT.to_owned()),
                 });
             }

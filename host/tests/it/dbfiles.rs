@@ -32,6 +32,24 @@ fn plan_is_apply(t: &Env) -> serde_json::Value {
     applied
 }
 
+/// Issue 19 (found by the generator's plugin steps): a plugin listing the directory of a
+/// database that an earlier step of the dry run created saw it 0 bytes long, its size when
+/// its copy was planned; apply saw its pages. The listing gives the copy's size now.
+#[test]
+fn a_listing_in_a_dry_run_sees_a_planned_database_at_its_size() {
+    let t = Env::new();
+    t.write("plugins/manifest.wasm", &crate::plugins::built().manifest);
+    t.write("in/r.csv", ROWS);
+    t.write(
+        "idem.yml",
+        "steps:\n  - upsert: a/app.db\n    table: t1\n    key: id\n    from: in/r.csv\n  - plugin: plugins/manifest.wasm\n    config: {dir: a}\n    paths: [a]\n",
+    );
+    let applied = plan_is_apply(&t);
+    let bytes = applied["steps"][1]["counters"]["bytes"].as_u64().unwrap();
+    assert_eq!(bytes, std::fs::metadata(t.path("a/app.db")).unwrap().len());
+    assert!(bytes > 0);
+}
+
 #[test]
 fn a_database_written_then_copied_is_copied_in_the_dry_run_too() {
     let t = Env::new();

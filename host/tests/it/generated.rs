@@ -1,5 +1,6 @@
 //! The promises proven by generation (issue 19), not by example: proptest generates plans over
-//! every operation and field of docs/plan.md and starting trees (fresh, partly converged by a
+//! every operation and field of docs/plan.md, plugin steps of two test plugins included (see
+//! [`PluginCall`]), and starting trees (fresh, partly converged by a
 //! prefix of the plan, edited by hand, with symbolic links and databases in odd places), and
 //! the real binary must keep, for every case:
 //!
@@ -46,9 +47,9 @@ use crate::support::*;
 
 const DEFAULT_SEED: u64 = 0x1de4_0019_9e37_79b9;
 /// Generated cases in the default run (measured: see docs/guarantees.md).
-const DEFAULT_CASES: u32 = 2000;
+const DEFAULT_CASES: u32 = 600;
 /// Kill points in the default run, [`POINTS_PER_PLAN`] in each generated plan.
-const DEFAULT_KILLS: usize = 800;
+const DEFAULT_KILLS: usize = 240;
 const POINTS_PER_PLAN: usize = 4;
 
 // ---------------------------------------------------------------------------------------------
@@ -302,6 +303,105 @@ pub enum Step {
         scope: Option<&'static str>,
         steps: Vec<Step>,
     },
+    Plugin {
+        call: PluginCall,
+        /// `paths: [.]` (and the database) instead of exactly the paths the call touches.
+        whole_root: bool,
+    },
+}
+
+/// A plugin step: one of the test plugins, in a mode that converges (a second run of it alone
+/// changes nothing). The plugin files are written into the root at [`HOSTILE_WASM`] and
+/// [`MANIFEST_WASM`] by [`build`].
+#[derive(Clone, Debug)]
+pub enum PluginCall {
+    /// tests/plugins/hostile, mode `well-behaved`: `path` holds `content` (its directory must
+    /// be there).
+    Write {
+        path: &'static str,
+        content: &'static str,
+    },
+    /// tests/plugins/hostile, mode `checkpoint`: `dir` is made (with its parents), and each
+    /// item not yet marked done in the plugin's scope `items` is written to `dir/ITEM.txt`,
+    /// then marked. The scope is the plugin file's, so two such steps share their marks.
+    Checkpoint {
+        dir: &'static str,
+        items: Vec<&'static str>,
+    },
+    /// tests/plugins/hostile, mode `upsert`: table `items (name, len)` of `db` has a row per
+    /// item, written only where it differs, in one transaction.
+    Upsert {
+        db: &'static str,
+        items: Vec<&'static str>,
+    },
+    /// examples/plugins/rust: a manifest of `dir` (every file under it with its size) at
+    /// `output`, or `dir/MANIFEST`.
+    Manifest {
+        dir: &'static str,
+        output: Option<&'static str>,
+    },
+}
+
+/// Where a case's root holds the test plugins, when its plan has plugin steps.
+const HOSTILE_WASM: &str = "p/hostile.wasm";
+const MANIFEST_WASM: &str = "p/manifest.wasm";
+/// Items of the checkpoint and upsert plugins: `a` + `x` is `a/x.txt`, a path other steps
+/// write too.
+const PLUGIN_ITEMS: &[&str] = &["x", "y", "1"];
+const MANIFEST_OUTPUTS: &[&str] = &["a/MANIFEST", "x.txt", "b/m.txt"];
+
+impl PluginCall {
+    fn wasm(&self) -> &'static str {
+        match self {
+            PluginCall::Manifest { .. } => MANIFEST_WASM,
+            _ => HOSTILE_WASM,
+        }
+    }
+
+    fn config(&self) -> Value {
+        match self {
+            PluginCall::Write { path, content } => {
+                serde_json::json!({"mode": "well-behaved", "path": path, "content": content})
+            }
+            PluginCall::Checkpoint { dir, items } => {
+                serde_json::json!({"mode": "checkpoint", "path": dir, "items": items})
+            }
+            PluginCall::Upsert { db, items } => {
+                serde_json::json!({"mode": "upsert", "database": db, "items": items})
+            }
+            PluginCall::Manifest { dir, output } => match output {
+                Some(o) => serde_json::json!({"dir": dir, "output": o}),
+                None => serde_json::json!({"dir": dir}),
+            },
+        }
+    }
+
+    /// The `paths` a step of exactly this call's reach names.
+    fn paths(&self) -> Vec<String> {
+        match self {
+            PluginCall::Write { path, .. } => vec![path.to_string()],
+            PluginCall::Checkpoint { dir, .. } => vec![dir.to_string()],
+            PluginCall::Upsert { .. } => Vec::new(),
+            PluginCall::Manifest { dir, output } => {
+                let mut v = vec![dir.to_string()];
+                if let Some(o) = output
+                    && !under(&norm(o), &norm(dir))
+                {
+                    v.push(o.to_string());
+                }
+                v
+            }
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            PluginCall::Write { .. } => "plugin-write",
+            PluginCall::Checkpoint { .. } => "plugin-checkpoint",
+            PluginCall::Upsert { .. } => "plugin-upsert",
+            PluginCall::Manifest { .. } => "plugin-manifest",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -483,8 +583,33 @@ fn step(sub: bool) -> BoxedStrategy<Step> {
                 scope,
                 steps,
             });
-        prop_oneof![3 => dir, 4 => file, 2 => remove, 2 => cleanup, 2 => upsert, 2 => each].boxed()
+        prop_oneof![
+            3 => dir,
+            4 => file,
+            2 => remove,
+            2 => cleanup,
+            2 => upsert,
+            2 => each,
+            2 => plugin_step(),
+        ]
+        .boxed()
     }
+}
+
+/// A plugin step (top level only): a call of a test plugin, granted exactly what it touches or
+/// the whole root.
+fn plugin_step() -> impl Strategy<Value = Step> + Clone {
+    let items = || prop::sample::subsequence(PLUGIN_ITEMS.to_vec(), 1..=3);
+    let call = prop_oneof![
+        3 => (file_path(false), pick(CONTENTS))
+            .prop_map(|(path, content)| PluginCall::Write { path, content }),
+        2 => (dir_path(false), items()).prop_map(|(dir, items)| PluginCall::Checkpoint { dir, items }),
+        2 => (pick(DB_PATHS), items()).prop_map(|(db, items)| PluginCall::Upsert { db, items }),
+        2 => (dir_path(false), prop::option::weighted(0.5, pick(MANIFEST_OUTPUTS)))
+            .prop_map(|(dir, output)| PluginCall::Manifest { dir, output }),
+    ];
+    (call, prop::bool::weighted(0.3))
+        .prop_map(|(call, whole_root)| Step::Plugin { call, whole_root })
 }
 
 /// A key: one field, or a compound key (in flow style, as a list).
@@ -690,6 +815,47 @@ fn render_step(s: &Step, indent: &str, out: &mut String) {
                 render_step(s, &format!("{i}    "), out);
             }
         }
+        Step::Plugin { call, whole_root } => {
+            writeln!(out, "{i}- plugin: {}", q(call.wasm())).unwrap();
+            writeln!(out, "{i}  config: {}", call.config()).unwrap();
+            let paths = if *whole_root {
+                vec![".".to_string()]
+            } else {
+                call.paths()
+            };
+            if !paths.is_empty() {
+                writeln!(
+                    out,
+                    "{i}  paths: {}",
+                    serde_json::to_string(&paths).unwrap()
+                )
+                .unwrap();
+            }
+            if let PluginCall::Upsert { db, .. } = call {
+                writeln!(out, "{i}  databases: [{}]", q(db)).unwrap();
+            }
+        }
+    }
+}
+
+/// The plugin files a plan's steps run.
+fn plugin_files(steps: &[Step]) -> BTreeSet<&'static str> {
+    steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Plugin { call, .. } => Some(call.wasm()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A plugin file's component, built from the workspace (once per test run).
+fn plugin_bytes(wasm: &str) -> &'static [u8] {
+    let built = crate::plugins::built();
+    if wasm == MANIFEST_WASM {
+        &built.manifest
+    } else {
+        &built.hostile
     }
 }
 
@@ -819,6 +985,10 @@ fn build(case: &Case) -> World {
         env.write(path, content);
         set_mtime(&env.path(path), NOW - 86_400);
     }
+    for wasm in plugin_files(&case.plan) {
+        env.write(wasm, plugin_bytes(wasm));
+        set_mtime(&env.path(wasm), NOW - 86_400);
+    }
     for e in &case.tree {
         let parent_ok = |p: &str| {
             let p = root.join(p);
@@ -915,6 +1085,20 @@ fn describe(case: &Case) -> String {
     for (path, content) in inputs(&case.records) {
         writeln!(s, "mkdir -p in && printf %s {} > {path}", shell(&content)).unwrap();
     }
+    for wasm in plugin_files(&case.plan) {
+        let from = if wasm == MANIFEST_WASM {
+            "idem_plugin_manifest.wasm"
+        } else {
+            "idem_hostile_plugin.wasm"
+        };
+        writeln!(
+            s,
+            "mkdir -p p && cp $WORKSPACE/target/guest/wasm32-wasip2/release/{from} {wasm} && \
+             touch -d @{} {wasm}",
+            NOW - 86_400
+        )
+        .unwrap();
+    }
     for e in &case.tree {
         match e {
             Entry::Dir { path, mode } => writeln!(s, "mkdir -p {path} && chmod {:o} {path}", mode),
@@ -987,6 +1171,8 @@ enum Eff {
     Del(String),
     /// Some files (and directories) under this path are gone.
     Clean(String),
+    /// What is under this directory (names and sizes) is read.
+    ReadDir(String),
 }
 
 impl Eff {
@@ -998,7 +1184,8 @@ impl Eff {
             | Eff::ReadFile(p)
             | Eff::ReadRecords(p)
             | Eff::Del(p)
-            | Eff::Clean(p) => p,
+            | Eff::Clean(p)
+            | Eff::ReadDir(p) => p,
         }
     }
 }
@@ -1067,7 +1254,7 @@ fn each_territory(case: &Case, from: &Source, steps: &[Step]) -> Vec<String> {
                 | Step::Remove { path, .. }
                 | Step::Cleanup { path, .. } => path,
                 Step::Upsert { db, .. } => db,
-                Step::Each { .. } => continue,
+                Step::Each { .. } | Step::Plugin { .. } => continue,
             };
             out.extend(render_safe(t, &r));
         }
@@ -1133,6 +1320,28 @@ fn effects_of(case: &Case, s: &Step, rec: Option<&Rec>, out: &mut Vec<Eff>) {
                 }
             }
         }
+        Step::Plugin { call, .. } => {
+            out.push(Eff::ReadFile(call.wasm().to_string()));
+            match call {
+                PluginCall::Write { path, .. } => out.push(Eff::Put(norm(path))),
+                PluginCall::Checkpoint { dir, items } => {
+                    let d = norm(dir);
+                    mk_parents(&d, out);
+                    out.push(Eff::Mk(d.clone(), None));
+                    for item in items {
+                        out.push(Eff::Put(norm(&format!("{d}/{item}.txt"))));
+                    }
+                }
+                PluginCall::Upsert { db, .. } => out.push(Eff::Db(norm(db), "items".into())),
+                PluginCall::Manifest { dir, output } => {
+                    let d = norm(dir);
+                    out.push(Eff::ReadDir(d.clone()));
+                    out.push(Eff::Put(norm(
+                        &output.map_or(format!("{d}/MANIFEST"), str::to_string),
+                    )));
+                }
+            }
+        }
     }
 }
 
@@ -1177,6 +1386,11 @@ fn aliases(p: &str, links: &[(String, String)]) -> Vec<String> {
 /// paths `p` (of `a`) and `q` (of `b`). Deliberately generous: a plan flagged here may still
 /// converge, but one not flagged must.
 fn undoes(a: &Eff, p: &str, b: &Eff, q: &str) -> bool {
+    let reads = |e: &Eff| matches!(e, Eff::ReadFile(_) | Eff::ReadRecords(_) | Eff::ReadDir(_));
+    if let Eff::ReadDir(_) = a {
+        // Any later change at, under or above a listed directory changes what was listed.
+        return !reads(b) && (under(q, p) || under(p, q));
+    }
     let establishes = matches!(
         a,
         Eff::Mk(..) | Eff::Put(_) | Eff::Db(..) | Eff::ReadFile(_) | Eff::ReadRecords(_)
@@ -1191,14 +1405,18 @@ fn undoes(a: &Eff, p: &str, b: &Eff, q: &str) -> bool {
             Eff::Put(_) => under(q, p),
             Eff::Del(_) | Eff::Clean(_) => under(q, p),
             Eff::Mk(_, m1) => p == q && m1.is_some() && m2.is_some() && m1 != m2,
-            Eff::Db(..) | Eff::ReadFile(_) | Eff::ReadRecords(_) => under(q, p),
+            Eff::Db(..) | Eff::ReadFile(_) | Eff::ReadRecords(_) | Eff::ReadDir(_) => under(q, p),
         },
         Eff::Db(_, t2) => match a {
             Eff::Db(_, t1) => p == q && t1 == t2,
-            Eff::Put(_) | Eff::ReadFile(_) | Eff::ReadRecords(_) | Eff::Mk(..) => p == q,
+            Eff::Put(_)
+            | Eff::ReadFile(_)
+            | Eff::ReadRecords(_)
+            | Eff::Mk(..)
+            | Eff::ReadDir(_) => p == q,
             Eff::Del(_) | Eff::Clean(_) => under(q, p),
         },
-        Eff::ReadFile(_) | Eff::ReadRecords(_) => false,
+        Eff::ReadFile(_) | Eff::ReadRecords(_) | Eff::ReadDir(_) => false,
     }
 }
 
@@ -1640,6 +1858,7 @@ fn op_names(steps: &[Step], out: &mut BTreeSet<&'static str>, sub: bool) {
             (Step::Remove { .. }, true) => "each/remove",
             (Step::Cleanup { .. }, true) => "each/cleanup",
             (Step::Upsert { .. }, true) => "each/upsert",
+            (Step::Plugin { call, .. }, _) => call.kind(),
         };
         out.insert(name);
     }
@@ -1864,10 +2083,16 @@ fn runner(seed: u64, cases: u32) -> TestRunner {
     })
 }
 
-/// Warm the compiled-component cache, so no case spends its time in Cranelift.
+/// Warm the compiled-component cache, so no case spends its time in Cranelift: the standard
+/// operations and the test plugins.
 fn warm() {
     let w = Env::new();
-    w.write("idem.yml", "steps:\n  - dir: warm\n");
+    w.write(HOSTILE_WASM, plugin_bytes(HOSTILE_WASM));
+    w.write(MANIFEST_WASM, plugin_bytes(MANIFEST_WASM));
+    w.write(
+        "idem.yml",
+        "steps:\n  - dir: warm\n  - plugin: p/hostile.wasm\n    config: {mode: well-behaved, path: warm/w, content: w}\n    paths: [warm]\n  - plugin: p/manifest.wasm\n    config: {dir: warm}\n    paths: [warm]\n",
+    );
     w.idem(&["apply"]).code(0);
 }
 
@@ -2080,6 +2305,8 @@ fn explorable(case: &Case) -> bool {
 struct KillTally {
     points: usize,
     plans_removing_dirs: usize,
+    /// Kill points in plans with a plugin step.
+    in_plugin_plans: usize,
     killed: usize,
     rerun_killed: usize,
     resumed: usize,
@@ -2195,6 +2422,7 @@ fn a_kill_at_any_system_call_then_a_rerun_equals_one_clean_run() {
             let w = build(&case);
             let killed = apply_killed_at(&w, &name, n);
             tally.points += 1;
+            tally.in_plugin_plans += usize::from(!plugin_files(&case.plan).is_empty());
             tally.killed += usize::from(killed);
             if let Some((m, k)) = &second {
                 tally.rerun_killed += usize::from(apply_killed_at(&w, m, *k));
@@ -2232,14 +2460,15 @@ fn a_kill_at_any_system_call_then_a_rerun_equals_one_clean_run() {
     eprintln!(
         "kill explorer: {} kill points over {plans} plans (seed {seed:#x}) in {:.1} s: {} killed a \
          running apply, {} also killed the re-run, {} re-runs resumed partial checkpoints, {} swept \
-         temporaries; {} plans removed a directory",
+         temporaries; {} plans removed a directory; {} points were in plans with a plugin step",
         tally.points,
         started.elapsed().as_secs_f64(),
         tally.killed,
         tally.rerun_killed,
         tally.resumed,
         tally.swept,
-        tally.plans_removing_dirs
+        tally.plans_removing_dirs,
+        tally.in_plugin_plans
     );
     if only.is_none() && kills >= 20 {
         assert!(

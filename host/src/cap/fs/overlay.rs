@@ -125,7 +125,15 @@ impl Sink for Overlay {
             .map(|(k, node)| {
                 let meta = match node {
                     Node::Gone => None,
-                    Node::Is(p) => Found::Planned(p.clone()).metadata(),
+                    Node::Is(p) => {
+                        let mut meta = Found::Planned(p.clone()).metadata();
+                        // A dry run's database grows as it is written, after its copy was
+                        // planned: its size is its copy's now (as `FsCap::found` says).
+                        if let (Planned::Spilled { copy, .. }, Some(m)) = (p, &mut meta) {
+                            m.size = std::fs::metadata(copy.as_path()).map_or(m.size, |c| c.len());
+                        }
+                        meta
+                    }
                 };
                 (k.file_name().to_string(), meta)
             })
