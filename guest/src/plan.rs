@@ -1411,6 +1411,8 @@ impl<'a> Obj<'a> {
             };
             let what = if op == "plan" {
                 "the plan".to_string()
+            } else if op.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                format!("an `{op}` step")
             } else {
                 format!("a `{op}` step")
             };
@@ -2179,7 +2181,7 @@ steps:
     #[test]
     fn misspelt_required_field_is_reported_as_a_typo() {
         let e = err("steps:\n  - upsert: a.db\n    tabel: t\n    key: id\n    from: x.csv\n");
-        assert_eq!(e.message, "unknown field `tabel` in a `upsert` step");
+        assert_eq!(e.message, "unknown field `tabel` in an `upsert` step");
         assert_eq!(e.hint.as_deref(), Some("did you mean `table`?"));
         assert_eq!(e.loc.unwrap().line, 3);
     }
