@@ -60,6 +60,8 @@ struct Display {
     compile: Option<ProgressBar>,
     /// The next heartbeat: (step, elapsed time it is due at).
     next_beat: (usize, Duration),
+    /// The last step whose plugin compile a heartbeat or event has told (0: none).
+    told_compile: usize,
     /// The last progress event: (step, done, whole seconds elapsed).
     last_event: (usize, u64, u64),
     /// The second, checking run of `apply --verify` is under way.
@@ -149,6 +151,7 @@ impl Live {
             bar: None,
             compile: None,
             next_beat: (0, Duration::ZERO),
+            told_compile: 0,
             last_event: (0, u64::MAX, 0),
             verify: false,
         }));
@@ -399,7 +402,9 @@ fn clear_bars(d: &mut Display) {
 /// The terminal's bar for the running step, made once it has run 300 ms (quick steps never
 /// flicker one), and under it, while the step's plugin compiles, a line saying so.
 fn draw_bar(d: &mut Display, r: &Reading, color: bool) {
-    if r.elapsed < Duration::from_millis(300) {
+    // A step shorter than this shows no bar; a compile is shown however soon it comes (its
+    // reading may be the only one that tells of it).
+    if r.elapsed < Duration::from_millis(300) && r.compiling.is_none() {
         return;
     }
     let op = op_of(d, r.index);
@@ -456,10 +461,17 @@ fn heartbeat(d: &mut Display, r: &Reading, interval: Duration) {
     if d.next_beat.0 != r.index {
         d.next_beat = (r.index, interval);
     }
-    if r.elapsed < d.next_beat.1 {
+    // A compile is told as it starts (the wait that follows is its), not at the next beat.
+    let new_compile = r.compiling.is_some() && d.told_compile != r.index;
+    if r.elapsed < d.next_beat.1 && !new_compile {
         return;
     }
-    d.next_beat.1 += interval;
+    if r.compiling.is_some() {
+        d.told_compile = r.index;
+    }
+    if r.elapsed >= d.next_beat.1 {
+        d.next_beat.1 += interval;
+    }
     let op = op_of(d, r.index);
     let doing = match &r.compiling {
         Some(c) => format!("{}, elapsed {}", compile_line(c), secs(r.elapsed)),
@@ -479,10 +491,14 @@ fn heartbeat(d: &mut Display, r: &Reading, interval: Duration) {
 /// second went by.
 fn progress_event(d: &mut Display, r: &Reading) {
     let second = r.elapsed.as_secs();
-    if r.elapsed < Duration::from_secs(1) || d.last_event == (r.index, r.done, second) {
-        return;
-    }
-    if d.last_event.0 == r.index && d.last_event.2 == second {
+    // A compile is told as it starts, like the heartbeat's.
+    let new_compile = r.compiling.is_some() && d.told_compile != r.index;
+    if new_compile {
+        d.told_compile = r.index;
+    } else if r.elapsed < Duration::from_secs(1)
+        || d.last_event == (r.index, r.done, second)
+        || (d.last_event.0 == r.index && d.last_event.2 == second)
+    {
         return;
     }
     d.last_event = (r.index, r.done, second);
@@ -518,6 +534,7 @@ mod tests {
             bar: None,
             compile: None,
             next_beat: (0, Duration::ZERO),
+            told_compile: 0,
             last_event: (0, 0, 0),
             verify: false,
         };

@@ -31,6 +31,12 @@ struct StepMeter {
     skipped: u64,
     checkpointed: u64,
     compiling: Option<(String, bool, Instant)>,
+    /// Whether a reading has shown the compile under way.
+    compile_read: bool,
+    /// A compile that ended before any reading saw it (a small component compiles in less
+    /// than the display's tick): the next reading still shows it, once, so that every
+    /// compile is told.
+    compile_unread: Option<Compiling>,
 }
 
 /// What the meter says of the running step at one moment.
@@ -102,6 +108,8 @@ impl Progress {
                 skipped: 0,
                 checkpointed: 0,
                 compiling: None,
+                compile_read: false,
+                compile_unread: None,
             })
         });
     }
@@ -116,19 +124,28 @@ impl Progress {
     /// The running step, if one is.
     pub fn read(&self) -> Option<Reading> {
         self.with(|m| {
-            m.as_ref().map(|s| Reading {
-                index: s.index,
-                name: s.name.clone(),
-                elapsed: s.started.elapsed(),
-                done: s.done,
-                total: s.total,
-                skipped: s.skipped,
-                checkpointed: s.checkpointed,
-                compiling: s.compiling.as_ref().map(|(path, cached, at)| Compiling {
-                    path: path.clone(),
-                    cached: *cached,
-                    elapsed: at.elapsed(),
-                }),
+            m.as_mut().map(|s| {
+                let compiling = match &s.compiling {
+                    Some((path, cached, at)) => {
+                        s.compile_read = true;
+                        Some(Compiling {
+                            path: path.clone(),
+                            cached: *cached,
+                            elapsed: at.elapsed(),
+                        })
+                    }
+                    None => s.compile_unread.take(),
+                };
+                Reading {
+                    index: s.index,
+                    name: s.name.clone(),
+                    elapsed: s.started.elapsed(),
+                    done: s.done,
+                    total: s.total,
+                    skipped: s.skipped,
+                    checkpointed: s.checkpointed,
+                    compiling,
+                }
             })
         })
     }
@@ -148,6 +165,16 @@ impl Progress {
     pub fn compiling(&self, what: Option<(&str, bool)>) {
         self.with(|m| {
             if let Some(s) = m {
+                if let Some((path, cached, at)) = s.compiling.take()
+                    && !s.compile_read
+                {
+                    s.compile_unread = Some(Compiling {
+                        path,
+                        cached,
+                        elapsed: at.elapsed(),
+                    });
+                }
+                s.compile_read = false;
                 s.compiling = what.map(|(path, cached)| (path.to_owned(), cached, Instant::now()));
             }
         });
