@@ -9,6 +9,8 @@ command -v check-jsonschema >/dev/null || pip install --quiet "check-jsonschema=
 # The live-output tests (host/tests/it/live.rs) run idem on a pseudo-terminal with script(1),
 # from util-linux's bsdutils.
 command -v script >/dev/null || { apt-get update -qq && apt-get install -y -qq bsdutils; }
+# The memory tests read a run's peak RSS with GNU time(1) (host/tests/it/plugins.rs says why).
+[ -x /usr/bin/time ] || { apt-get update -qq && apt-get install -y -qq time; }
 
 # The Python example plugin (examples/plugins/python) is built into a component by
 # componentize-py; host/tests/it/plugins.rs fails, naming this script, when it is missing.

@@ -890,13 +890,34 @@ fn compiled_plugins_are_cached_so_a_second_run_does_not_compile() {
 // database connections are its own and end with it.
 
 /// Run idem on `t` with `args`, and return the run and the peak resident memory of the idem
-/// process in MiB (from `wait4`, so other tests' processes do not count).
+/// process in MiB, as GNU time(1) reads it with `wait4` (so other tests' processes do not
+/// count). Through time(1), not a `wait4` of our own: a child spawned from this test process
+/// shares its memory until exec (vfork), and Linux then counts that memory's high-water mark
+/// (the whole test binary's, with every other test running in it) in the child's
+/// `ru_maxrss`. time(1) is a small process, so the idem it starts carries no such inheritance.
 pub fn idem_with_peak_rss(t: &Env, args: &[&str], nofile: Option<u64>) -> (Run, u64) {
     use std::os::unix::process::CommandExt;
-    let mut cmd = t.cmd();
-    cmd.args(args)
+    let idem = t.cmd();
+    let peak_file = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = Command::new("/usr/bin/time");
+    cmd.arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(peak_file.path())
+        .arg(idem.get_program())
+        .args(idem.get_args())
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
+    if let Some(dir) = idem.get_current_dir() {
+        cmd.current_dir(dir);
+    }
+    for (k, v) in idem.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
     if let Some(n) = nofile {
         // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
@@ -935,8 +956,15 @@ pub fn idem_with_peak_rss(t: &Env, args: &[&str], nofile: Option<u64>) -> (Run, 
     } else {
         -1
     };
-    // Linux reports ru_maxrss in KiB.
-    let peak = usage.ru_maxrss as u64 / 1024;
+    // time(1) reports idem's ru_maxrss in KiB (its last line: idem's own stderr comes before).
+    let _ = usage;
+    let written = std::fs::read_to_string(peak_file.path()).unwrap();
+    let peak = written
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("time(1) wrote no peak: {written:?}"))
+        / 1024;
     (
         Run {
             code,
