@@ -933,8 +933,6 @@ pub fn idem_with_peak_rss(t: &Env, args: &[&str], nofile: Option<u64>) -> (Run, 
             });
         }
     }
-    // Reaped below with wait4, which also gives its resource usage.
-    #[allow(clippy::zombie_processes)]
     let mut child = cmd.spawn().expect("running idem");
     let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
     let reader = std::thread::spawn(move || {
@@ -945,19 +943,9 @@ pub fn idem_with_peak_rss(t: &Env, args: &[&str], nofile: Option<u64>) -> (Run, 
     let mut stdout = String::new();
     std::io::Read::read_to_string(&mut out, &mut stdout).unwrap();
     let stderr = reader.join().unwrap();
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is a valid value for wait4 to fill.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: the pid is our own unwaited child; the pointers are valid for the call.
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    assert_eq!(pid, child.id() as i32, "wait4");
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
+    // time(1) exits with idem's status (128 + the signal's number if a signal ended it).
+    let code = child.wait().expect("waiting for idem").code().unwrap_or(-1);
     // time(1) reports idem's ru_maxrss in KiB (its last line: idem's own stderr comes before).
-    let _ = usage;
     let written = std::fs::read_to_string(peak_file.path()).unwrap();
     let peak = written
         .lines()
